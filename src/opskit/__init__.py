@@ -1,0 +1,3 @@
+"""opskit: declarative runbooks for a Proxmox homelab."""
+
+__version__ = "0.1.0"

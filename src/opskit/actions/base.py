@@ -1,0 +1,64 @@
+"""The Action contract: every step kind is one class with Args, a risk, probe() and apply()."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ..model import Change, Outcome, Risk, Target
+
+A = TypeVar("A", bound=BaseModel)
+
+
+class ActionArgs(BaseModel):
+    """Base of every action's Args: unknown arguments are errors."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+@dataclass
+class ActionContext:
+    """What a probe or an apply may use. During planning `read_only` is True and the clients
+    it hands out refuse to mutate."""
+
+    target: Target
+    read_only: bool
+    log: Callable[[str], None] = field(default=lambda line: None)
+    # Test seam: an httpx transport for actions that speak HTTP (None: the real network).
+    http_transport: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Action(Generic[A]):
+    """One step kind. Subclasses set `name`, `risk` and `Args`, and implement probe/apply."""
+
+    name: ClassVar[str]
+    risk: ClassVar[Risk]
+    Args: ClassVar[type[BaseModel]]
+
+    def __init__(self, args: A) -> None:
+        self.args = args
+
+    def describe(self) -> str:
+        """One line saying what the step does, for plans and progress."""
+        return self.name
+
+    async def probe(self, ctx: ActionContext) -> Change:
+        """Read-only: what applying would change."""
+        raise NotImplementedError
+
+    async def apply(self, ctx: ActionContext) -> Outcome:
+        """Do it; idempotent where the world allows."""
+        raise NotImplementedError
+
+
+class Check(Action[A]):
+    """A READ action: its probe changes nothing and plans nothing; apply looks and judges."""
+
+    risk: ClassVar[Risk] = Risk.READ
+
+    async def probe(self, ctx: ActionContext) -> Change:
+        return Change.none(f"check: {self.describe()}")

@@ -1,0 +1,224 @@
+"""Kinds that need no host: check.http, check.tcp and wait."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+
+from ..model import Duration, Outcome, Risk
+from ..model.common import format_duration
+from ..model.inventory import TLS
+from ..render import SECRET
+from .base import ActionArgs, ActionContext, Check
+
+BODY_CAP = 64 * 1024
+
+
+class HttpArgs(ActionArgs):
+    url: str = Field(..., pattern=r"^https?://[^\s/]+", description="http:// or https:// URL")
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
+    expect: int | list[int] = Field(200, description="accepted status code(s)")
+    json_match: dict[str, Any] | None = Field(
+        None, alias="json", description="dotted JSON paths and the values they must equal"
+    )
+    contains: str | None = Field(None, description="text the body must contain")
+    matches: str | None = Field(None, description="regex the body must match")
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: Any = Field(None, description="request body: sent as JSON unless a string")
+    bearer: Annotated[str | None, SECRET] = Field(
+        None, description="bearer token: '{{ secrets.NAME }}'"
+    )
+    tls: TLS = Field(default_factory=TLS)
+    timeout: Duration = 10.0
+    follow_redirects: bool = False
+
+    @field_validator("matches")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"bad regex {value!r}: {exc}") from None
+        return value
+
+
+class HttpCheck(Check[HttpArgs]):
+    """An HTTP(S) endpoint answers with the expected status, body or JSON fields."""
+
+    name: ClassVar[str] = "check.http"
+    Args = HttpArgs
+
+    def describe(self) -> str:
+        a = self.args
+        expect = a.expect if isinstance(a.expect, int) else "|".join(map(str, a.expect))
+        extra = "".join(f" {k}={v!r}" for k, v in (a.json_match or {}).items())
+        return f"{a.method} {a.url} expects {expect}{extra}"
+
+    async def apply(self, ctx: ActionContext) -> Outcome:
+        import httpx
+
+        from ..clients.tls import TLSError, ssl_context
+
+        a = self.args
+        parts = urlsplit(a.url)
+        headers = dict(a.headers)
+        if a.bearer:
+            headers["Authorization"] = f"Bearer {a.bearer}"
+        started = time.monotonic()
+        try:
+            verify: Any = True
+            if parts.scheme == "https":
+                port = parts.port or 443
+                verify = await ssl_context(a.tls, parts.hostname or "", port, a.timeout)
+            kwargs: dict[str, Any] = {}
+            if isinstance(a.body, str):
+                kwargs["content"] = a.body
+            elif a.body is not None:
+                kwargs["json"] = a.body
+            async with httpx.AsyncClient(
+                verify=verify,
+                timeout=a.timeout,
+                follow_redirects=a.follow_redirects,
+                trust_env=False,  # never let a proxy variable send lab traffic elsewhere
+                transport=ctx.http_transport,
+            ) as client:
+                response = await client.request(a.method, a.url, headers=headers, **kwargs)
+                body = response.text[:BODY_CAP]
+        except TLSError as exc:
+            return _failed(str(exc))
+        except httpx.TimeoutException:
+            return _failed(f"{a.method} {a.url}: no answer within {format_duration(a.timeout)}")
+        except httpx.HTTPError as exc:
+            return _failed(f"{a.method} {a.url}: {type(exc).__name__}: {exc}")
+        elapsed = time.monotonic() - started
+        outputs: dict[str, Any] = {
+            "status": response.status_code,
+            "body": body,
+            "elapsed": round(elapsed, 4),
+        }
+        problems = []
+        accepted = [a.expect] if isinstance(a.expect, int) else a.expect
+        if response.status_code not in accepted:
+            problems.append(f"status {response.status_code}, expected {a.expect}")
+        parsed: Any = None
+        if a.json_match:
+            try:
+                parsed = response.json()
+            except ValueError:
+                problems.append("body is not JSON")
+            else:
+                for path, want in a.json_match.items():
+                    found, got = _dig(parsed, path)
+                    if not found:
+                        problems.append(f"JSON has no {path!r}")
+                    elif got != want:
+                        problems.append(f"JSON {path} is {got!r}, expected {want!r}")
+            outputs["json"] = parsed
+        if a.contains is not None and a.contains not in body:
+            problems.append(f"body does not contain {a.contains!r}")
+        if a.matches is not None and not re.search(a.matches, body):
+            problems.append(f"body does not match {a.matches!r}")
+        summary = f"{a.method} {a.url} -> {response.status_code} in {elapsed * 1000:.0f}ms"
+        if problems:
+            return Outcome(ok=False, summary=summary, outputs=outputs, error="; ".join(problems))
+        return Outcome(ok=True, summary=summary, outputs=outputs)
+
+
+def _dig(data: Any, path: str) -> tuple[bool, Any]:
+    for part in path.split("."):
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif (
+            isinstance(data, list)
+            and part.lstrip("-").isdigit()
+            and -len(data) <= int(part) < len(data)
+        ):
+            data = data[int(part)]
+        else:
+            return False, None
+    return True, data
+
+
+def _failed(error: str) -> Outcome:
+    return Outcome(ok=False, summary=error, error=error)
+
+
+class TcpArgs(ActionArgs):
+    host: str | None = Field(None, description="default: the target's address")
+    port: int = Field(..., ge=1, le=65535)
+    timeout: Duration = 5.0
+    banner: str | None = Field(None, description="regex the server's first line must match")
+
+
+class TcpCheck(Check[TcpArgs]):
+    """A TCP port accepts connections (and, optionally, greets with a matching banner)."""
+
+    name: ClassVar[str] = "check.tcp"
+    Args = TcpArgs
+
+    def describe(self) -> str:
+        host = self.args.host or "target"
+        banner = f" banner ~ {self.args.banner!r}" if self.args.banner else ""
+        return f"tcp {host}:{self.args.port} accepts{banner}"
+
+    async def apply(self, ctx: ActionContext) -> Outcome:
+        a = self.args
+        host = a.host or ctx.target.address
+        where = f"{host}:{a.port}"
+        started = time.monotonic()
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, a.port), a.timeout
+            )
+        except TimeoutError:
+            return _failed(f"tcp {where}: no answer within {format_duration(a.timeout)}")
+        except OSError as exc:
+            return _failed(f"tcp {where}: {exc.strerror or exc}")
+        line = ""
+        try:
+            if a.banner is not None:
+                left = max(0.1, a.timeout - (time.monotonic() - started))
+                try:
+                    raw = await asyncio.wait_for(reader.readline(), left)
+                except TimeoutError:
+                    raw = b""
+                line = raw.decode("utf-8", "replace").strip()
+        finally:
+            writer.close()
+        elapsed = time.monotonic() - started
+        outputs = {"banner": line, "elapsed": round(elapsed, 4)}
+        if a.banner is not None and not re.search(a.banner, line):
+            return Outcome(
+                ok=False,
+                summary=f"tcp {where} answered",
+                outputs=outputs,
+                error=f"tcp {where}: banner {line!r} does not match {a.banner!r}",
+            )
+        return Outcome(
+            ok=True, summary=f"tcp {where} open in {elapsed * 1000:.0f}ms", outputs=outputs
+        )
+
+
+class WaitArgs(ActionArgs):
+    duration: Duration = Field(..., description="how long to wait, e.g. 30s")
+
+
+class Wait(Check[WaitArgs]):
+    """Pause, e.g. to let a service settle before its checks."""
+
+    name: ClassVar[str] = "wait"
+    risk: ClassVar[Risk] = Risk.READ
+    Args = WaitArgs
+
+    def describe(self) -> str:
+        return f"wait {format_duration(self.args.duration)}"
+
+    async def apply(self, ctx: ActionContext) -> Outcome:
+        await asyncio.sleep(self.args.duration)
+        return Outcome(ok=True, summary=self.describe())

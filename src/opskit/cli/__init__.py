@@ -1,0 +1,114 @@
+"""The `opskit` command line: parse, call the core, render. Exit codes are decided here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, LoadError, OpskitError
+
+EXIT_INTERNAL = 70
+
+
+class LazyGroup(click.Group):
+    """Subcommands live in their own modules, imported only when invoked."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            module_name, _, attr = self.lazy[name].rpartition(".")
+            from importlib import import_module
+
+            command: click.Command = getattr(import_module(module_name), attr)
+            return command
+        return super().get_command(ctx, name)
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy={
+        "validate": "opskit.cli.files.validate",
+        "list": "opskit.cli.files.list_runbooks",
+        "show": "opskit.cli.files.show",
+        "schema": "opskit.cli.files.schema",
+        "inventory": "opskit.cli.inventory.inventory",
+    },
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, "--version", prog_name="opskit", message="%(prog)s %(version)s")
+@click.option(
+    "--runbooks",
+    "runbooks_dir",
+    metavar="DIR",
+    help="Runbooks directory (default: $OPSKIT_RUNBOOKS, else ./runbooks of the project).",
+)
+@click.option(
+    "--inventory",
+    "inventory_path",
+    metavar="FILE",
+    help="Inventory file (default: $OPSKIT_INVENTORY, else inventory/homelab.yaml).",
+)
+@click.pass_context
+def cli(ctx: click.Context, runbooks_dir: str | None, inventory_path: str | None) -> None:
+    """Declarative runbooks for a Proxmox homelab: validate, show, plan and run them."""
+    ctx.obj = {"runbooks": runbooks_dir, "inventory": inventory_path}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every OpskitError ends in its message and exit code, never a traceback."""
+    sys.exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="opskit", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except LoadError as exc:
+        for problem in exc.problems:
+            click.echo(_redact(str(problem)), err=True)
+        return exc.exit_code
+    except OpskitError as exc:
+        click.echo(_redact(f"error: {exc}"), err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`opskit list | head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        if os.environ.get("OPSKIT_DEBUG"):
+            raise
+        click.echo(
+            _redact(
+                f"internal error: {type(exc).__name__}: {exc}\n"
+                "This is a bug in opskit; rerun with OPSKIT_DEBUG=1 for the traceback."
+            ),
+            err=True,
+        )
+        return EXIT_INTERNAL
+    return 0
+
+
+def _redact(text: str) -> str:
+    from ..secrets import redactor
+
+    return redactor.redact(text)

@@ -1,0 +1,138 @@
+"""opskit inventory list|show: what the inventory holds, resolved as targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+from ..model import Target, did_you_mean
+from .common import json_option, workspace
+from .output import echo, emit_json, table
+
+
+@click.group()
+def inventory() -> None:
+    """The homelab inventory: guests, Tailscale hosts, services."""
+
+
+def _record(t: Target) -> dict[str, Any]:
+    from ..workspace import target_context
+
+    ctx = target_context(t)
+    return {
+        "name": t.name,
+        "kind": t.kind,
+        "vmid": t.vmid,
+        "node": t.node,
+        "cluster": t.cluster,
+        "address": t.address,
+        "tailscale": t.tailscale,
+        "ssh": {"user": t.ssh_user, "port": t.ssh_port, "host_key": t.host_key, "jump": t.jump},
+        "tags": t.tags,
+        "groups": t.groups,
+        "services": {
+            name: s.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+            for name, s in t.services.items()
+        },
+        "health": ctx["health"],
+        "vars": t.vars,
+        "unverified": t.unverified,
+    }
+
+
+@inventory.command("list")
+@json_option
+@click.pass_context
+def list_(ctx: click.Context, as_json: bool) -> None:
+    """Every guest and Tailscale host. '*' marks values not yet synced from the live world."""
+    inv = workspace(ctx).inventory
+    guests = [inv.target(g) for g in inv.guests]
+    hosts = [inv.target(h) for h in inv.hosts]
+    if as_json:
+        emit_json(
+            {
+                "tailnet": inv.tailnet,
+                "clusters": {
+                    name: {"api_url": c.api_url, "nodes": c.nodes, "unverified": c.unverified}
+                    for name, c in inv.proxmox.items()
+                },
+                "guests": [_record(t) for t in guests],
+                "hosts": [_record(t) for t in hosts],
+                "groups": {
+                    name: [n for n in inv.select(f"group:{name}") if n != "local"]
+                    for name in sorted(inv.group_names())
+                },
+            }
+        )
+        return
+
+    def mark(t: Target, field: str, value: Any) -> str:
+        text = "" if value is None else str(value)
+        return f"{text}*" if field in t.unverified and text else text
+
+    rows = [
+        [
+            t.vmid if t.vmid is not None else "-",
+            mark(t, "name", t.name),
+            t.kind,
+            mark(t, "node", t.node) or "-",
+            mark(t, "tailscale", t.address),
+            ",".join(t.tags),
+            ",".join(t.services),
+        ]
+        for t in [*guests, *hosts]
+    ]
+    table(["VMID", "NAME", "KIND", "NODE", "ADDRESS", "TAGS", "SERVICES"], rows)
+    if any(t.unverified for t in [*guests, *hosts]):
+        echo("* not yet confirmed by the live cluster or tailnet (opskit inventory sync)")
+
+
+@inventory.command()
+@click.argument("name")
+@json_option
+@click.pass_context
+def show(ctx: click.Context, name: str, as_json: bool) -> None:
+    """One guest or host (by name or VMID), with its services and health endpoints."""
+    inv = workspace(ctx).inventory
+    hosts = inv.by_name()
+    host = hosts.get(name)
+    if host is None and name.isdigit():
+        host = next((g for g in inv.guests if g.vmid == int(name)), None)
+    if host is None:
+        raise UsageError(
+            f"no guest or host named {name!r} in the inventory{did_you_mean(name, hosts)}"
+        )
+    record = _record(inv.target(host))
+    if as_json:
+        emit_json(record)
+        return
+    title = f"vm {record['vmid']} {record['name']}" if record["vmid"] else record["name"]
+    echo(f"{title}  ({record['kind']})")
+    for key in ("node", "cluster", "address", "tailscale"):
+        if record[key]:
+            echo(f"  {key + ':':11}{record[key]}")
+    ssh = record["ssh"]
+    echo(
+        f"  {'ssh:':11}{ssh['user']}@{record['address']}:{ssh['port']}"
+        + (" (host key pinned)" if ssh["host_key"] else "")
+    )
+    if record["tags"]:
+        echo(f"  {'tags:':11}{', '.join(record['tags'])}")
+    if record["groups"]:
+        echo(f"  {'groups:':11}{', '.join(record['groups'])}")
+    if record["unverified"]:
+        echo(f"  {'unverified:':12}{', '.join(record['unverified'])} (until opskit inventory sync)")
+    if record["health"]:
+        echo("  services:")
+        for h in record["health"]:
+            where = h["url"] if h["check"] == "http" else f"tcp {h['host']}:{h['port']}"
+            echo(f"    {h['service']:18} {where}")
+    for svc in record["services"]:
+        if svc not in {h["service"] for h in record["health"]}:
+            echo(f"    {svc:18} (no health check)")
+    if record["vars"]:
+        echo("  vars:")
+        for k, v in record["vars"].items():
+            echo(f"    {k}: {v!r}")

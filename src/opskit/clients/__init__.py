@@ -1,0 +1,1 @@
+"""Protocol clients: each takes its transport or connection factory as an argument."""

@@ -1,0 +1,77 @@
+"""TLS trust for opskit's HTTPS clients: system CAs, a CA file, or a pinned certificate."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+
+from ..errors import OpskitError
+from ..model.inventory import TLS
+
+
+class TLSError(OpskitError):
+    """A certificate did not match what the inventory or runbook trusts."""
+
+
+def fingerprint_of(der: bytes) -> str:
+    """SHA-256 fingerprint as PVE and openssl print it: AA:BB:...:FF."""
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def normalize_fingerprint(text: str) -> str:
+    digest = text.replace(":", "").strip().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+async def fetch_certificate(host: str, port: int, timeout: float = 10.0) -> bytes:
+    """The DER certificate a TLS server presents, unverified (for pinning only)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ctx, server_hostname=host), timeout
+        )
+    except (TimeoutError, OSError, ssl.SSLError) as exc:
+        raise TLSError(f"{host}:{port}: TLS handshake failed: {exc or 'timed out'}") from None
+    try:
+        sslobj = writer.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj else None
+    finally:
+        writer.close()
+    if not der:
+        raise TLSError(f"{host}:{port}: presented no certificate")
+    return bytes(der)
+
+
+def pinned_context(der: bytes) -> ssl.SSLContext:
+    """A context that accepts exactly this certificate (and nothing it did not sign)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cadata=der)
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return ctx
+
+
+async def ssl_context(tls: TLS, host: str, port: int, timeout: float = 10.0) -> ssl.SSLContext:
+    """The SSL context for `tls`; a pinned fingerprint is checked against the server first."""
+    if tls.insecure:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    if tls.fingerprint:
+        der = await fetch_certificate(host, port, timeout)
+        got, want = fingerprint_of(der), normalize_fingerprint(tls.fingerprint)
+        if got != want:
+            raise TLSError(
+                f"{host}:{port}: certificate fingerprint mismatch: the server presents {got},"
+                f" the pinned one is {want}"
+            )
+        return pinned_context(der)
+    try:
+        return ssl.create_default_context(cafile=tls.ca) if tls.ca else ssl.create_default_context()
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSError(f"cannot load CA file {tls.ca}: {exc}") from None

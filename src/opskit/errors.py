@@ -1,0 +1,102 @@
+"""Every error a user can cause, and the exit code it ends in.
+
+    OpskitError                      exit 1  (base: a clear one-line message, never a traceback)
+    ├── UsageError                   exit 2  bad command line: unknown runbook, bad -p value
+    ├── LoadError                    exit 2  file:line:col: message (YAML, schema, references)
+    │   └── (carries one or more Problem(file, line, col, message))
+    ├── RenderError                  exit 2  a template failed for a target (undefined, sandbox)
+    ├── SecretError                  exit 2  a secret reference could not be resolved
+    ├── GateError                    exit 3  a confirmation gate was declined or not approved
+    ├── StalePlanError               exit 4  a saved plan no longer matches the world
+    ├── StepError                    exit 1  a step failed on a target
+    │   └── CheckFailed              exit 1  a check's expectation was not met
+    └── Interrupted                  exit 130
+
+The CLI catches OpskitError at one place (`opskit.cli.main`) and exits with `exit_code`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_GATE = 3
+EXIT_STALE = 4
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_FAILED: "a step or check failed",
+    EXIT_USAGE: "usage or validation error (bad runbook, inventory, parameter or secret)",
+    EXIT_GATE: "a confirmation gate was declined or not approved",
+    EXIT_STALE: "stale plan: the runbook, inventory, opskit or the world changed since planning",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
+class OpskitError(Exception):
+    """Base of every user-facing error: `str(err)` is the whole message."""
+
+    exit_code = EXIT_FAILED
+
+
+class UsageError(OpskitError):
+    exit_code = EXIT_USAGE
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One located problem in a user's file; lines and columns count from 1."""
+
+    file: str
+    line: int
+    col: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}: {self.message}"
+
+
+class LoadError(OpskitError):
+    """One or more problems in a runbook or inventory file."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(set(problems))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    @classmethod
+    def at(cls, file: str | Path, line: int, col: int, message: str) -> LoadError:
+        return cls([Problem(str(file), line, col, message)])
+
+
+class RenderError(OpskitError):
+    exit_code = EXIT_USAGE
+
+
+class SecretError(OpskitError):
+    exit_code = EXIT_USAGE
+
+
+class GateError(OpskitError):
+    exit_code = EXIT_GATE
+
+
+class StalePlanError(OpskitError):
+    exit_code = EXIT_STALE
+
+
+class StepError(OpskitError):
+    exit_code = EXIT_FAILED
+
+
+class CheckFailed(StepError):
+    pass
+
+
+class Interrupted(OpskitError):
+    exit_code = EXIT_INTERRUPTED

@@ -1,0 +1,264 @@
+"""A runbook: typed params, a target selector, secret references and ordered steps."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, ValidationInfo, model_validator
+
+from .common import (
+    CountOrPercent,
+    Duration,
+    Identifier,
+    Name,
+    SecretRef,
+    StrictModel,
+    did_you_mean,
+    user_error,
+)
+from .inventory import Selector
+
+ParamType = Literal["str", "int", "float", "bool", "list", "duration"]
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+class Param(StrictModel):
+    """A typed runbook parameter; without a default it is required."""
+
+    type: ParamType = "str"
+    default: Any = None
+    description: str = ""
+    choices: list[Any] | None = None
+    pattern: str | None = Field(None, description="regex a str value must match in full")
+    min: float | None = None
+    max: float | None = None
+
+    @property
+    def required(self) -> bool:
+        return "default" not in self.model_fields_set
+
+    @model_validator(mode="after")
+    def _default_is_valid(self) -> Param:
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise user_error("pattern", f"bad pattern {self.pattern!r}: {exc}") from None
+        if not self.required and self.default is not None:
+            try:
+                self.default = self.coerce(self.default)
+            except ValueError as exc:
+                raise user_error("param_default", f"default: {exc}") from None
+        return self
+
+    def coerce(self, value: Any) -> Any:
+        """The value as this param's type, checked; raises ValueError with a user message."""
+        from .common import parse_duration
+
+        typed: Any
+        if self.type == "str":
+            if isinstance(value, bool | list | dict) or value is None:
+                raise ValueError(f"expected a string, got {value!r}")
+            typed = str(value)
+        elif self.type == "int":
+            if isinstance(value, bool):
+                raise ValueError(f"expected an integer, got {value!r}")
+            try:
+                typed = int(str(value).strip(), 10) if isinstance(value, str) else int(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"expected an integer, got {value!r}") from None
+            if isinstance(value, float) and value != typed:
+                raise ValueError(f"expected an integer, got {value!r}")
+        elif self.type == "float":
+            if isinstance(value, bool):
+                raise ValueError(f"expected a number, got {value!r}")
+            try:
+                typed = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"expected a number, got {value!r}") from None
+        elif self.type == "bool":
+            if isinstance(value, bool):
+                typed = value
+            elif str(value).lower() in _TRUE:
+                typed = True
+            elif str(value).lower() in _FALSE:
+                typed = False
+            else:
+                raise ValueError(f"expected true or false, got {value!r}")
+        elif self.type == "list":
+            if isinstance(value, list):
+                typed = value
+            elif isinstance(value, str):
+                typed = [v.strip() for v in value.split(",") if v.strip()]
+            else:
+                raise ValueError(f"expected a list, got {value!r}")
+        else:  # duration
+            try:
+                typed = parse_duration(value)
+            except Exception:
+                raise ValueError(f"bad duration {value!r} (e.g. 30s, 5m, 1h30m)") from None
+        if self.choices is not None and typed not in self.choices:
+            options = ", ".join(repr(c) for c in self.choices)
+            raise ValueError(f"{typed!r} is not one of {options}")
+        if (
+            self.pattern is not None
+            and isinstance(typed, str)
+            and not re.fullmatch(self.pattern, typed)
+        ):
+            raise ValueError(f"{typed!r} does not match {self.pattern!r}")
+        if isinstance(typed, int | float) and not isinstance(typed, bool):
+            if self.min is not None and typed < self.min:
+                raise ValueError(f"{typed!r} is below the minimum {self.min:g}")
+            if self.max is not None and typed > self.max:
+                raise ValueError(f"{typed!r} is above the maximum {self.max:g}")
+        return typed
+
+
+class Step(StrictModel):
+    """One step: an id, exactly one action key with its arguments, and how to run it."""
+
+    id: Name
+    action: str = Field(..., description="the action kind (given as the step's action key)")
+    args: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+    when: str | bool | None = Field(None, description="Jinja2 expression; skip the step if false")
+    confirm: str | bool | None = Field(None, description="ask before running (a question, or true)")
+    timeout: Duration | None = None
+    retries: int = Field(0, ge=0, le=1000)
+    interval: Duration = 2.0
+    on_failure: Literal["abort", "continue"] | list[Name] = "abort"
+    register_as: Identifier | None = Field(None, alias="register")
+    serial: CountOrPercent | None = None
+    batch: CountOrPercent | None = None
+    loop: str | list[Any] | None = Field(
+        None, description="run once per item (`item` in templates)"
+    )
+
+    _extra_keys: ClassVar[frozenset[str]] = frozenset()
+    # Keys the YAML spells differently: the action is its own key, not 'action'/'args'.
+    _internal: ClassVar[frozenset[str]] = frozenset({"action", "args"})
+
+    @classmethod
+    def step_keys(cls) -> list[str]:
+        return [k for k in cls.known_keys() if k not in cls._internal]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        if "action" in data:
+            # The explicit form, `action: KIND` with `args: {...}`, as a dumped step has.
+            known = cls.known_keys()
+            for key in data:
+                if not isinstance(key, str) or key not in known:
+                    raise user_error(
+                        "unknown_key",
+                        f"unknown key {key!r}{did_you_mean(str(key), known)}",
+                        key=key,
+                    )
+            return data
+        fields = cls.step_keys()
+        actions: set[str] = set((info.context or {}).get("actions", ()))
+        extras = []
+        for key in data:
+            if not isinstance(key, str):
+                raise user_error(
+                    "key_type", f"keys must be strings, not {type(key).__name__}", key=key
+                )
+            if key not in fields:
+                extras.append(key)
+        if not extras:
+            raise user_error(
+                "no_action", "step has no action: add one key naming its kind, e.g. 'check.http:'"
+            )
+        if actions:
+            chosen = [k for k in extras if k in actions]
+            stray = [k for k in extras if k not in actions]
+            if len(chosen) > 1:
+                raise user_error(
+                    "two_actions",
+                    f"a step has exactly one action; found {chosen[0]!r} and {chosen[1]!r}",
+                    key=chosen[1],
+                )
+            if stray:
+                key = stray[0]
+                if chosen or not _looks_like_action(key):
+                    raise user_error(
+                        "unknown_key", f"unknown key {key!r}{did_you_mean(key, fields)}", key=key
+                    )
+                raise user_error(
+                    "unknown_action",
+                    f"unknown action kind {key!r}{did_you_mean(key, [*actions, *fields])}",
+                    key=key,
+                )
+            action = chosen[0]
+        else:
+            if len(extras) > 1:
+                raise user_error(
+                    "two_actions",
+                    f"a step has exactly one action; found {extras[0]!r} and {extras[1]!r}",
+                    key=extras[1],
+                )
+            action = extras[0]
+        out = {k: v for k, v in data.items() if k != action}
+        args = data[action]
+        if args is None:
+            args = {}
+        if not isinstance(args, Mapping):
+            raise user_error(
+                "args_type",
+                f"the arguments of {action!r} must be a mapping (use {{}} for none)",
+                key=action,
+                value=True,
+            )
+        out["action"] = action
+        out["args"] = dict(args)
+        return out
+
+    @model_validator(mode="after")
+    def _one_rollout(self) -> Step:
+        if self.serial is not None and self.batch is not None:
+            raise user_error("rollout", "give 'serial' or 'batch', not both", key="batch")
+        return self
+
+
+def _looks_like_action(key: str) -> bool:
+    return "." in key
+
+
+class Runbook(StrictModel):
+    name: Name
+    description: str = ""
+    params: dict[Identifier, Param] = Field(default_factory=dict)
+    targets: Selector
+    secrets: dict[Identifier, SecretRef] = Field(default_factory=dict)
+    vars: dict[Identifier, Any] = Field(default_factory=dict)
+    schedule: str | None = Field(
+        None, description="when a scheduled run happens: a systemd OnCalendar expression"
+    )
+    concurrency: int = Field(10, ge=1, le=10_000, description="targets in parallel")
+    serial: CountOrPercent | None = Field(None, description="rolling: targets per batch")
+    batch: CountOrPercent | None = Field(None, description="rolling: batch size, e.g. 25%")
+    max_fail: CountOrPercent | None = Field(None, description="failures that stop the rollout")
+    preflight: list[Step] = Field(default_factory=list, description="checks before any change")
+    steps: list[Step] = Field(..., min_length=1)
+    verify: list[Step] = Field(default_factory=list, description="checks after the steps")
+    always: list[Step] = Field(default_factory=list, description="run even after a failure")
+
+    @model_validator(mode="after")
+    def _one_rollout(self) -> Runbook:
+        if self.serial is not None and self.batch is not None:
+            raise user_error("rollout", "give 'serial' or 'batch', not both", key="batch")
+        return self
+
+    def all_steps(self) -> list[tuple[str, int, Step]]:
+        """(section, index, step) in execution order."""
+        return [
+            (section, i, step)
+            for section in ("preflight", "steps", "verify", "always")
+            for i, step in enumerate(getattr(self, section))
+        ]

@@ -1,0 +1,96 @@
+"""Secret references (env:NAME, file:PATH, cmd:COMMAND), resolved late, and the one redactor."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import SecretError
+
+# The smallest value the redactor hides: shorter strings would shred ordinary output.
+MIN_SECRET_LENGTH = 4
+
+
+class Redactor:
+    """Replaces every registered secret value, wherever it appears, by `‹secret:NAME›`.
+
+    One redactor per process, shared by every sink: console, journal, plan files, logs, events.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, name: str, value: str) -> None:
+        if len(value) < MIN_SECRET_LENGTH:
+            return
+        with self._lock:
+            values = dict(self._values)
+            values[value] = name
+            for line in value.splitlines():
+                if len(line) >= MIN_SECRET_LENGTH:
+                    values.setdefault(line, name)
+            # Longest first, so a secret containing another is hidden whole.
+            self._values = dict(sorted(values.items(), key=lambda kv: -len(kv[0])))
+
+    def redact(self, text: str) -> str:
+        for value, name in self._values.items():
+            if value in text:
+                text = text.replace(value, f"‹secret:{name}›")
+        return text
+
+    def __contains__(self, value: str) -> bool:
+        return value in self._values
+
+
+redactor = Redactor()
+
+
+def placeholder(name: str) -> str:
+    """What a secret looks like in a plan, a `show` and every output: its name, never its value."""
+    return f"‹secret:{name}›"
+
+
+def resolve(name: str, ref: str, *, cwd: Path | None = None) -> str:
+    """The value behind a reference; registered with the redactor before it is returned."""
+    scheme, _, rest = ref.partition(":")
+    if scheme == "env":
+        value = os.environ.get(rest)
+        if value is None:
+            raise SecretError(f"secret {name!r}: environment variable {rest} is not set")
+    elif scheme == "file":
+        path = Path(os.path.expanduser(rest))
+        if cwd is not None and not path.is_absolute():
+            path = cwd / path
+        try:
+            value = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise SecretError(f"secret {name!r}: cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise SecretError(f"secret {name!r}: {path} is not UTF-8 text") from None
+    elif scheme == "cmd":
+        try:
+            done = subprocess.run(
+                rest, shell=True, capture_output=True, text=True, timeout=60, cwd=cwd
+            )
+        except subprocess.TimeoutExpired:
+            raise SecretError(f"secret {name!r}: command timed out after 60s") from None
+        if done.returncode != 0:
+            # stderr may hold part of the secret; say only that it failed.
+            raise SecretError(f"secret {name!r}: command exited {done.returncode}")
+        value = done.stdout.rstrip("\r\n")
+    else:
+        raise SecretError(
+            f"secret {name!r}: bad reference (use env:NAME, file:PATH or cmd:COMMAND)"
+        )
+    if not value:
+        raise SecretError(f"secret {name!r}: {scheme} reference gave an empty value")
+    redactor.add(name, value)
+    return value
+
+
+def resolve_all(refs: Mapping[str, str], *, cwd: Path | None = None) -> dict[str, str]:
+    return {name: resolve(name, ref, cwd=cwd) for name, ref in refs.items()}

@@ -1,0 +1,519 @@
+"""Where runbooks meet the inventory and the actions: discovery, validation, rendering."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from . import render
+from .errors import LoadError, OpskitError, Problem, RenderError, UsageError
+from .loader import SourceMap, load_inventory, load_runbook, problems_from
+from .model import Inventory, Risk, Runbook, SelectorError, Step, Target, did_you_mean
+
+if TYPE_CHECKING:
+    from .actions import Action
+
+RUNBOOK_SUFFIXES = (".yaml", ".yml")
+DEFAULT_INVENTORY = Path("inventory") / "homelab.yaml"
+
+
+@dataclass
+class LoadedRunbook:
+    runbook: Runbook
+    source: SourceMap
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.runbook.name
+
+
+@dataclass
+class Workspace:
+    """A runbooks directory and an inventory file, found from flags, environment or cwd."""
+
+    runbooks_dir: Path
+    inventory_path: Path
+    _catalog: dict[str, type[Action[Any]]] | None = field(default=None, repr=False)
+
+    @classmethod
+    def discover(
+        cls,
+        runbooks: str | Path | None = None,
+        inventory: str | Path | None = None,
+        cwd: Path | None = None,
+    ) -> Workspace:
+        here = (cwd or Path.cwd()).resolve()
+        root = _project_root(here)
+        rb = runbooks or os.environ.get("OPSKIT_RUNBOOKS") or (root / "runbooks")
+        inv = inventory or os.environ.get("OPSKIT_INVENTORY") or (root / DEFAULT_INVENTORY)
+        return cls(Path(rb), Path(inv))
+
+    # ----- the parts ---------------------------------------------------------------------
+
+    @property
+    def catalog(self) -> dict[str, type[Action[Any]]]:
+        if self._catalog is None:
+            from .actions import catalog
+
+            self._catalog = catalog()
+        return self._catalog
+
+    @cached_property
+    def loaded_inventory(self) -> tuple[Inventory, SourceMap]:
+        if not self.inventory_path.exists():
+            raise UsageError(
+                f"no inventory at {self.inventory_path}"
+                " (give --inventory FILE or set OPSKIT_INVENTORY)"
+            )
+        return load_inventory(self.inventory_path)
+
+    @property
+    def inventory(self) -> Inventory:
+        return self.loaded_inventory[0]
+
+    def runbook_paths(self) -> list[Path]:
+        if not self.runbooks_dir.is_dir():
+            raise UsageError(
+                f"no runbooks directory at {self.runbooks_dir}"
+                " (give --runbooks DIR or set OPSKIT_RUNBOOKS)"
+            )
+        return sorted(
+            p for p in self.runbooks_dir.iterdir() if p.suffix in RUNBOOK_SUFFIXES and p.is_file()
+        )
+
+    def find_runbook(self, name: str) -> Path:
+        """A runbook by name (file stem in the runbooks dir) or by path."""
+        candidate = Path(name)
+        if candidate.suffix in RUNBOOK_SUFFIXES or os.sep in name:
+            if candidate.is_file():
+                return candidate
+            raise UsageError(f"no runbook file {name}")
+        paths = self.runbook_paths()
+        for path in paths:
+            if path.stem == name:
+                return path
+        names = [p.stem for p in paths]
+        raise UsageError(
+            f"no runbook named {name!r} in {self.runbooks_dir}{did_you_mean(name, names)}"
+        )
+
+    def load(self, name_or_path: str | Path) -> LoadedRunbook:
+        """A runbook, fully checked against the inventory and the actions."""
+        path = self.find_runbook(str(name_or_path))
+        runbook, source = load_runbook(path, self.catalog)
+        problems = check_runbook(runbook, source, self.inventory, self.catalog)
+        if problems:
+            raise LoadError(problems)
+        return LoadedRunbook(runbook, source, path)
+
+
+def _project_root(start: Path) -> Path:
+    """The nearest directory at or above `start` holding runbooks/ or inventory/, else start."""
+    for directory in (start, *start.parents):
+        if (directory / "runbooks").is_dir() or (directory / "inventory").is_dir():
+            return directory
+    return start
+
+
+# --- deep checks: the runbook against the inventory and the actions ------------------------
+
+
+def check_runbook(
+    runbook: Runbook,
+    source: SourceMap,
+    inventory: Inventory,
+    catalog: Mapping[str, type[Action[Any]]],
+) -> list[Problem]:
+    problems: list[Problem] = []
+    try:
+        inventory.select(runbook.targets)
+    except SelectorError as exc:
+        problems.append(source.problem(("targets",), str(exc)))
+    registered: set[str] = set()
+    for section, i, step in runbook.all_steps():
+        where = (section, i)
+        action = catalog[step.action]
+        if section in ("preflight", "verify") and action.risk is not Risk.READ:
+            problems.append(
+                source.problem(
+                    (*where, "action"),
+                    f"{section} holds checks only; {step.action!r} is a {action.risk.value} action",
+                )
+            )
+        problems += _check_args(step, where, action.Args, source)
+        names = set(render.CONTEXT_NAMES) | registered
+        if step.loop is not None:
+            names.add("item")
+        problems += _check_templates(step, where, runbook, names, source)
+        if step.register_as:
+            registered.add(step.register_as)
+    return problems
+
+
+def _check_args(
+    step: Step, where: tuple[Any, ...], args_model: type[BaseModel], source: SourceMap
+) -> list[Problem]:
+    problems: list[Problem] = []
+    try:
+        args_model.model_validate(step.args)
+    except ValidationError as exc:
+        # A templated value is only known per target: its type is checked when rendered.
+        kept = [e for e in exc.errors() if not _templated_at(step.args, e["loc"])]
+        if kept:
+            located = problems_from(
+                ValidationError.from_exception_data(exc.title, kept),  # type: ignore[arg-type]
+                source,
+                prefix=(*where, "args"),
+            )
+            problems += located
+    for name in render.marked_fields(args_model, render.SecretArg):
+        value = step.args.get(name)
+        if value is not None and not _uses_secret(value):
+            problems.append(
+                source.problem(
+                    (*where, "args", name),
+                    f"{name} must come from a secret: use '{{{{ secrets.NAME }}}}'",
+                )
+            )
+    return problems
+
+
+def _templated_at(args: Any, loc: Iterable[Any]) -> bool:
+    node = args
+    for part in loc:
+        if render.is_template(node):
+            return True
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
+            node = node[part]
+        else:
+            break
+    return render.is_template(node)
+
+
+def _uses_secret(value: Any) -> bool:
+    if not render.is_template(value):
+        return False
+    try:
+        _, attrs = render.references(render.parse(value))
+    except render.TemplateProblem:
+        return True  # reported as a syntax error elsewhere
+    return any(base == "secrets" for base, _ in attrs)
+
+
+def _check_templates(
+    step: Step,
+    where: tuple[Any, ...],
+    runbook: Runbook,
+    names: set[str],
+    source: SourceMap,
+) -> list[Problem]:
+    texts: list[tuple[tuple[Any, ...], str, bool]] = []
+    for path, text in render.template_strings(step.args):
+        texts.append(((*where, "args", *path), text, False))
+    if isinstance(step.when, str):
+        texts.append(((*where, "when"), step.when, True))
+    if isinstance(step.confirm, str):
+        texts.extend(
+            (((*where, "confirm"), t, False) for _, t in render.template_strings(step.confirm))
+        )
+    if isinstance(step.loop, str):
+        texts.append(((*where, "loop"), step.loop, not render.is_template(step.loop)))
+    elif isinstance(step.loop, list):
+        for path, text in render.template_strings(step.loop):
+            texts.append(((*where, "loop", *path), text, False))
+    problems = []
+    for path, text, expression in texts:
+        try:
+            tree = render.parse(text, expression=expression)
+        except render.TemplateProblem as exc:
+            line, col, shown = source.position(path)
+            problems.append(Problem(source.file, line + exc.line - 1, col, f"{shown}: {exc}"))
+            continue
+        used, attrs = render.references(tree)
+        for name in sorted(used - names):
+            hint = did_you_mean(name, names)
+            problems.append(source.problem(path, f"undefined variable {name!r}{hint}"))
+        for base, attr in sorted(attrs):
+            if base == "params" and attr not in runbook.params and base in used:
+                hint = did_you_mean(attr, runbook.params)
+                problems.append(source.problem(path, f"undefined param {attr!r}{hint}"))
+            elif base == "secrets" and attr not in runbook.secrets and base in used:
+                hint = did_you_mean(attr, runbook.secrets)
+                problems.append(source.problem(path, f"undefined secret {attr!r}{hint}"))
+            elif base == "vars" and attr not in runbook.vars and base in used:
+                hint = did_you_mean(attr, runbook.vars)
+                problems.append(source.problem(path, f"undefined runbook var {attr!r}{hint}"))
+    return problems
+
+
+# --- params ----------------------------------------------------------------------------------
+
+
+def resolve_params(runbook: Runbook, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Typed params: defaults, then `given` (e.g. from -p k=v), each checked."""
+    values: dict[str, Any] = {}
+    for name in given:
+        if name not in runbook.params:
+            hint = did_you_mean(name, runbook.params)
+            known = ", ".join(runbook.params) or "none"
+            raise UsageError(
+                f"runbook {runbook.name!r} has no param {name!r}{hint} (params: {known})"
+            )
+    for name, param in runbook.params.items():
+        if name in given:
+            try:
+                values[name] = param.coerce(given[name])
+            except ValueError as exc:
+                raise UsageError(f"param {name}: {exc}") from None
+        elif param.required:
+            raise UsageError(f"runbook {runbook.name!r} needs param {name!r} (give -p {name}=...)")
+        else:
+            values[name] = param.default
+    return values
+
+
+def parse_param_args(pairs: Iterable[str]) -> dict[str, str]:
+    """-p k=v pairs to a mapping; a pair without '=' is a usage error."""
+    given: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"bad -p {pair!r}: use -p NAME=VALUE")
+        given[key.strip()] = value
+    return given
+
+
+# --- rendering per target (show; later the planner) ----------------------------------------
+
+
+class Deferred(str):
+    """A value only known after an earlier step ran (a registered output), shown as such."""
+
+    path: str
+
+    def __new__(cls, path: str) -> Deferred:
+        obj = super().__new__(cls, f"‹after apply: {path}›")
+        obj.path = path
+        return obj
+
+    def __getattr__(self, attr: str) -> Deferred:
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        return Deferred(f"{self.path}.{attr}")
+
+    def __getitem__(self, key: Any) -> Deferred:
+        return Deferred(f"{self.path}[{key!r}]")
+
+
+@dataclass
+class RenderedStep:
+    section: str
+    id: str
+    action: str
+    risk: Risk
+    description: str
+    args: dict[str, Any]
+    when: str | bool | None = None
+    confirm: str | None = None
+    skipped: bool = False
+    deferred: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "section": self.section,
+            "id": self.id,
+            "action": self.action,
+            "risk": self.risk.value,
+            "description": self.description,
+            "args": self.args,
+            "when": self.when,
+            "confirm": self.confirm,
+            "skipped": self.skipped,
+            "deferred": self.deferred,
+        }
+
+
+def target_context(target: Target) -> dict[str, Any]:
+    """`target` as templates see it, with each service's health check made concrete."""
+    ctx = target.model_dump(mode="json", by_alias=True)
+    health = []
+    for name, service in target.services.items():
+        if service.health is None:
+            continue
+        h = service.health
+        port = h.port or service.port
+        url = h.url or (f"{h.scheme}://{target.address}:{port}{h.path}" if port else None)
+        health.append(
+            {
+                "service": name,
+                "check": h.check,
+                "url": url,
+                "host": target.address,
+                "port": port,
+                "method": h.method,
+                "expect": h.expect,
+                "json": h.json_match,
+                "contains": h.contains,
+                "banner": h.banner,
+                "tls": h.tls.model_dump(),
+            }
+        )
+    ctx["health"] = health
+    return ctx
+
+
+def base_context(
+    loaded: LoadedRunbook, params: Mapping[str, Any], target: Target, secrets: Mapping[str, str]
+) -> dict[str, Any]:
+    rb = loaded.runbook
+    return {
+        "params": dict(params),
+        "secrets": dict(secrets),
+        "target": target_context(target),
+        "vars": dict(rb.vars),
+        "runbook": {"name": rb.name, "description": rb.description},
+    }
+
+
+def render_target(
+    loaded: LoadedRunbook,
+    params: Mapping[str, Any],
+    target: Target,
+    catalog: Mapping[str, type[Action[Any]]],
+) -> list[RenderedStep]:
+    """Every step for one target, secrets as placeholders and registered outputs deferred."""
+    from .secrets import placeholder
+
+    rb = loaded.runbook
+    secrets = {name: placeholder(name) for name in rb.secrets}
+    context = base_context(loaded, params, target, secrets)
+    out: list[RenderedStep] = []
+    for section, i, step in rb.all_steps():
+        try:
+            out += _render_step(section, step, context, catalog)
+        except RenderError as exc:
+            line, col, _ = loaded.source.position((section, i))
+            raise RenderError(
+                f"{loaded.source.file}:{line}:{col}: step {step.id!r} on {target.label()}: {exc}"
+            ) from None
+        if step.register_as:
+            context[step.register_as] = Deferred(step.register_as)
+    return out
+
+
+def _render_step(
+    section: str, step: Step, context: dict[str, Any], catalog: Mapping[str, type[Action[Any]]]
+) -> list[RenderedStep]:
+    action_cls = catalog[step.action]
+    if step.loop is None:
+        items: list[tuple[str, dict[str, Any]]] = [(step.id, context)]
+    else:
+        raw = step.loop
+        values = (
+            render.render_value(raw, context)
+            if isinstance(raw, list) or render.is_template(raw)
+            else render.evaluate(raw, context)
+        )
+        if not isinstance(values, list | tuple):
+            raise RenderError(f"loop must give a list, got {type(values).__name__}")
+        items = [
+            (f"{step.id}[{_item_label(v, n)}]", {**context, "item": v})
+            for n, v in enumerate(values)
+        ]
+    out = []
+    for step_id, ctx in items:
+        when: str | bool | None = step.when
+        skipped = False
+        if isinstance(step.when, str):
+            value = render.evaluate(step.when, ctx)
+            if isinstance(value, Deferred):
+                when = str(value)
+            else:
+                when = bool(value)
+                skipped = not when
+        elif step.when is False:
+            skipped = True
+        args = render.render_args(step.args, ctx, action_cls.Args)
+        deferred = _has_deferred(args)
+        description = step.action
+        if not deferred:
+            try:
+                action = action_cls(action_cls.Args.model_validate(args))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                loc = ".".join(str(p) for p in first["loc"])
+                raise RenderError(f"{step.action} {loc}: {first['msg']}") from None
+            description = action.describe()
+        confirm = None
+        if step.confirm:
+            confirm = (
+                render.render_text(step.confirm, ctx)
+                if isinstance(step.confirm, str)
+                else f"Run {step_id}?"
+            )
+        out.append(
+            RenderedStep(
+                section=section,
+                id=step_id,
+                action=step.action,
+                risk=action_cls.risk,
+                description=description,
+                args=args,
+                when=when,
+                confirm=confirm,
+                skipped=skipped,
+                deferred=deferred,
+            )
+        )
+    return out
+
+
+def _item_label(item: Any, index: int) -> str:
+    if isinstance(item, Mapping):
+        for key in ("name", "service", "id"):
+            if isinstance(item.get(key), str | int):
+                return str(item[key])
+    if isinstance(item, str | int) and len(str(item)) <= 40:
+        return str(item)
+    return str(index)
+
+
+def _has_deferred(value: Any) -> bool:
+    if isinstance(value, Deferred):
+        return True
+    if isinstance(value, str):
+        return "‹after apply: " in value
+    if isinstance(value, list):
+        return any(_has_deferred(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_deferred(v) for v in value.values())
+    return False
+
+
+def targets_for(
+    loaded: LoadedRunbook, inventory: Inventory, limit: str | None = None
+) -> list[Target]:
+    try:
+        return inventory.targets(loaded.runbook.targets, limit)
+    except SelectorError as exc:
+        raise UsageError(f"--limit: {exc}") from None
+
+
+__all__ = [
+    "LoadedRunbook",
+    "OpskitError",
+    "RenderedStep",
+    "Workspace",
+    "parse_param_args",
+    "render_target",
+    "resolve_params",
+]

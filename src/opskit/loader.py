@@ -59,8 +59,9 @@ class SourceMap:
         return line, col, ".".join(shown).replace(".[", "[")
 
     def problem(self, path: Iterable[Any], message: str, *, key: Any = None) -> Problem:
-        line, col, _ = self.position(path, key=key)
-        return Problem(self.file, line, col, message)
+        """A problem at `path`, its message prefixed with the dotted path found."""
+        line, col, shown = self.position(path, key=key)
+        return Problem(self.file, line, col, f"{shown}: {message}" if shown else message)
 
     def node(self, path: Iterable[Any]) -> Any:
         node = self.doc
@@ -216,15 +217,15 @@ def validate(
     try:
         return model.model_validate(data, context=context)
     except ValidationError as exc:
-        raise LoadError(problems_from(exc, source)) from None
+        raise LoadError(problems_from(exc.errors(include_url=False), source)) from None
     except RecursionError:
         raise LoadError.at(source.file, 1, 1, "document nests too deeply") from None
 
 
-def problems_from(exc: ValidationError, source: SourceMap, prefix: Path_ = ()) -> list[Problem]:
-    """Located problems from a pydantic ValidationError; union alternatives merged."""
+def problems_from(errors: Iterable[Any], source: SourceMap, prefix: Path_ = ()) -> list[Problem]:
+    """Located problems from pydantic's error dicts; union alternatives merged."""
     merged: dict[tuple[int, int, str], list[str]] = {}
-    for err in exc.errors(include_url=False):
+    for err in errors:
         loc = (*prefix, *err["loc"])
         ctx = err.get("ctx") or {}
         key = ctx.get("opskit_key")

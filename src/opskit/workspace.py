@@ -166,13 +166,7 @@ def _check_args(
     except ValidationError as exc:
         # A templated value is only known per target: its type is checked when rendered.
         kept = [e for e in exc.errors() if not _templated_at(step.args, e["loc"])]
-        if kept:
-            located = problems_from(
-                ValidationError.from_exception_data(exc.title, kept),  # type: ignore[arg-type]
-                source,
-                prefix=(*where, "args"),
-            )
-            problems += located
+        problems += problems_from(kept, source, prefix=(*where, "args"))
     for name in render.marked_fields(args_model, render.SecretArg):
         value = step.args.get(name)
         if value is not None and not _uses_secret(value):

@@ -6,17 +6,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
-from ..model import Change, Outcome, Risk, Target
+from ..model import Change, Outcome, Risk, StrictModel, Target
 
 A = TypeVar("A", bound=BaseModel)
 
 
-class ActionArgs(BaseModel):
-    """Base of every action's Args: unknown arguments are errors."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+class ActionArgs(StrictModel):
+    """Base of every action's Args: unknown arguments are errors naming the closest one."""
 
 
 @dataclass

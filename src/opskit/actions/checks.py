@@ -37,6 +37,15 @@ class HttpArgs(ActionArgs):
     timeout: Duration = 10.0
     follow_redirects: bool = False
 
+    @field_validator("url")
+    @classmethod
+    def _port(cls, value: str) -> str:
+        try:
+            _ = urlsplit(value).port  # raises on a port out of range or not a number
+        except ValueError as exc:
+            raise ValueError(f"bad URL {value!r}: {exc}") from None
+        return value
+
     @field_validator("matches")
     @classmethod
     def _regex(cls, value: str | None) -> str | None:
@@ -117,7 +126,7 @@ class HttpCheck(Check[HttpArgs]):
                     found, got = _dig(parsed, path)
                     if not found:
                         problems.append(f"JSON has no {path!r}")
-                    elif got != want:
+                    elif not _same(got, want):
                         problems.append(f"JSON {path} is {got!r}, expected {want!r}")
             outputs["json"] = parsed
         if a.contains is not None and a.contains not in body:
@@ -136,13 +145,24 @@ def _dig(data: Any, path: str) -> tuple[bool, Any]:
             data = data[part]
         elif (
             isinstance(data, list)
-            and part.lstrip("-").isdigit()
+            and re.fullmatch(r"-?[0-9]+", part)
             and -len(data) <= int(part) < len(data)
         ):
             data = data[int(part)]
         else:
             return False, None
     return True, data
+
+
+def _same(got: Any, want: Any) -> bool:
+    """JSON equality: true is not 1 and false is not 0 (Python's == says they are)."""
+    if isinstance(got, bool) or isinstance(want, bool):
+        return type(got) is type(want) and got == want
+    if isinstance(got, dict) and isinstance(want, dict):
+        return got.keys() == want.keys() and all(_same(got[k], want[k]) for k in got)
+    if isinstance(got, list) and isinstance(want, list):
+        return len(got) == len(want) and all(map(_same, got, want))
+    return bool(got == want)
 
 
 def _failed(error: str) -> Outcome:
@@ -188,6 +208,10 @@ class TcpCheck(Check[TcpArgs]):
                     raw = await asyncio.wait_for(reader.readline(), left)
                 except TimeoutError:
                     raw = b""
+                except ValueError:  # no newline within the stream's 64 KiB limit
+                    return _failed(f"tcp {where}: the first line is longer than 64 KiB")
+                except OSError as exc:  # e.g. reset right after the accept
+                    return _failed(f"tcp {where}: {exc.strerror or exc}")
                 line = raw.decode("utf-8", "replace").strip()
         finally:
             writer.close()

@@ -99,7 +99,7 @@ def list_runbooks(ctx: click.Context, as_json: bool) -> None:
     for path in ws.runbook_paths():
         try:
             loaded = ws.load(path)
-        except LoadError as exc:
+        except LoadError:
             rows.append(
                 {
                     "name": path.stem,

@@ -35,7 +35,7 @@ async def fetch_certificate(host: str, port: int, timeout: float = 10.0) -> byte
             asyncio.open_connection(host, port, ssl=ctx, server_hostname=host), timeout
         )
     except (TimeoutError, OSError, ssl.SSLError) as exc:
-        raise TLSError(f"{host}:{port}: TLS handshake failed: {exc or 'timed out'}") from None
+        raise TLSError(f"{host}:{port}: TLS handshake failed: {str(exc) or 'timed out'}") from None
     try:
         sslobj = writer.get_extra_info("ssl_object")
         der = sslobj.getpeercert(binary_form=True) if sslobj else None

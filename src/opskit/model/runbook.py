@@ -150,6 +150,7 @@ class Step(StrictModel):
     def _reject_unknown_keys(cls, data: Any, info: ValidationInfo) -> Any:
         if not isinstance(data, Mapping):
             return data
+        actions: set[str] = set((info.context or {}).get("actions", ()))
         if "action" in data:
             # The explicit form, `action: KIND` with `args: {...}`, as a dumped step has.
             known = cls.known_keys()
@@ -160,9 +161,16 @@ class Step(StrictModel):
                         f"unknown key {key!r}{did_you_mean(str(key), known)}",
                         key=key,
                     )
+            kind = data["action"]
+            if actions and (not isinstance(kind, str) or kind not in actions):
+                raise user_error(
+                    "unknown_action",
+                    f"unknown action kind {kind!r}{did_you_mean(str(kind), actions)}",
+                    key="action",
+                    value=True,
+                )
             return data
         fields = cls.step_keys()
-        actions: set[str] = set((info.context or {}).get("actions", ()))
         extras = []
         for key in data:
             if not isinstance(key, str):

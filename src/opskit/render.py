@@ -83,7 +83,14 @@ def environment() -> ImmutableSandboxedEnvironment:
             return shell_quote(value)
         return value
 
-    env = ImmutableSandboxedEnvironment(
+    class Environment(ImmutableSandboxedEnvironment):
+        # `params.items` must be the param named items, not dict.items: keys win over methods.
+        def getattr(self, obj: Any, attribute: str) -> Any:
+            if isinstance(obj, Mapping) and attribute in obj:
+                return obj[attribute]
+            return super().getattr(obj, attribute)
+
+    env = Environment(
         undefined=StrictUndefined,
         finalize=finalize,
         autoescape=False,

@@ -8,6 +8,16 @@ from typing import Any
 from .model import Inventory, Runbook, Step
 
 SCHEMA_DRAFT = "https://json-schema.org/draft/2020-12/schema"
+# An action argument may be a template whose value is only known per target.
+TEMPLATE = {"type": "string", "pattern": r"\{\{|\{%", "description": "a Jinja2 template"}
+
+
+def _templatable(schema: dict[str, Any]) -> dict[str, Any]:
+    """Every property of an Args schema also accepts a template string."""
+    for name, prop in list(schema.get("properties", {}).items()):
+        keep = {k: prop.pop(k) for k in ("title", "description", "default") if k in prop}
+        schema["properties"][name] = {**keep, "anyOf": [prop, TEMPLATE]}
+    return schema
 
 
 def inventory_schema() -> dict[str, Any]:
@@ -29,7 +39,8 @@ def runbook_schema(actions: Mapping[str, Any]) -> dict[str, Any]:
             by_alias=True, ref_template="#/$defs/{model}"
         )
         for key, value in args_schema.pop("$defs", {}).items():
-            defs.setdefault(key, value)
+            defs.setdefault(key, _templatable(value))
+        _templatable(args_schema)
         defs_name = "Args_" + name.replace(".", "_")
         defs[defs_name] = args_schema
         variants.append(

@@ -1,0 +1,151 @@
+"""Templating: shell quoting by default, the sandbox, strict undefined, native values."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Annotated, ClassVar
+
+import pytest
+
+from opskit import actions, render
+from opskit.actions import ActionArgs, Check
+from opskit.errors import RenderError
+from opskit.render import SHELL
+
+EVIL = "x; touch {dir}/pwned"
+
+
+class ShellArgs(ActionArgs):
+    cmd: Annotated[str, SHELL]
+    note: str = ""
+
+
+class ShellProbe(Check[ShellArgs]):
+    """A step kind for tests: a shell command field, nothing else."""
+
+    name: ClassVar[str] = "test.shell"
+    Args = ShellArgs
+
+    def describe(self) -> str:
+        return self.args.cmd
+
+
+@pytest.fixture
+def shell_kind():
+    actions.register(ShellProbe)
+    yield ShellProbe
+    actions.unregister(ShellProbe.name)
+
+
+def sh(command: str) -> str:
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout
+
+
+def test_param_value_stays_one_literal_argument(tmp_path):
+    evil = EVIL.format(dir=tmp_path)
+    args = render.render_args(
+        {"cmd": "printf '%s\\n' {{ params.name }}"}, {"params": {"name": evil}}, ShellArgs
+    )
+    assert sh(args["cmd"]) == evil + "\n"
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_raw_opts_out_of_quoting(tmp_path):
+    evil = EVIL.format(dir=tmp_path)
+    args = render.render_args(
+        {"cmd": "echo {{ params.name | raw }}"}, {"params": {"name": evil}}, ShellArgs
+    )
+    sh(args["cmd"])
+    assert (tmp_path / "pwned").exists()
+
+
+def test_only_shell_fields_are_quoted():
+    args = render.render_args(
+        {"cmd": "echo {{ v }}", "note": "{{ v }} as is"}, {"v": "a b"}, ShellArgs
+    )
+    assert args == {"cmd": "echo 'a b'", "note": "a b as is"}
+
+
+def test_lists_become_separate_quoted_words():
+    args = render.render_args({"cmd": "ls {{ files }}"}, {"files": ["a b", "c;d", "e"]}, ShellArgs)
+    assert args["cmd"] == "ls 'a b' 'c;d' e"
+
+
+@pytest.mark.parametrize(
+    "value", ["$(id)", "`id`", "a'b", '"', "\n", "", "-rf /", "*", "~root", "a\\b", "${HOME}"]
+)
+def test_quoting_round_trips_through_sh(value):
+    args = render.render_args({"cmd": "printf '%s' {{ v }}"}, {"v": value}, ShellArgs)
+    assert sh(args["cmd"]) == value
+
+
+def test_injection_through_the_cli(project, opskit, shell_kind, tmp_path):
+    project.runbook(
+        "inject",
+        """
+        name: inject
+        targets: vm:110
+        params:
+          name: {type: str}
+        steps:
+          - id: greet
+            test.shell: {cmd: "printf '%s' {{ params.name }}"}
+        """,
+    )
+    evil = EVIL.format(dir=tmp_path)
+    result = opskit("show", "inject", "-p", f"name={evil}", "--json", cwd=project.root)
+    assert result.code == 0, result.err
+    cmd = json.loads(result.out)["targets"][0]["steps"][0]["args"]["cmd"]
+    assert sh(cmd) == evil
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ target.__init__ }}",
+        "{{ params.update({'a': 1}) }}",
+        "{{ cycler.__init__.__globals__ }}",
+    ],
+)
+def test_sandbox_refuses_unsafe_access(template):
+    with pytest.raises(RenderError, match=r"not allowed|undefined"):
+        render.render_value(template, {"params": {}, "target": {}})
+
+
+def test_strict_undefined_is_an_error():
+    with pytest.raises(RenderError, match="undefined"):
+        render.render_value("http://{{ target.addres }}/", {"target": {"address": "x"}})
+    with pytest.raises(RenderError, match="undefined"):
+        render.render_value("{{ params.nope }}", {"params": {}})
+
+
+def test_single_expression_keeps_native_type():
+    ctx = {"params": {"code": 204, "items": [1, 2], "on": True}}
+    assert render.render_value("{{ params.code }}", ctx) == 204
+    assert render.render_value("{{ params.items }}", ctx) == [1, 2]
+    assert render.render_value(" {{ params.on }} ", ctx) is True
+    assert render.render_value("code {{ params.code }}", ctx) == "code 204"
+    assert render.render_value({"a": ["{{ params.code }}"]}, ctx) == {"a": [204]}
+
+
+def test_evaluate_expressions():
+    assert render.evaluate("params.mode == 'venv'", {"params": {"mode": "venv"}}) is True
+    with pytest.raises(RenderError):
+        render.evaluate("params.mode ==", {"params": {}})
+
+
+def test_references_finds_params_secrets_and_names():
+    names, attrs = render.references(
+        render.parse("{{ params.a }} {{ secrets['b'] }} {% set x = 1 %}{{ x }} {{ item.c }}")
+    )
+    assert names == {"params", "secrets", "item"}
+    assert {("params", "a"), ("secrets", "b"), ("item", "c")} <= attrs
+
+
+def test_parse_reports_syntax_line():
+    with pytest.raises(render.TemplateProblem) as info:
+        render.parse("line one\n{{ oops }\n")
+    assert info.value.line == 2

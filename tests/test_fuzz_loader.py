@@ -1,4 +1,4 @@
-"""Hypothesis feeds mutated runbooks and inventories to the loader: only opskit's errors come out."""
+"""Hypothesis feeds mutated runbooks and inventories to the loader: only opskit errors come out."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ INV, _ = load_inventory(REPO / "inventory" / "homelab.yaml")
 CATALOG = catalog()
 
 NOISE = st.lists(
-    st.sampled_from(list(":{}[],-&*!|>'\"#%@`?\n\t  abcxyz019.$~\\") + ["{{", "}}", "{%"]),
+    st.sampled_from([*":{}[],-&*!|>'\"#%@`?\n\t  abcxyz019.$~\\", "{{", "}}", "{%"]),
     min_size=1,
     max_size=12,
 ).map("".join)

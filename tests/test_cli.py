@@ -187,7 +187,7 @@ def test_validate_json(opskit):
 
 
 def _yaml(path: Path):
-    return json.loads(json.dumps(YAML(typ="safe").load(path.read_text())))
+    return json.loads(json.dumps(YAML(typ="safe", pure=True).load(path.read_text())))
 
 
 def test_schemas_accept_the_shipped_files_and_reject_typos(opskit):

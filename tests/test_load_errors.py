@@ -138,6 +138,13 @@ CASES = [
         r"template syntax",
     ),
     (
+        "unknown filter",
+        GOOD.replace("{{ params.port }}", "{{ params.port | prot }}"),
+        11,
+        12,
+        r"template: No filter named 'prot'",
+    ),
+    (
         "secret argument given as plain text",
         GOOD.replace('"{{ secrets.api_key }}"', "hunter2hunter2"),
         12,
@@ -229,7 +236,7 @@ def test_inventory_errors_are_located(project, opskit):
 @pytest.mark.parametrize(
     ("text", "pattern"),
     [
-        ("name: &x [*x]\n", "name: input should be a valid string|refers to itself"),
+        ("name: &x [*x]\n", "refers to a node containing itself"),
         (
             "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
             "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"

@@ -130,10 +130,14 @@ def parse(text: str, *, expression: bool = False) -> nodes.Template:
 
 def references(tree: nodes.Template) -> tuple[set[str], set[tuple[str, str]]]:
     """(top-level names the template reads, (name, attribute) pairs like ('params', 'x'))."""
-    from jinja2 import meta
+    from jinja2 import TemplateError, meta
     from jinja2 import nodes as n
 
-    names = set(meta.find_undeclared_variables(tree))
+    try:
+        # This compiles the template, which also finds unknown filters and tests.
+        names = set(meta.find_undeclared_variables(tree))
+    except TemplateError as exc:
+        raise TemplateProblem(f"template: {exc.message}", getattr(exc, "lineno", 1) or 1) from None
     attrs: set[tuple[str, str]] = set()
     for node in tree.find_all((n.Getattr, n.Getitem)):
         if isinstance(node, n.Getattr) and isinstance(node.node, n.Name):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,6 +71,8 @@ def resolve(name: str, ref: str, *, cwd: Path | None = None) -> str:
         except UnicodeDecodeError:
             raise SecretError(f"secret {name!r}: {path} is not UTF-8 text") from None
     elif scheme == "cmd":
+        import subprocess
+
         try:
             done = subprocess.run(
                 rest, shell=True, capture_output=True, text=True, timeout=60, cwd=cwd

@@ -227,12 +227,11 @@ def _check_templates(
     problems = []
     for path, text, expression in texts:
         try:
-            tree = render.parse(text, expression=expression)
+            used, attrs = render.references(render.parse(text, expression=expression))
         except render.TemplateProblem as exc:
             line, col, shown = source.position(path)
             problems.append(Problem(source.file, line + exc.line - 1, col, f"{shown}: {exc}"))
             continue
-        used, attrs = render.references(tree)
         for name in sorted(used - names):
             hint = did_you_mean(name, names)
             problems.append(source.problem(path, f"undefined variable {name!r}{hint}"))

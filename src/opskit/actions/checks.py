@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from typing import Annotated, Any, ClassVar, Literal
@@ -188,6 +187,8 @@ class TcpCheck(Check[TcpArgs]):
         return f"tcp {host}:{self.args.port} accepts{banner}"
 
     async def apply(self, ctx: ActionContext) -> Outcome:
+        import asyncio
+
         a = self.args
         host = a.host or ctx.target.address
         where = f"{host}:{a.port}"
@@ -244,5 +245,7 @@ class Wait(Check[WaitArgs]):
         return f"wait {format_duration(self.args.duration)}"
 
     async def apply(self, ctx: ActionContext) -> Outcome:
+        import asyncio
+
         await asyncio.sleep(self.args.duration)
         return Outcome(ok=True, summary=self.describe())

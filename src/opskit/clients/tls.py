@@ -40,7 +40,7 @@ async def fetch_certificate(host: str, port: int, timeout: float = 10.0) -> byte
         sslobj = writer.get_extra_info("ssl_object")
         der = sslobj.getpeercert(binary_form=True) if sslobj else None
     finally:
-        writer.close()
+        writer.transport.abort()  # at once: a graceful TLS close needs the loop to keep running
     if not der:
         raise TLSError(f"{host}:{port}: presented no certificate")
     return bytes(der)

@@ -1,0 +1,301 @@
+"""Benchmark: `opskit validate` over the shipped files within 0.3 s wall on the 2-core machine.
+
+Method. Three commands are timed as subprocesses, each started from the repository root:
+
+    floor      python -c pass                  the interpreter's own start-up (site, .pth files)
+    import     python -c "import opskit.cli"   what importing the CLI adds
+    validate   opskit validate                 the whole command, as a user types it
+
+"python" is the interpreter running this script (run it with the venv's: `make bench`), and
+`opskit` is the console script next to it (if missing: `python -c "from opskit.cli import main;
+main()" validate`). After warm-up runs, the commands are run in turns, `--runs` times each, so
+that background noise falls on all three alike; the table gives the median, min and max wall
+time of each and its ratio to the floor. The verdict is on the median of validate. The exit
+code is 1 if the target is missed, 2 if a command fails.
+
+Bytecode. An installed opskit runs from cached bytecode, but the editable install's src/ has
+none when PYTHONDONTWRITEBYTECODE is set (as on the development machine), and compiling
+opskit's modules on every run would be timed too. So the runs get a bytecode cache of their
+own (PYTHONPYCACHEPREFIX, a temporary directory, filled by the first runs) with writing
+allowed: nothing is written into the repository or the venv.
+
+    python bench/validate_speed.py              the table and the verdict
+    python bench/validate_speed.py --json       the same figures as JSON
+    python bench/validate_speed.py --profile    also the modules `opskit validate` spends its
+                                                import time in (python -X importtime)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TARGET_MS = 300.0
+# Variables that would make the runs validate something else, or time something else.
+_SCRUBBED_ENV = (
+    "OPSKIT_RUNBOOKS",
+    "OPSKIT_INVENTORY",
+    "PYTHONPROFILEIMPORTTIME",
+    "PYTHONDONTWRITEBYTECODE",
+)
+
+
+@dataclass
+class Bench:
+    name: str
+    cmd: list[str]
+    samples_ms: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples_ms)
+
+
+def validate_command(python: str) -> list[str]:
+    """The console script next to the interpreter, else the same entry point through -c."""
+    bindir = Path(python).parent
+    for name in ("opskit", "opskit.exe"):
+        script = bindir / name
+        if script.is_file() and os.access(script, os.X_OK):
+            return [str(script), "validate"]
+    return [python, "-c", "from opskit.cli import main; main()", "validate"]
+
+
+def fail(message: str) -> NoReturn:
+    """A command that should work did not: nothing meaningful to time (exit 2)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def bench_env(pycache: str) -> dict[str, str]:
+    """This environment, less what would change the outcome, with its own bytecode cache."""
+    env = dict(os.environ)
+    for name in _SCRUBBED_ENV:
+        env.pop(name, None)
+    env["PYTHONPYCACHEPREFIX"] = pycache
+    return env
+
+
+def run_once(cmd: list[str], env: dict[str, str]) -> float:
+    """Wall time of one run in ms; output discarded (validate's stdout is a pipe, as in CI)."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    elapsed = (time.perf_counter() - start) * 1000.0
+    if proc.returncode != 0:
+        fail(f"{' '.join(cmd)} exited {proc.returncode} during timing")
+    return elapsed
+
+
+def check_works(bench: Bench, env: dict[str, str]) -> None:
+    """One run with output kept, so a broken command fails loudly instead of timing an error."""
+    proc = subprocess.run(bench.cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        fail(f"{bench.name}: {' '.join(bench.cmd)} exited {proc.returncode}")
+
+
+def measure(benches: list[Bench], runs: int, warmup: int, env: dict[str, str]) -> None:
+    for bench in benches:
+        check_works(bench, env)
+    for _ in range(warmup):
+        for bench in benches:
+            run_once(bench.cmd, env)
+    for _ in range(runs):
+        for bench in benches:
+            bench.samples_ms.append(run_once(bench.cmd, env))
+
+
+@dataclass
+class ImportRow:
+    module: str
+    depth: int
+    self_us: int
+    cumulative_us: int
+
+
+# `-X importtime` logs only `import` statements: a module loaded by importlib.import_module (the
+# CLI's lazy subcommands, entry-point actions) goes unlisted and its own imports show up at top
+# level, unattributed. The profile therefore runs the CLI with import_module routed through
+# __import__, so that those modules are listed where they are loaded.
+_PROFILE_SHIM = """\
+import importlib, sys
+_import_module = importlib.import_module
+def _logged_import_module(name, package=None):
+    if package is not None or name.startswith("."):
+        return _import_module(name, package)
+    __import__(name)
+    return sys.modules[name]
+importlib.import_module = _logged_import_module
+if "importlib.metadata" in sys.modules:
+    sys.modules["importlib.metadata"].import_module = _logged_import_module
+from opskit.cli import main
+main()
+"""
+
+
+def import_profile(python: str, env: dict[str, str]) -> list[ImportRow]:
+    """`python -X importtime` of `opskit validate` (through _PROFILE_SHIM), parsed from stderr."""
+    cmd = [python, "-X", "importtime", "-c", _PROFILE_SHIM, "validate"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        fail(f"the -X importtime run of validate exited {proc.returncode}")
+    rows: list[ImportRow] = []
+    for line in proc.stderr.splitlines():
+        # "import time:       123 |        456 |     package.module"
+        if not line.startswith("import time:"):
+            continue
+        parts = line[len("import time:") :].split("|")
+        if len(parts) != 3 or not parts[0].strip().isdigit():
+            continue  # the header line
+        name = parts[2].rstrip()
+        stripped = name.lstrip(" ")
+        depth = (len(name) - len(stripped) - 1) // 2
+        rows.append(ImportRow(stripped, depth, int(parts[0]), int(parts[1])))
+    return rows
+
+
+def by_package(rows: list[ImportRow]) -> list[tuple[str, int, int]]:
+    """Self time summed per top-level package: (package, self µs, modules), largest first."""
+    totals: dict[str, list[int]] = {}
+    for row in rows:
+        entry = totals.setdefault(row.module.split(".")[0], [0, 0])
+        entry[0] += row.self_us
+        entry[1] += 1
+    return sorted(((p, t, n) for p, (t, n) in totals.items()), key=lambda x: -x[1])
+
+
+def print_table(benches: list[Bench], floor: float) -> None:
+    print(f"{'name':<10} {'median ms':>10} {'min':>8} {'max':>8} {'x floor':>8}  command")
+    for b in benches:
+        print(
+            f"{b.name:<10} {b.median:>10.1f} {min(b.samples_ms):>8.1f} {max(b.samples_ms):>8.1f}"
+            f" {b.median / floor:>8.2f}  {' '.join(_short(c) for c in b.cmd)}"
+        )
+
+
+def print_profile(rows: list[ImportRow], top: int) -> None:
+    total = sum(r.self_us for r in rows)
+    print(f"\nimport time of `opskit validate` (-X importtime, one run): {total / 1000:.1f} ms")
+    print(f"top {top} modules by cumulative import time:")
+    print(f"{'cumul ms':>9} {'self ms':>8}  module (indent = imported by the one above)")
+    for r in sorted(rows, key=lambda r: -r.cumulative_us)[:top]:
+        print(
+            f"{r.cumulative_us / 1000:>9.1f} {r.self_us / 1000:>8.1f}  {'  ' * r.depth}{r.module}"
+        )
+    print("\nself import time by top-level package:")
+    print(f"{'self ms':>9} {'modules':>8}  package")
+    for package, self_us, count in by_package(rows)[:top]:
+        print(f"{self_us / 1000:>9.1f} {count:>8}  {package}")
+
+
+def _short(arg: str) -> str:
+    """Paths inside the repository shown relative to it, to keep the table narrow."""
+    try:
+        return str(Path(arg).relative_to(REPO_ROOT))
+    except ValueError:
+        return json.dumps(arg) if " " in arg else arg
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=15, help="timed runs per command (15)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (3)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile validate's imports (-X importtime)"
+    )
+    parser.add_argument("--top", type=int, default=25, help="rows of the profile (25)")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0 or args.top < 1:
+        parser.error("--runs and --top must be at least 1, --warmup at least 0")
+
+    python = sys.executable
+    with tempfile.TemporaryDirectory(prefix="opskit-bench-pycache-") as pycache:
+        return run_bench(args, python, bench_env(pycache))
+
+
+def run_bench(args: argparse.Namespace, python: str, env: dict[str, str]) -> int:
+    benches = [
+        Bench("floor", [python, "-c", "pass"]),
+        Bench("import", [python, "-c", "import opskit.cli"]),
+        Bench("validate", validate_command(python)),
+    ]
+    measure(benches, args.runs, args.warmup, env)
+    floor = benches[0].median
+    validate = benches[-1].median
+    passed = validate <= TARGET_MS
+    rows = import_profile(python, env) if args.profile else None
+
+    if args.json:
+        report: dict[str, object] = {
+            "python": python,
+            "cpus": os.cpu_count(),
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "bytecode_cached": True,
+            "target_ms": TARGET_MS,
+            "results": [
+                {
+                    "name": b.name,
+                    "cmd": b.cmd,
+                    "median_ms": round(b.median, 2),
+                    "min_ms": round(min(b.samples_ms), 2),
+                    "max_ms": round(max(b.samples_ms), 2),
+                    "ratio_to_floor": round(b.median / floor, 3),
+                    "samples_ms": [round(s, 2) for s in b.samples_ms],
+                }
+                for b in benches
+            ],
+            "validate_median_ms": round(validate, 2),
+            "pass": passed,
+        }
+        if rows is not None:
+            report["importtime"] = {
+                "total_self_ms": round(sum(r.self_us for r in rows) / 1000, 2),
+                "top_cumulative": [
+                    {
+                        "module": r.module,
+                        "depth": r.depth,
+                        "self_ms": r.self_us / 1000,
+                        "cumulative_ms": r.cumulative_us / 1000,
+                    }
+                    for r in sorted(rows, key=lambda r: -r.cumulative_us)[: args.top]
+                ],
+                "self_by_package": [
+                    {"package": p, "self_ms": t / 1000, "modules": n}
+                    for p, t, n in by_package(rows)[: args.top]
+                ],
+            }
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"{args.runs} runs each after {args.warmup} warm-up, bytecode cached, "
+            f"cwd {REPO_ROOT}, {os.cpu_count()} CPUs, {python}"
+        )
+        print_table(benches, floor)
+        if rows is not None:
+            print_profile(rows, args.top)
+    # With --json the verdict goes to stderr, so that stdout stays one JSON document.
+    verdict = "PASS" if passed else "FAIL"
+    print(
+        f"validate median {validate:.0f} ms: {verdict} (target {TARGET_MS:.0f} ms)",
+        file=sys.stderr if args.json else sys.stdout,
+    )
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

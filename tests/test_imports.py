@@ -1,0 +1,103 @@
+"""What importing opskit pulls in: the CLI and `validate` must stay clear of the heavy clients.
+
+Each check runs in a fresh interpreter (the one running the tests: the venv's), because this
+process's sys.modules already holds whatever other tests imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import opskit.model
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Packages only `plan`/`run` need (SSH, pyinfra, HTTP), and rich (tables on a terminal only).
+HEAVY = ("asyncssh", "pyinfra", "httpx")
+MARKER = "@@modules@@"
+
+
+def _fresh_modules(code: str) -> tuple[dict[str, object], str]:
+    """Run `code` in a new interpreter from the repository root; (its report, its stdout).
+
+    `code` may set `result` (a dict); the report is that dict plus `modules`, the sorted
+    names in sys.modules when the code is done.
+    """
+    script = (
+        "import json, sys\n"
+        "result = {}\n"
+        f"{code}\n"
+        "result['modules'] = sorted(sys.modules)\n"
+        "sys.stdout.flush()\n"
+        f"print({MARKER!r} + json.dumps(result))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OPSKIT_RUNBOOKS", "OPSKIT_INVENTORY")}
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, f"subprocess failed ({proc.returncode}):\n{proc.stderr}"
+    head, _, report = proc.stdout.rpartition(MARKER)
+    return json.loads(report), head
+
+
+def _loaded(modules: object, packages: tuple[str, ...]) -> list[str]:
+    """The modules of `packages` (the packages themselves or anything under them) loaded."""
+    assert isinstance(modules, list)
+    return sorted(m for m in modules if m.split(".")[0] in packages)
+
+
+def test_cli_import_is_light():
+    report, _ = _fresh_modules("import opskit.cli")
+    offending = _loaded(report["modules"], (*HEAVY, "rich"))
+    assert not offending, f"`import opskit.cli` imports {', '.join(offending)}"
+
+
+def test_validate_does_not_import_clients():
+    report, out = _fresh_modules(
+        "from opskit.cli import run\nresult['rc'] = run(['validate'])",
+    )
+    assert report["rc"] == 0, f"`opskit validate` returned {report['rc']}:\n{out}"
+    assert "homelab.yaml" in out, out
+    offending = _loaded(report["modules"], HEAVY)
+    assert not offending, f"`opskit validate` imports {', '.join(offending)}"
+
+
+def test_package_import_is_bare():
+    report, _ = _fresh_modules("import opskit")
+    offending = _loaded(report["modules"], ("pydantic", "click"))
+    assert not offending, f"`import opskit` imports {', '.join(offending)}"
+
+
+def _ruff_all_order(name: str) -> tuple[int, list[int | str]]:
+    """The order ruff's RUF022 (selected in pyproject.toml) keeps `__all__` in: isort-style,
+    SCREAMING_SNAKE_CASE, then CamelCase, then the rest, each in natural order.
+
+    Plain sorted() would put "LOCAL" among the classes, and `ruff check --fix` would move it
+    back: the test follows the linter so that the two can both pass.
+    """
+    if len(name) > 1 and name.isupper():
+        kind = 0
+    elif name[:1].isupper():
+        kind = 1
+    else:
+        kind = 2
+    natural = [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    return kind, natural
+
+
+def test_model_all_is_sorted_and_exists():
+    names = list(opskit.model.__all__)
+    expected = sorted(names, key=_ruff_all_order)
+    assert names == expected, f"opskit.model.__all__ out of order; expected {expected}"
+    assert len(set(names)) == len(names), "opskit.model.__all__ has duplicates"
+    missing = [n for n in names if not hasattr(opskit.model, n)]
+    assert not missing, f"opskit.model.__all__ names what the module lacks: {missing}"

@@ -8,6 +8,7 @@
     ├── SecretError                  exit 2  a secret reference could not be resolved
     ├── GateError                    exit 3  a confirmation gate was declined or not approved
     ├── StalePlanError               exit 4  a saved plan no longer matches the world
+    ├── LockError                    exit 5  a target is locked by another run
     ├── StepError                    exit 1  a step failed on a target
     │   └── CheckFailed              exit 1  a check's expectation was not met
     └── Interrupted                  exit 130
@@ -25,6 +26,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_GATE = 3
 EXIT_STALE = 4
+EXIT_LOCKED = 5
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES: dict[int, str] = {
@@ -33,6 +35,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_USAGE: "usage or validation error (bad runbook, inventory, parameter or secret)",
     EXIT_GATE: "a confirmation gate was declined or not approved",
     EXIT_STALE: "stale plan: the runbook, inventory, opskit or the world changed since planning",
+    EXIT_LOCKED: "a target is locked by another run",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -88,6 +91,10 @@ class GateError(OpskitError):
 
 class StalePlanError(OpskitError):
     exit_code = EXIT_STALE
+
+
+class LockError(OpskitError):
+    exit_code = EXIT_LOCKED
 
 
 class StepError(OpskitError):

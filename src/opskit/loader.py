@@ -17,7 +17,6 @@ M = TypeVar("M", bound=BaseModel)
 
 # A YAML document may not expand (through aliases) to more nodes than this.
 MAX_NODES = 200_000
-_STEP_SECTIONS = ("preflight", "steps", "verify", "always")
 
 Path_ = tuple[str | int, ...]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -319,6 +319,8 @@ class RenderedStep:
     confirm: str | None = None
     skipped: bool = False
     deferred: bool = False
+    step: Step | None = None  # the runbook step this was rendered from
+    instance: Action[Any] | None = None  # the action, when its args are known
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -392,7 +394,7 @@ def render_target(
     out: list[RenderedStep] = []
     for section, i, step in rb.all_steps():
         try:
-            out += _render_step(section, step, context, catalog)
+            out += render_step(section, step, context, catalog)
         except RenderError as exc:
             line, col, _ = loaded.source.position((section, i))
             raise RenderError(
@@ -403,7 +405,7 @@ def render_target(
     return out
 
 
-def _render_step(
+def render_step(
     section: str, step: Step, context: dict[str, Any], catalog: Mapping[str, type[Action[Any]]]
 ) -> list[RenderedStep]:
     action_cls = catalog[step.action]
@@ -427,17 +429,17 @@ def _render_step(
         when: str | bool | None = step.when
         skipped = False
         if isinstance(step.when, str):
-            value = render.evaluate(step.when, ctx)
-            if isinstance(value, Deferred):
-                when = str(value)
+            if _reads_deferred(step.when, ctx):
+                when = step.when  # decided at run time, from an earlier step's outputs
             else:
-                when = bool(value)
+                when = bool(render.evaluate(step.when, ctx))
                 skipped = not when
         elif step.when is False:
             skipped = True
         args = render.render_args(step.args, ctx, action_cls.Args)
         deferred = _has_deferred(args)
         description = step.action
+        action = None
         if not deferred:
             try:
                 action = action_cls(action_cls.Args.model_validate(args))
@@ -465,9 +467,21 @@ def _render_step(
                 confirm=confirm,
                 skipped=skipped,
                 deferred=deferred,
+                step=step,
+                instance=action,
             )
         )
     return out
+
+
+@lru_cache(maxsize=512)
+def _names_in(expression: str) -> frozenset[str]:
+    names, _ = render.references(render.parse(expression, expression=True))
+    return frozenset(names)
+
+
+def _reads_deferred(expression: str, context: Mapping[str, Any]) -> bool:
+    return any(isinstance(context.get(name), Deferred) for name in _names_in(expression))
 
 
 def _item_label(item: Any, index: int) -> str:

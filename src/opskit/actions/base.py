@@ -59,4 +59,4 @@ class Check(Action[A]):
     risk: ClassVar[Risk] = Risk.READ
 
     async def probe(self, ctx: ActionContext) -> Change:
-        return Change.none(f"check: {self.describe()}")
+        return Change.none(self.describe())

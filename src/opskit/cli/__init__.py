@@ -42,6 +42,13 @@ class LazyGroup(click.Group):
         "show": "opskit.cli.files.show",
         "schema": "opskit.cli.files.schema",
         "inventory": "opskit.cli.inventory.inventory",
+        "run": "opskit.cli.run.run",
+        "plan": "opskit.cli.run.plan",
+        "apply": "opskit.cli.run.apply",
+        "resume": "opskit.cli.run.resume",
+        "history": "opskit.cli.history.history",
+        "show-run": "opskit.cli.history.show_run",
+        "unlock": "opskit.cli.history.unlock",
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
@@ -86,6 +93,9 @@ def run(argv: list[str] | None = None) -> int:
             click.echo(_redact(str(problem)), err=True)
         return exc.exit_code
     except OpskitError as exc:
+        if exc.exit_code == 0:  # e.g. a saved plan already applied: said, not an error
+            click.echo(_redact(str(exc)))
+            return 0
         click.echo(_redact(f"error: {exc}"), err=True)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -63,3 +63,79 @@ class Outcome(BaseModel):
     summary: str
     outputs: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
+
+
+class PlannedStep(BaseModel):
+    """One step for one target, as reviewed: rendered args (secrets as references) and change."""
+
+    section: str
+    id: str
+    step: str = Field(description="the runbook step id (differs from id inside a loop)")
+    action: str
+    args: dict[str, Any]
+    risk: Risk
+    change: Change
+    gate: str | None = Field(None, description="the question asked before running, if any")
+    when: str | bool | None = None
+    skipped: bool = False
+    deferred: bool = Field(False, description="args depend on an earlier step's outputs")
+
+
+class TargetPlan(BaseModel):
+    target: str
+    label: str
+    steps: list[PlannedStep]
+
+
+class FileRef(BaseModel):
+    path: str
+    sha256: str
+
+
+class Plan(BaseModel):
+    """What a run would do, reviewable and replayable. The fingerprint covers everything
+    but itself and `created_at`."""
+
+    format_version: int = 1
+    opskit_version: str
+    runbook: str
+    runbook_file: FileRef
+    inventory_file: FileRef
+    params: dict[str, Any]
+    secrets: dict[str, str] = Field(description="references only, never values")
+    limit: str | None = None
+    concurrency: int = 10
+    serial: int | str | None = None
+    max_fail: int | str | None = None
+    targets: list[TargetPlan]
+    created_at: str = ""
+    fingerprint: str = ""
+
+    def body(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"fingerprint", "created_at"})
+
+    def compute_fingerprint(self) -> str:
+        import hashlib
+        import json
+
+        canonical = json.dumps(
+            self.body(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def counts(self) -> dict[str, int]:
+        """How many steps would create, update, delete, are unknown, or only check."""
+        out = {"create": 0, "update": 0, "delete": 0, "unknown": 0, "check": 0, "none": 0}
+        for t in self.targets:
+            for s in t.steps:
+                if s.skipped:
+                    continue
+                if s.risk is Risk.READ:
+                    out["check"] += 1
+                else:
+                    out[s.change.kind.value] += 1
+        return out
+
+    def gates(self) -> list[tuple[str, PlannedStep]]:
+        """(target, step) of every step that asks before it runs."""
+        return [(t.target, s) for t in self.targets for s in t.steps if s.gate and not s.skipped]

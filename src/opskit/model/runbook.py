@@ -129,6 +129,7 @@ class Step(StrictModel):
     timeout: Duration | None = None
     retries: int = Field(0, ge=0, le=1000)
     interval: Duration = 2.0
+    backoff: float = Field(1.0, ge=1.0, le=10.0, description="multiply the interval each retry")
     on_failure: Literal["abort", "continue"] | list[Name] = "abort"
     register_as: Identifier | None = Field(None, alias="register")
     serial: CountOrPercent | None = None
@@ -238,6 +239,9 @@ def _looks_like_action(key: str) -> bool:
     return "." in key
 
 
+SECTIONS = ("preflight", "steps", "verify", "always", "handlers")
+
+
 class Runbook(StrictModel):
     name: Name
     description: str = ""
@@ -256,6 +260,9 @@ class Runbook(StrictModel):
     steps: list[Step] = Field(..., min_length=1)
     verify: list[Step] = Field(default_factory=list, description="checks after the steps")
     always: list[Step] = Field(default_factory=list, description="run even after a failure")
+    handlers: list[Step] = Field(
+        default_factory=list, description="steps run only when an on_failure names them"
+    )
 
     @model_validator(mode="after")
     def _one_rollout(self) -> Runbook:
@@ -267,6 +274,6 @@ class Runbook(StrictModel):
         """(section, index, step) in execution order."""
         return [
             (section, i, step)
-            for section in ("preflight", "steps", "verify", "always")
+            for section in SECTIONS
             for i, step in enumerate(getattr(self, section))
         ]

@@ -1,0 +1,140 @@
+"""history, show-run, unlock: what ran, how it ended, and the locks it holds."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from ..errors import UsageError
+from .common import json_option
+from .output import echo, emit_json, table
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _took(start: float, end: float | None) -> str:
+    return f"{end - start:.1f}s" if end else "-"
+
+
+@click.command()
+@click.argument("runbook", required=False)
+@click.option("-n", "--last", default=20, show_default=True, help="How many runs.")
+@json_option
+def history(runbook: str | None, last: int, as_json: bool) -> None:
+    """Recent runs (of RUNBOOK), newest first."""
+    from ..store import Journal
+
+    journal = Journal.open_default()
+    try:
+        rows = journal.runs(runbook, last)
+        counts = {r.id: _counts(journal, r.id) for r in rows}
+    finally:
+        journal.close()
+    if as_json:
+        emit_json([
+            {"id": r.id, "runbook": r.runbook, "status": r.shown_status, "exit_code": r.exit_code,
+             "started_at": r.started_at, "ended_at": r.ended_at, "fingerprint": r.fingerprint,
+             "resumed_from": r.resumed_from, "steps": counts[r.id]}
+            for r in rows
+        ])  # fmt: skip
+        return
+    if not rows:
+        echo("no runs yet")
+        return
+    table(
+        ["RUN", "RUNBOOK", "STARTED", "TOOK", "STATUS", "STEPS"],
+        [
+            [r.id, r.runbook, _when(r.started_at), _took(r.started_at, r.ended_at),
+             r.shown_status, ", ".join(f"{n} {s}" for s, n in sorted(counts[r.id].items()))]
+            for r in rows
+        ],
+    )  # fmt: skip
+
+
+def _counts(journal, run_id: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    out: dict[str, int] = {}
+    for s in journal.steps(run_id):
+        out[s.status] = out.get(s.status, 0) + 1
+    return out
+
+
+@click.command("show-run")
+@click.argument("run_id")
+@json_option
+def show_run(run_id: str, as_json: bool) -> None:
+    """One run: its steps on each target, with status, attempts and errors."""
+    from ..store import Journal
+
+    journal = Journal.open_default()
+    try:
+        row = journal.run(run_id)
+        if row is None:
+            raise UsageError(f"no run {run_id!r} in the journal (opskit history lists them)")
+        steps = journal.steps(row.id)
+    finally:
+        journal.close()
+    if as_json:
+        emit_json({
+            "id": row.id, "runbook": row.runbook, "runbook_path": row.runbook_path,
+            "status": row.shown_status, "exit_code": row.exit_code, "message": row.message,
+            "params": row.params, "limit": row.limit, "fingerprint": row.fingerprint,
+            "started_at": row.started_at, "ended_at": row.ended_at, "pid": row.pid,
+            "resumed_from": row.resumed_from,
+            "steps": [
+                {"target": s.target, "step": s.step_id, "section": s.section, "action": s.action,
+                 "status": s.status, "attempts": s.attempts, "change": s.change,
+                 "summary": s.summary, "error": s.error, "started_at": s.started_at,
+                 "ended_at": s.ended_at}
+                for s in steps
+            ],
+        })  # fmt: skip
+        return
+    echo(f"run {row.id}: {row.runbook} ({row.runbook_path}) {row.shown_status}")
+    echo(f"started {_when(row.started_at)}, took {_took(row.started_at, row.ended_at)},"
+         f" exit {row.exit_code if row.exit_code is not None else '-'}")  # fmt: skip
+    if row.resumed_from:
+        echo(f"resumes run {row.resumed_from}")
+    if row.message:
+        echo(row.message)
+    current = None
+    for s in steps:
+        if s.target != current:
+            current = s.target
+            echo(f"\n{s.target}")
+        tries = f" ({s.attempts} attempts)" if s.attempts > 1 else ""
+        detail = s.error or s.summary or ""
+        echo(f"  {s.status:12} {s.step_id}{tries}  {detail}".rstrip())
+
+
+@click.command()
+@click.argument("targets", nargs=-1)
+@click.option("--force", is_flag=True, help="Break a lock even though its holder is running.")
+@json_option
+def unlock(targets: tuple[str, ...], force: bool, as_json: bool) -> None:
+    """Clear target locks; with no TARGETS, list them."""
+    from ..engine.locks import list_locks
+    from ..engine.locks import unlock as clear
+    from ..store import state_dir
+
+    directory = state_dir() / "locks"
+    if not targets:
+        found = list_locks(directory)
+        if as_json:
+            emit_json([
+                {"target": name, "held": held,
+                 "holder": holder.__dict__ if holder else None}
+                for name, holder, held in found
+            ])  # fmt: skip
+            return
+        rows = [
+            [name, "held" if held else ("stale" if holder else "free"),
+             holder.describe() if holder else ""]
+            for name, holder, held in found
+        ]  # fmt: skip
+        table(["TARGET", "STATE", "HOLDER"], rows) if rows else echo("no locks")
+        return
+    for target in targets:
+        echo(clear(directory, target, force=force))

@@ -1,0 +1,1 @@
+"""Executes plans: batches, gates, retries and timeouts, checks, the journal, locks, signals."""

@@ -1,0 +1,549 @@
+"""Executes a Plan: rollout batches, gates, retries, timeouts, checks, journal, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..actions import Action, ActionContext
+from ..errors import (
+    EXIT_FAILED,
+    EXIT_GATE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    OpskitError,
+    RenderError,
+)
+from ..model import ChangeKind, Outcome, Risk, Step, Target
+from ..model.common import format_duration, resolve_count
+from ..model.plan import Plan, PlannedStep, TargetPlan
+from ..planner import ProbeSettings, gate_for, probe_step
+from ..report.progress import Reporter
+from ..store import (
+    DECLINED,
+    DONE,
+    FAILED,
+    INTERRUPTED,
+    SKIPPED,
+    SUCCEEDED,
+    UNCHANGED,
+    Journal,
+)
+from ..workspace import LoadedRunbook, RenderedStep, base_context, render_step
+from .gates import Gatekeeper
+
+MAX_RETRY_DELAY = 300.0
+
+
+@dataclass
+class RunOptions:
+    run_id: str
+    grace: float = 30.0
+    # Resume: statuses and outputs of (target, step id) from the run being resumed.
+    resume: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    resume_outputs: Mapping[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    resumed_from: str | None = None
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str
+    exit_code: int
+    counts: dict[str, int]
+    targets: dict[str, str]
+
+
+@dataclass
+class TargetRun:
+    target: Target
+    plan: TargetPlan
+    context: dict[str, Any]
+    planned: dict[str, PlannedStep]
+    started: bool = False
+    failed: bool = False
+    declined: bool = False
+    interrupted: bool = False
+
+    @property
+    def status(self) -> str:
+        if not self.started:
+            return "not run"
+        if self.interrupted:
+            return "interrupted"
+        if self.failed:
+            return "failed"
+        if self.declined:
+            return "declined"
+        return "succeeded"
+
+
+@dataclass
+class ItemResult:
+    status: str
+    outputs: dict[str, Any]
+
+
+class Execution:
+    """One run of a plan. Build it, then `await execution.run()`."""
+
+    def __init__(
+        self,
+        *,
+        loaded: LoadedRunbook,
+        plan: Plan,
+        targets: list[Target],
+        catalog: Mapping[str, type[Action[Any]]],
+        secrets: Mapping[str, str],
+        journal: Journal,
+        reporter: Reporter,
+        gatekeeper: Gatekeeper,
+        options: RunOptions,
+        settings: ProbeSettings | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.rb = loaded.runbook
+        self.plan = plan
+        self.catalog = catalog
+        self.journal = journal
+        self.reporter = reporter
+        self.gates = gatekeeper
+        self.options = options
+        self.run_id = options.run_id
+        self.settings = settings or ProbeSettings()
+        by_name = {t.name: t for t in targets}
+        self.runs: list[TargetRun] = []
+        for tp in plan.targets:
+            target = by_name[tp.target]
+            context = base_context(loaded, plan.params, target, secrets)
+            self.runs.append(TargetRun(target, tp, context, {s.id: s for s in tp.steps}))
+        self.steps_by_id: dict[str, tuple[str, Step]] = {
+            step.id: (section, step) for section, _, step in self.rb.all_steps()
+        }
+        self.counts: Counter[str] = Counter()
+        self.stopping = False  # first Ctrl-C: start nothing new
+        self.hard = False  # second Ctrl-C: cancel everything
+        self.quit = False  # a gate was answered 'quit'
+        self.preflight_failed = False
+        self.applying: set[asyncio.Future[Any]] = set()
+        self.target_tasks: set[asyncio.Task[Any]] = set()
+        self.wakeup = asyncio.Event()
+
+    # ----- the run -----------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        started = time.monotonic()
+        self.journal.start_run(
+            self.run_id,
+            runbook=self.plan.runbook,
+            runbook_path=self.plan.runbook_file.path,
+            runbook_sha=self.plan.runbook_file.sha256,
+            inventory_path=self.plan.inventory_file.path,
+            inventory_sha=self.plan.inventory_file.sha256,
+            fingerprint=self.plan.fingerprint,
+            params=self.plan.params,
+            limit=self.plan.limit,
+            opskit_version=self.plan.opskit_version,
+            plan=self.plan.model_dump(mode="json"),
+            steps=[
+                (tp.target, s.id, seq, s.section, s.action, s.change.kind.value, s.change.summary)
+                for tp in self.plan.targets
+                for seq, s in enumerate(tp.steps)
+            ],
+            resumed_from=self.options.resumed_from,
+        )
+        self.reporter.emit(
+            {
+                "event": "run",
+                "run_id": self.run_id,
+                "runbook": self.plan.runbook,
+                "targets": len(self.runs),
+                "steps": sum(len(tp.steps) for tp in self.plan.targets),
+                "fingerprint": self.plan.fingerprint,
+            }
+        )
+        loop = asyncio.get_running_loop()
+        handled = self._install_signals(loop)
+        try:
+            await self._guarded(self._phases())
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+        status, code = self._verdict()
+        message = None
+        if self.preflight_failed:
+            message = "preflight failed: nothing was changed"
+        self.journal.finish_run(self.run_id, status, code, message)
+        for tr in self.runs:
+            if tr.started:
+                self.reporter.emit(
+                    {"event": "target", "target": tr.target.name, "status": tr.status}
+                )
+        self.reporter.emit(
+            {
+                "event": "done",
+                "run_id": self.run_id,
+                "status": status,
+                "exit_code": code,
+                "counts": dict(self.counts) | {"not run": self._not_run()},
+                "duration": time.monotonic() - started,
+            }
+        )
+        return RunResult(
+            self.run_id,
+            status,
+            code,
+            dict(self.counts),
+            {t.target.name: t.status for t in self.runs},
+        )
+
+    async def _guarded(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.target_tasks.add(task)
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not self.hard:
+                raise
+        finally:
+            self.target_tasks.discard(task)
+
+    async def _phases(self) -> None:
+        if self.rb.preflight:
+            await self._all_targets(self._preflight_target, self.runs)
+            if self.preflight_failed:
+                self.reporter.emit(
+                    {"event": "message", "text": "preflight failed: no target was changed"}
+                )
+                return
+        await self._rollout()
+
+    def _verdict(self) -> tuple[str, int]:
+        if self.hard or (self.stopping and not self.quit):
+            return "interrupted", EXIT_INTERRUPTED
+        if self.preflight_failed or any(t.failed for t in self.runs):
+            return "failed", EXIT_FAILED
+        if self.quit or any(t.declined for t in self.runs):
+            return "declined", EXIT_GATE
+        return "succeeded", EXIT_OK
+
+    def _not_run(self) -> int:
+        return sum(1 for t in self.runs if not t.started)
+
+    # ----- signals -----------------------------------------------------------------------
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        handled: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.interrupt)
+                handled.append(sig)
+            except (RuntimeError, ValueError, NotImplementedError):
+                pass  # not the main thread: the caller handles interruption
+        return handled
+
+    def interrupt(self) -> None:
+        """First call: start nothing new, give running steps `grace` seconds, then run
+        `always` steps. Second call: cancel everything now."""
+        if not self.stopping:
+            self.stopping = True
+            self.wakeup.set()
+            self.reporter.emit(
+                {
+                    "event": "message",
+                    "text": f"interrupted: starting nothing new; running steps get"
+                    f" {format_duration(self.options.grace)} to finish, then always-steps run."
+                    " Ctrl-C again to cancel everything.",
+                }
+            )
+            asyncio.get_running_loop().call_later(self.options.grace, self._grace_over)
+            return
+        if not self.hard:
+            self.hard = True
+            self.reporter.emit({"event": "message", "text": "cancelling everything now"})
+            for task in list(self.target_tasks):
+                task.cancel()
+
+    def _grace_over(self) -> None:
+        for task in list(self.applying):
+            task.cancel()
+
+    # ----- rollout -----------------------------------------------------------------------
+
+    def _batches(self) -> list[list[TargetRun]]:
+        size = self.plan.serial
+        if size is None:
+            return [self.runs]
+        n = max(1, resolve_count(size, len(self.runs)))
+        return [self.runs[i : i + n] for i in range(0, len(self.runs), n)]
+
+    def _max_fail(self) -> int | None:
+        if self.plan.max_fail is not None:
+            return resolve_count(self.plan.max_fail, len(self.runs))
+        return 0 if self.plan.serial is not None else None
+
+    def _rollout_stopped(self) -> bool:
+        limit = self._max_fail()
+        failed = sum(1 for t in self.runs if t.failed)
+        return self.stopping or (limit is not None and failed > limit)
+
+    async def _rollout(self) -> None:
+        limit = self._max_fail()
+        for batch in self._batches():
+            if self._rollout_stopped():
+                break
+            await self._all_targets(self._main_target, batch)
+        failed = sum(1 for t in self.runs if t.failed)
+        if limit is not None and failed > limit and self._not_run():
+            self.reporter.emit(
+                {
+                    "event": "message",
+                    "text": f"rollout stopped: {failed} targets failed (max_fail {limit});"
+                    f" {self._not_run()} targets not started",
+                }
+            )
+
+    async def _all_targets(self, work: Any, runs: list[TargetRun]) -> None:
+        limiter = asyncio.Semaphore(self.plan.concurrency)
+
+        async def one(tr: TargetRun) -> None:
+            async with limiter:
+                if work == self._main_target and self._rollout_stopped():
+                    return
+                await work(tr)
+
+        await asyncio.gather(*(one(tr) for tr in runs))
+
+    async def _preflight_target(self, tr: TargetRun) -> None:
+        ok = await self._run_section(tr, "preflight")
+        if not ok:
+            self.preflight_failed = True
+            tr.failed = tr.failed or not tr.declined
+
+    async def _main_target(self, tr: TargetRun) -> None:
+        tr.started = True
+        try:
+            ok = await self._run_section(tr, "steps")
+            if ok and not self.stopping:
+                await self._run_section(tr, "verify")
+        finally:
+            if self.rb.always and not self.hard:
+                await self._run_section(tr, "always", always=True)
+
+    # ----- steps -------------------------------------------------------------------------
+
+    async def _run_section(self, tr: TargetRun, section: str, *, always: bool = False) -> bool:
+        """True when every step of the section succeeded (or was allowed to fail)."""
+        ok = True
+        for step in getattr(self.rb, section):
+            if self.hard or (self.stopping and not always):
+                tr.interrupted = tr.interrupted or (self.stopping and not self.quit)
+                return False
+            status = await self._run_step(tr, section, step)
+            if status == DECLINED:
+                return False
+            if status == INTERRUPTED:
+                tr.interrupted = True
+                return False
+            if status == FAILED:
+                tr.failed = True
+                ok = False
+                if step.on_failure == "continue" or always:
+                    continue
+                if isinstance(step.on_failure, list):
+                    for handler_id in step.on_failure:
+                        h_section, handler = self.steps_by_id[handler_id]
+                        await self._run_step(tr, h_section, handler)
+                return False
+        return ok
+
+    def _planned_ids(self, tr: TargetRun, section: str, step: Step) -> list[str]:
+        ids = [s.id for s in tr.plan.steps if s.step == step.id and s.section == section]
+        return ids or [step.id]
+
+    async def _run_step(self, tr: TargetRun, section: str, step: Step) -> str:
+        try:
+            items = render_step(section, step, tr.context, self.catalog)
+        except RenderError as exc:
+            for sid in self._planned_ids(tr, section, step):
+                self._finish(tr, sid, FAILED, error=f"render: {exc}")
+            return FAILED
+        results: list[ItemResult] = []
+        status = SUCCEEDED
+        for item in items:
+            result = await self._run_item(tr, section, step, item)
+            results.append(result)
+            if result.status in (FAILED, DECLINED, INTERRUPTED):
+                status = result.status
+                if result.status != FAILED or step.on_failure != "continue":
+                    break
+        if step.register_as:
+            if step.loop is None:
+                tr.context[step.register_as] = results[0].outputs if results else {}
+            else:
+                tr.context[step.register_as] = {"results": [r.outputs for r in results]}
+        return status
+
+    def _finish(
+        self,
+        tr: TargetRun,
+        step_id: str,
+        status: str,
+        *,
+        summary: str | None = None,
+        error: str | None = None,
+        outputs: dict[str, Any] | None = None,
+        duration: float | None = None,
+    ) -> None:
+        self.counts[status] += 1
+        self.journal.step_finished(
+            self.run_id, tr.target.name, step_id, status, summary=summary, error=error,
+            outputs=outputs,
+        )  # fmt: skip
+        self.reporter.emit(
+            {
+                "event": "step",
+                "target": tr.target.name,
+                "step": step_id,
+                "status": status,
+                "summary": summary,
+                "error": error,
+                "duration": duration,
+            }
+        )
+
+    async def _run_item(
+        self, tr: TargetRun, section: str, step: Step, item: RenderedStep
+    ) -> ItemResult:
+        key = (tr.target.name, item.id)
+        prior = self.options.resume.get(key)
+        if prior in DONE:
+            outputs = dict(self.options.resume_outputs.get(key) or {})
+            self._finish(tr, item.id, SKIPPED, summary=f"done in run {self.options.resumed_from}")
+            return ItemResult(SKIPPED, outputs)
+        if item.skipped:
+            self._finish(tr, item.id, SKIPPED, summary="when is false")
+            return ItemResult(SKIPPED, {})
+        planned = tr.planned.get(item.id)
+        if planned is None:
+            self._finish(tr, item.id, FAILED, error="not in the plan (its loop items changed)")
+            return ItemResult(FAILED, {})
+        question = planned.gate
+        if item.risk is not Risk.READ and item.instance is not None:
+            # The world as it is now, after the earlier steps: nothing to change, nothing to do.
+            change = await probe_step(item, tr.target, self.settings)
+            if change.blockers:
+                self._finish(tr, item.id, FAILED, error="; ".join(change.blockers))
+                return ItemResult(FAILED, {})
+            if change.kind is ChangeKind.NONE:
+                self._finish(tr, item.id, UNCHANGED, summary=change.summary)
+                return ItemResult(UNCHANGED, {"ok": True, "changed": False})
+            question = question or gate_for(item, change)
+        if question:
+            answer = await self.gates.check(tr.target.label(), planned, question)
+            if answer != "yes":
+                if answer == "quit":
+                    self.quit = True
+                    self.stopping = True
+                tr.declined = True
+                self._finish(tr, item.id, DECLINED, summary=f"gate answered {answer}")
+                return ItemResult(DECLINED, {})
+        return await self._attempts(tr, section, step, item)
+
+    async def _attempts(
+        self, tr: TargetRun, section: str, step: Step, item: RenderedStep
+    ) -> ItemResult:
+        assert item.instance is not None
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            self.journal.step_started(self.run_id, tr.target.name, item.id, attempt)
+            if attempt == 1:
+                self.reporter.emit(
+                    {
+                        "event": "step",
+                        "target": tr.target.name,
+                        "step": item.id,
+                        "status": "started",
+                    }
+                )
+            outcome, status = await self._apply_once(tr, section, step, item)
+            self.journal.attempt_finished(
+                self.run_id, tr.target.name, item.id, attempt, status, outcome.error
+            )
+            if status == INTERRUPTED or outcome.ok or attempt > step.retries or self.stopping:
+                break
+            delay = min(step.interval * step.backoff ** (attempt - 1), MAX_RETRY_DELAY)
+            delay *= random.uniform(0.9, 1.1)  # jitter: targets retrying together spread out
+            self.reporter.emit(
+                {
+                    "event": "retry",
+                    "target": tr.target.name,
+                    "step": item.id,
+                    "attempt": attempt,
+                    "error": outcome.error,
+                    "delay": delay,
+                }
+            )
+            await self._sleep(delay)
+        outputs = {
+            **outcome.outputs,
+            "ok": outcome.ok,
+            "changed": outcome.changed,
+            "summary": outcome.summary,
+        }
+        self._finish(
+            tr, item.id, status, summary=outcome.summary,
+            error=None if outcome.ok else outcome.error, outputs=outputs,
+            duration=time.monotonic() - started,
+        )  # fmt: skip
+        return ItemResult(status, outputs)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when the run is interrupted."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wakeup.wait(), seconds)
+
+    async def _apply_once(
+        self, tr: TargetRun, section: str, step: Step, item: RenderedStep
+    ) -> tuple[Outcome, str]:
+        assert item.instance is not None
+        ctx = ActionContext(
+            target=tr.target,
+            read_only=False,
+            http_transport=self.settings.http_transport,
+            extras=dict(self.settings.extras),
+        )
+        work = item.instance.apply(ctx)
+        if step.timeout:
+            work = asyncio.wait_for(work, step.timeout)
+        task = asyncio.ensure_future(work)
+        if section != "always":
+            self.applying.add(task)
+        try:
+            outcome = await task
+        except TimeoutError:
+            error = f"timed out after {format_duration(step.timeout or 0)}"
+            return Outcome(ok=False, summary=error, error=error), FAILED
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the whole run is being cancelled
+            error = "interrupted: the grace period ran out"
+            return Outcome(ok=False, summary=error, error=error), INTERRUPTED
+        except OpskitError as exc:
+            return Outcome(ok=False, summary=str(exc), error=str(exc)), FAILED
+        except Exception as exc:  # an action's bug fails its step, not the run
+            error = f"{item.action} failed: {type(exc).__name__}: {exc}"
+            return Outcome(ok=False, summary=error, error=error), FAILED
+        finally:
+            self.applying.discard(task)
+        return outcome, (SUCCEEDED if outcome.ok else FAILED)

@@ -1,0 +1,91 @@
+"""Confirmation gates: ask before a risky step runs; fail closed without a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Callable
+from typing import Literal
+
+from ..model.plan import PlannedStep
+from ..report.progress import Reporter
+
+Answer = Literal["yes", "no", "quit"]
+ANSWERS = "[y]es / [n]o / [a]ll / [q]uit"
+
+
+def ask_terminal(question: str) -> str:
+    """One line from the terminal (stdin); EOF reads as quit."""
+    sys.stdout.write(question)
+    sys.stdout.flush()
+    line = sys.stdin.readline()
+    return line.strip() if line else "quit"
+
+
+class Gatekeeper:
+    """Asks one question at a time; 'all' approves every later gate of the run."""
+
+    def __init__(
+        self,
+        *,
+        approved: bool,
+        reporter: Reporter,
+        ask: Callable[[str], str] = ask_terminal,
+    ) -> None:
+        self.approve_all = approved
+        self.reporter = reporter
+        self.ask = ask
+        self.lock = asyncio.Lock()
+
+    async def check(self, label: str, step: PlannedStep, question: str) -> Answer:
+        if self.approve_all:
+            return "yes"
+        async with self.lock:
+            if self.approve_all:
+                return "yes"
+            change = step.change
+            text = (
+                f"\n{label}: step {step.id} ({step.action}, {step.risk.value})\n"
+                f"  planned: {change.kind.mark} {change.summary}\n"
+                f"  {question} {ANSWERS} "
+            )
+            with self.reporter.paused():
+                while True:
+                    reply = (await _in_thread(self.ask, text)).strip().lower()
+                    if reply in ("y", "yes"):
+                        return "yes"
+                    if reply in ("n", "no"):
+                        return "no"
+                    if reply in ("a", "all"):
+                        self.approve_all = True
+                        return "yes"
+                    if reply in ("q", "quit"):
+                        return "quit"
+                    text = f"  please answer {ANSWERS} "
+
+
+async def _in_thread(function: Callable[[str], str], arg: str) -> str:
+    """Run a blocking prompt in a daemon thread, so an abandoned prompt never holds exit up."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    def work() -> None:
+        try:
+            result = function(arg)
+        except BaseException as exc:  # handed to the awaiting task
+            loop.call_soon_threadsafe(_settle, future, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, future, result, None)
+
+    threading.Thread(target=work, daemon=True, name="opskit-gate").start()
+    return await future
+
+
+def _settle(future: asyncio.Future[str], result: str | None, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result or "")

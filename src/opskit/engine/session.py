@@ -1,0 +1,291 @@
+"""The run commands' core: plan, check a saved plan is still true, gate, lock, execute, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets as _random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import GateError, OpskitError, StalePlanError, StepError, UsageError
+from ..model import ChangeKind, Risk, Target
+from ..model.plan import Plan
+from ..planner import ProbeSettings, blockers, build_plan, file_ref
+from ..report.progress import Reporter, reporter_for
+from ..secrets import redactor, resolve_all
+from ..store import DONE, Journal, state_dir
+from ..workspace import LoadedRunbook, Workspace, resolve_params, targets_for
+from .executor import Execution, RunOptions, RunResult
+from .gates import Gatekeeper, ask_terminal
+from .locks import TargetLocks
+
+
+class NothingToDo(OpskitError):
+    """Not an error: a saved plan whose changes the world already shows."""
+
+    exit_code = 0
+
+
+@dataclass
+class Request:
+    """How the user asked for a run (flags) and the seams tests use."""
+
+    workspace: Workspace
+    yes: bool = False
+    approve: str | None = None
+    interactive: bool = False
+    as_json: bool = False
+    lock_wait: float = 0.0
+    grace: float = 30.0
+    ask: Callable[[str], str] = ask_terminal
+    settings: ProbeSettings = field(default_factory=ProbeSettings)
+    reporter: Reporter | None = None
+    journal: Journal | None = None
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + _random.token_hex(3)
+
+
+def _relative(path: Path) -> Path:
+    """Paths in plans are relative to the working directory when they can be, so a plan made
+    in one checkout applies in another."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path.resolve()
+
+
+# --- planning --------------------------------------------------------------------------------
+
+
+def make_plan(
+    req: Request, runbook: str, given: Mapping[str, Any], limit: str | None
+) -> tuple[LoadedRunbook, list[Target], Plan]:
+    ws = req.workspace
+    loaded = ws.load(runbook)
+    loaded.path = _relative(loaded.path)
+    params = resolve_params(loaded.runbook, given)
+    targets = targets_for(loaded, ws.inventory, limit)
+    plan = asyncio.run(
+        build_plan(
+            loaded, _relative(ws.inventory_path), params, targets, ws.catalog, limit=limit,
+            settings=req.settings,
+        )
+    )  # fmt: skip
+    return loaded, targets, plan
+
+
+def read_plan(path: Path) -> Plan:
+    from pydantic import ValidationError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read plan {path}: {exc.strerror}") from None
+    try:
+        plan = Plan.model_validate_json(text)
+    except ValidationError as exc:
+        raise UsageError(
+            f"{path} is not an opskit plan: {exc.errors()[0]['msg']} at"
+            f" {'.'.join(str(p) for p in exc.errors()[0]['loc'])}"
+        ) from None
+    if plan.format_version != 1:
+        raise UsageError(f"{path}: plan format {plan.format_version} is not supported")
+    return plan
+
+
+def check_saved_plan(req: Request, plan: Plan) -> tuple[LoadedRunbook, list[Target]]:
+    """The runbook, inventory and opskit are those of the plan, and every probe still agrees.
+
+    Raises StalePlanError (exit 4), or NothingToDo when the world already shows the plan's
+    changes: the plan was applied before."""
+    if plan.compute_fingerprint() != plan.fingerprint:
+        raise StalePlanError("stale plan: the plan file was edited after it was made")
+    if plan.opskit_version != __version__:
+        raise StalePlanError(
+            f"stale plan: made by opskit {plan.opskit_version}, this is {__version__}"
+        )
+    for what, ref in (("runbook", plan.runbook_file), ("inventory", plan.inventory_file)):
+        path = Path(ref.path)
+        if not path.is_file():
+            raise StalePlanError(f"stale plan: the {what} {ref.path} is gone")
+        now = file_ref(path).sha256
+        if now != ref.sha256:
+            raise StalePlanError(
+                f"stale plan: the {what} {ref.path} changed since the plan"
+                f" (sha256 {ref.sha256[:12]} then, {now[:12]} now)"
+            )
+    ws = Workspace(req.workspace.runbooks_dir, Path(plan.inventory_file.path))
+    loaded = ws.load(plan.runbook_file.path)
+    loaded.path = Path(plan.runbook_file.path)
+    targets = targets_for(loaded, ws.inventory, plan.limit)
+    if [t.name for t in targets] != [t.target for t in plan.targets]:
+        raise StalePlanError("stale plan: the runbook's targets are not those planned")
+    fresh = asyncio.run(
+        build_plan(
+            loaded, Path(plan.inventory_file.path), plan.params, targets, ws.catalog,
+            limit=plan.limit, settings=req.settings,
+        )
+    )  # fmt: skip
+    differences, applied = compare(plan, fresh)
+    if differences:
+        if applied == len(differences):
+            raise NothingToDo(
+                "nothing to do: the world already shows every change this plan makes"
+                " (it was applied before)"
+            )
+        shown = "\n  ".join(differences[:10])
+        more = f"\n  ... and {len(differences) - 10} more" if len(differences) > 10 else ""
+        raise StalePlanError(f"stale plan: the world changed since it was made:\n  {shown}{more}")
+    return loaded, targets
+
+
+def compare(plan: Plan, fresh: Plan) -> tuple[list[str], int]:
+    """(differences, how many of them are 'planned a change, found none')."""
+    differences: list[str] = []
+    applied = 0
+    fresh_targets = {t.target: t for t in fresh.targets}
+    for tp in plan.targets:
+        now = {s.id: s for s in fresh_targets[tp.target].steps}
+        for s in tp.steps:
+            f = now.get(s.id)
+            if f is None:
+                differences.append(f"step {s.id} on {tp.label} is no longer planned")
+                continue
+            if s.risk is Risk.READ or ChangeKind.UNKNOWN in (s.change.kind, f.change.kind):
+                continue
+            if s.change.kind != f.change.kind:
+                differences.append(
+                    f"step {s.id} on {tp.label} expected {s.change.kind.value},"
+                    f" found {f.change.kind.value}"
+                )
+                if f.change.kind is ChangeKind.NONE:
+                    applied += 1
+            elif (s.change.before, s.change.after) != (f.change.before, f.change.after):
+                differences.append(
+                    f"step {s.id} on {tp.label} expected {s.change.summary!r},"
+                    f" found {f.change.summary!r}"
+                )
+    return differences, applied
+
+
+# --- executing -------------------------------------------------------------------------------
+
+
+def check_gates(req: Request, plan: Plan) -> bool:
+    """Whether every gate is approved up front; fails closed without a terminal (exit 3)."""
+    if req.approve is not None and req.approve != plan.fingerprint:
+        raise GateError(
+            f"--approve names fingerprint {req.approve[:16]}, but this plan's is"
+            f" {plan.fingerprint[:16]}: review the new plan"
+        )
+    approved = req.yes or req.approve == plan.fingerprint
+    gates = plan.gates()
+    if gates and not approved and not req.interactive:
+        listed = "\n  ".join(f"{t}: {s.id}: {s.gate}" for t, s in gates[:10])
+        raise GateError(
+            f"{len(gates)} steps ask for confirmation and there is no terminal to ask:\n"
+            f"  {listed}\nreview the plan, then pass --yes or --approve {plan.fingerprint}"
+        )
+    return approved
+
+
+def execute(
+    req: Request,
+    loaded: LoadedRunbook,
+    targets: list[Target],
+    plan: Plan,
+    *,
+    resume: Mapping[tuple[str, str], str] | None = None,
+    resume_outputs: Mapping[tuple[str, str], dict[str, Any]] | None = None,
+    resumed_from: str | None = None,
+) -> RunResult:
+    found = blockers(plan)
+    if found:
+        raise StepError("the plan has blockers; nothing was run:\n  " + "\n  ".join(found))
+    approved = check_gates(req, plan)
+    run_id = new_run_id()
+    values = resolve_all(loaded.runbook.secrets)
+    journal = req.journal or Journal.open_default(redact=redactor.redact)
+    reporter = req.reporter or reporter_for(
+        as_json=req.as_json, log=state_dir() / "logs" / f"{run_id}.log"
+    )
+    locks = TargetLocks(
+        state_dir() / "locks",
+        run_id,
+        say=lambda text: reporter.emit({"event": "message", "text": text}),
+    )
+    try:
+        locks.acquire([t.name for t in targets], req.lock_wait)
+        execution = Execution(
+            loaded=loaded,
+            plan=plan,
+            targets=targets,
+            catalog=req.workspace.catalog,
+            secrets=values,
+            journal=journal,
+            reporter=reporter,
+            gatekeeper=Gatekeeper(approved=approved, reporter=reporter, ask=req.ask),
+            options=RunOptions(
+                run_id=run_id,
+                grace=req.grace,
+                resume=resume or {},
+                resume_outputs=resume_outputs or {},
+                resumed_from=resumed_from,
+            ),
+            settings=req.settings,
+        )
+        return asyncio.run(execution.run())
+    finally:
+        locks.release()
+        if req.reporter is None:
+            reporter.close()
+        if req.journal is None:
+            journal.close()
+
+
+def resume(req: Request, run_id: str, force: bool = False) -> RunResult:
+    """Run again what a run left unfinished: steps that succeeded are skipped."""
+    journal = req.journal or Journal.open_default(redact=redactor.redact)
+    try:
+        row = journal.run(run_id)
+        if row is None:
+            raise UsageError(f"no run {run_id!r} in the journal (opskit history lists them)")
+        if row.shown_status == "running":
+            raise UsageError(f"run {row.id} is still running (pid {row.pid})")
+        if row.status == "succeeded":
+            raise NothingToDo(f"run {row.id} succeeded: nothing to resume")
+        path = Path(row.runbook_path)
+        if not path.is_file():
+            raise UsageError(f"run {row.id}'s runbook {row.runbook_path} is gone")
+        sha = file_ref(path).sha256
+        if sha != row.runbook_sha and not force:
+            raise StalePlanError(
+                f"the runbook {row.runbook_path} changed since run {row.id};"
+                " resume anyway with --force"
+            )
+        steps = journal.steps(row.id)
+    finally:
+        if req.journal is None:
+            journal.close()
+    status = {(s.target, s.step_id): s.status for s in steps}
+    outputs = {(s.target, s.step_id): s.outputs or {} for s in steps if s.status in DONE}
+    ws = Workspace(req.workspace.runbooks_dir, Path(row.inventory_path))
+    req.workspace = ws
+    loaded, targets, plan = make_plan(req, str(path), row.params, row.limit)
+    return execute(
+        req, loaded, targets, plan, resume=status, resume_outputs=outputs, resumed_from=row.id
+    )
+
+
+def interactive() -> bool:
+    """A person can answer gates: stdin is a terminal (and CI is not set)."""
+    import sys
+
+    return sys.stdin.isatty() and not os.environ.get("CI")

@@ -1,0 +1,146 @@
+"""Runbook -> Plan: every step rendered per target and probed, read-only; the fingerprint."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .actions import Action, ActionContext
+from .errors import OpskitError
+from .model import Change, ChangeKind, Risk, Target
+from .model.plan import FileRef, Plan, PlannedStep, TargetPlan
+from .workspace import LoadedRunbook, RenderedStep, render_target
+
+# Probes in flight at once across all targets (each is read-only and usually cheap).
+PROBE_CONCURRENCY = 50
+
+
+def file_ref(path: Path) -> FileRef:
+    return FileRef(path=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+@dataclass
+class ProbeSettings:
+    """What a probe's context carries besides its target; the engine and tests fill it."""
+
+    http_transport: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+async def probe_step(
+    rendered: RenderedStep, target: Target, settings: ProbeSettings | None = None
+) -> Change:
+    """A rendered step's change, asked of the world read-only. Failures become blockers."""
+    if rendered.skipped:
+        return Change.none("skipped: when is false")
+    if rendered.deferred or rendered.instance is None:
+        return Change.unknown("known after apply: uses an earlier step's outputs")
+    settings = settings or ProbeSettings()
+    ctx = ActionContext(
+        target=target,
+        read_only=True,
+        http_transport=settings.http_transport,
+        extras=dict(settings.extras),
+    )
+    try:
+        return await rendered.instance.probe(ctx)
+    except OpskitError as exc:
+        return Change.unknown(f"probe failed: {exc}", blockers=[str(exc)])
+    except Exception as exc:  # a broken action must not hide the rest of the plan
+        message = f"probe of {rendered.action} failed: {type(exc).__name__}: {exc}"
+        return Change.unknown(message, blockers=[message])
+
+
+def gate_for(rendered: RenderedStep, change: Change) -> str | None:
+    """The question to ask before the step runs, or None. Nothing to change, nothing to ask."""
+    if rendered.skipped:
+        return None
+    if rendered.risk is not Risk.READ and change.kind is ChangeKind.NONE:
+        return None
+    if rendered.confirm:
+        return rendered.confirm
+    if rendered.risk is Risk.DESTRUCTIVE:
+        return f"{rendered.description}: {rendered.risk.value}, run it?"
+    return None
+
+
+def planned(rendered: RenderedStep, change: Change) -> PlannedStep:
+    return PlannedStep(
+        section=rendered.section,
+        id=rendered.id,
+        step=rendered.step.id if rendered.step else rendered.id,
+        action=rendered.action,
+        args=rendered.args,
+        risk=rendered.risk,
+        change=change,
+        gate=gate_for(rendered, change),
+        when=rendered.when,
+        skipped=rendered.skipped,
+        deferred=rendered.deferred,
+    )
+
+
+async def plan_target(
+    loaded: LoadedRunbook,
+    params: Mapping[str, Any],
+    target: Target,
+    catalog: Mapping[str, type[Action[Any]]],
+    limiter: asyncio.Semaphore,
+    settings: ProbeSettings | None = None,
+) -> TargetPlan:
+    rendered = render_target(loaded, params, target, catalog)
+    steps = []
+    for r in rendered:
+        async with limiter:
+            change = await probe_step(r, target, settings)
+        steps.append(planned(r, change))
+    return TargetPlan(target=target.name, label=target.label(), steps=steps)
+
+
+async def build_plan(
+    loaded: LoadedRunbook,
+    inventory_path: Path,
+    params: Mapping[str, Any],
+    targets: list[Target],
+    catalog: Mapping[str, type[Action[Any]]],
+    *,
+    limit: str | None = None,
+    settings: ProbeSettings | None = None,
+) -> Plan:
+    """The plan: for each target, in order, every step's rendered args and probed change."""
+    rb = loaded.runbook
+    limiter = asyncio.Semaphore(PROBE_CONCURRENCY)
+    target_plans = await asyncio.gather(
+        *(plan_target(loaded, params, t, catalog, limiter, settings) for t in targets)
+    )
+    plan = Plan(
+        opskit_version=__version__,
+        runbook=rb.name,
+        runbook_file=file_ref(loaded.path),
+        inventory_file=file_ref(inventory_path),
+        params=dict(params),
+        secrets=dict(rb.secrets),
+        limit=limit,
+        concurrency=rb.concurrency,
+        serial=rb.serial if rb.serial is not None else rb.batch,
+        max_fail=rb.max_fail,
+        targets=list(target_plans),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    plan.fingerprint = plan.compute_fingerprint()
+    return plan
+
+
+def blockers(plan: Plan) -> list[str]:
+    return [
+        f"{t.label}: step {s.id}: {b}"
+        for t in plan.targets
+        for s in t.steps
+        for b in s.change.blockers
+    ]

@@ -1,0 +1,1 @@
+"""What people (and machines) read: plans as text, Markdown and JSON; run progress."""

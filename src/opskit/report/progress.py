@@ -1,0 +1,178 @@
+"""Run progress: a live view on a terminal, plain lines in CI, JSON lines for machines.
+
+Every reporter receives the same events (dicts with a "event" key) and writes them through
+the redactor; the run's log file receives them too.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..secrets import redactor
+
+STATUS_WORDS = {
+    "succeeded": "ok",
+    "unchanged": "ok (unchanged)",
+    "failed": "FAILED",
+    "skipped": "skipped",
+    "declined": "declined",
+    "interrupted": "interrupted",
+}
+
+
+def describe(event: dict[str, Any]) -> str | None:
+    """The plain line for an event, or None for events that only the live view shows."""
+    kind = event["event"]
+    if kind == "run":
+        return (
+            f"run {event['run_id']}: {event['runbook']} on {event['targets']} targets"
+            f" ({event['steps']} steps)"
+        )
+    if kind == "step" and event["status"] != "started":
+        word = STATUS_WORDS.get(event["status"], event["status"])
+        took = f" {event['duration']:.1f}s" if event.get("duration") is not None else ""
+        text = f"[{event['target']}] {event['step']}: {word}{took}"
+        if event.get("summary"):
+            text += f" - {event['summary']}"
+        if event.get("error"):
+            text += f": {event['error']}"
+        return text
+    if kind == "retry":
+        return (
+            f"[{event['target']}] {event['step']}: attempt {event['attempt']} failed"
+            f" ({event['error']}), retrying in {event['delay']:.1f}s"
+        )
+    if kind == "target" and event["status"] != "succeeded":
+        return f"[{event['target']}] {event['status']}"
+    if kind == "message":
+        return str(event["text"])
+    if kind == "done":
+        c = event["counts"]
+        return (
+            f"run {event['run_id']} {event['status']} in {event['duration']:.1f}s:"
+            f" {c.get('succeeded', 0)} ok, {c.get('unchanged', 0)} unchanged,"
+            f" {c.get('failed', 0)} failed, {c.get('skipped', 0)} skipped"
+            + (f", {c['declined']} declined" if c.get("declined") else "")
+            + (f", {c['not run']} not run" if c.get("not run") else "")
+        )
+    return None
+
+
+class Reporter:
+    """Plain lines (CI, pipes), and the base of the others."""
+
+    def __init__(self, out: TextIO | None = None, log: Path | None = None) -> None:
+        self.out = out or sys.stdout
+        self.log: TextIO | None = None
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            self.log = open(log, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def emit(self, event: dict[str, Any]) -> None:
+        line = describe(event)
+        if line is not None:
+            self._write_log(line)
+            self.show(event, redactor.redact(line))
+
+    def show(self, event: dict[str, Any], line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def _write_log(self, line: str) -> None:
+        if self.log is not None:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            self.log.write(redactor.redact(f"{stamp} {line}") + "\n")
+            self.log.flush()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """While a gate asks a question, nothing else writes to the terminal."""
+        yield
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+
+class JsonReporter(Reporter):
+    """One JSON object per line on stdout: the machine twin of the progress view."""
+
+    def emit(self, event: dict[str, Any]) -> None:
+        line = describe(event)
+        if line is not None:
+            self._write_log(line)
+        payload = {"time": round(time.time(), 3), **event}
+        print(redactor.redact(json.dumps(payload, default=str)), file=self.out, flush=True)
+
+
+class LiveReporter(Reporter):
+    """On a terminal: finished steps scroll by, a live footer shows what runs now."""
+
+    def __init__(self, out: TextIO | None = None, log: Path | None = None) -> None:
+        super().__init__(out, log)
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console(file=self.out, highlight=False)
+        self.running: dict[tuple[str, str], float] = {}
+        self.started = time.monotonic()
+        self.live = Live(console=self.console, refresh_per_second=4, transient=True,
+                         get_renderable=self._footer)  # fmt: skip
+        self.live.start()
+
+    def _footer(self) -> Any:
+        from rich.text import Text
+
+        now = time.monotonic()
+        lines = [
+            f"  {target}  {step}  {now - since:.0f}s"
+            for (target, step), since in list(self.running.items())[:12]
+        ]
+        more = len(self.running) - 12
+        if more > 0:
+            lines.append(f"  ... and {more} more")
+        head = f"running {len(self.running)} steps, {now - self.started:.0f}s elapsed"
+        return Text("\n".join([head, *lines]), style="dim")
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if event["event"] == "step":
+            key = (event["target"], event["step"])
+            if event["status"] == "started":
+                self.running[key] = time.monotonic()
+            else:
+                self.running.pop(key, None)
+        super().emit(event)
+
+    def show(self, event: dict[str, Any], line: str) -> None:
+        style = None
+        if event.get("status") == "failed" or event["event"] == "retry":
+            style = "red"
+        elif event.get("status") in ("succeeded", "unchanged"):
+            style = "green"
+        self.console.print(line, style=style, markup=False)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        self.live.stop()
+        try:
+            yield
+        finally:
+            self.live.start()
+
+    def close(self) -> None:
+        self.live.stop()
+        super().close()
+
+
+def reporter_for(*, as_json: bool, log: Path | None) -> Reporter:
+    if as_json:
+        return JsonReporter(log=log)
+    if sys.stdout.isatty():
+        return LiveReporter(log=log)
+    return Reporter(log=log)

@@ -1,0 +1,351 @@
+"""The journal: every run and step attempt in one SQLite file (WAL), written as it happens."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+OUTPUT_CAP = 16 * 1024
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    runbook TEXT NOT NULL,
+    runbook_path TEXT,
+    runbook_sha TEXT,
+    inventory_path TEXT,
+    inventory_sha TEXT,
+    fingerprint TEXT,
+    params TEXT,
+    limit_sel TEXT,
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    message TEXT,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    pid INTEGER,
+    host TEXT,
+    opskit_version TEXT,
+    resumed_from TEXT,
+    plan TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_runbook ON runs (runbook, started_at);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL REFERENCES runs (id),
+    target TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    section TEXT NOT NULL,
+    action TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    change TEXT,
+    summary TEXT,
+    error TEXT,
+    outputs TEXT,
+    started_at REAL,
+    ended_at REAL,
+    PRIMARY KEY (run_id, target, step_id)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    error TEXT,
+    PRIMARY KEY (run_id, target, step_id, attempt)
+);
+"""
+
+# Step statuses. "started" with no end means the process died or was killed mid-step.
+PENDING, STARTED, SUCCEEDED, UNCHANGED, FAILED = (
+    "pending",
+    "started",
+    "succeeded",
+    "unchanged",
+    "failed",
+)
+SKIPPED, DECLINED, INTERRUPTED, NOT_RUN = "skipped", "declined", "interrupted", "not run"
+DONE = frozenset({SUCCEEDED, UNCHANGED, SKIPPED})
+
+
+def state_dir() -> Path:
+    """$OPSKIT_STATE_DIR, else the XDG state directory (~/.local/state/opskit)."""
+    explicit = os.environ.get("OPSKIT_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "opskit"
+
+
+@dataclass
+class RunRow:
+    id: str
+    runbook: str
+    runbook_path: str
+    runbook_sha: str
+    inventory_path: str
+    inventory_sha: str
+    fingerprint: str
+    params: dict[str, Any]
+    limit: str | None
+    status: str
+    exit_code: int | None
+    message: str | None
+    started_at: float
+    ended_at: float | None
+    pid: int | None
+    host: str | None
+    opskit_version: str
+    resumed_from: str | None
+    plan: dict[str, Any] | None
+
+    @property
+    def shown_status(self) -> str:
+        """'running' is only true while the process lives; otherwise it was killed."""
+        if self.status == "running" and not _alive(self.pid, self.host):
+            return "killed"
+        return self.status
+
+
+@dataclass
+class StepRow:
+    run_id: str
+    target: str
+    step_id: str
+    seq: int
+    section: str
+    action: str
+    status: str
+    attempts: int
+    change: str | None
+    summary: str | None
+    error: str | None
+    outputs: dict[str, Any] | None
+    started_at: float | None
+    ended_at: float | None
+
+
+def _alive(pid: int | None, host: str | None) -> bool:
+    if pid is None or (host and host != socket.gethostname()):
+        return True  # another machine's process: assume alive
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Journal:
+    """One SQLite database; every text written passes through `redact` first."""
+
+    def __init__(self, path: Path, redact: Callable[[str], str] = lambda s: s) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.redact = redact
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a commit survives the process being killed (not a power cut).
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self.db.executescript(_SCHEMA)
+        self.db.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+
+    @classmethod
+    def open_default(cls, redact: Callable[[str], str] = lambda s: s) -> Journal:
+        return cls(state_dir() / "journal.db", redact)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _text(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
+        return self.redact(text)
+
+    # ----- writing -----------------------------------------------------------------------
+
+    def start_run(
+        self,
+        run_id: str,
+        *,
+        runbook: str,
+        runbook_path: str,
+        runbook_sha: str,
+        inventory_path: str,
+        inventory_sha: str,
+        fingerprint: str,
+        params: dict[str, Any],
+        limit: str | None,
+        opskit_version: str,
+        plan: dict[str, Any],
+        steps: Iterable[tuple[str, str, int, str, str, str | None, str | None]],
+        resumed_from: str | None = None,
+    ) -> None:
+        """The run and all its steps, pending, in one transaction."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute(
+                "INSERT INTO runs (id, runbook, runbook_path, runbook_sha, inventory_path,"
+                " inventory_sha, fingerprint, params, limit_sel, status, started_at, pid, host,"
+                " opskit_version, resumed_from, plan)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id, runbook, runbook_path, runbook_sha, inventory_path, inventory_sha,
+                    fingerprint, self._text(params), limit, time.time(), os.getpid(),
+                    socket.gethostname(), opskit_version, resumed_from, self._text(plan),
+                ),
+            )  # fmt: skip
+            self.db.executemany(
+                "INSERT INTO steps (run_id, target, step_id, seq, section, action, status,"
+                " change, summary) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                [
+                    (run_id, t, s, seq, sec, act, chg, self._text(summ))
+                    for t, s, seq, sec, act, chg, summ in steps
+                ],
+            )
+
+    def step_started(self, run_id: str, target: str, step_id: str, attempt: int) -> None:
+        now = time.time()
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute(
+                "UPDATE steps SET status = 'started', attempts = ?, started_at ="
+                " COALESCE(started_at, ?) WHERE run_id = ? AND target = ? AND step_id = ?",
+                (attempt, now, run_id, target, step_id),
+            )
+            self.db.execute(
+                "INSERT OR REPLACE INTO attempts"
+                " (run_id, target, step_id, attempt, status, started_at)"
+                " VALUES (?, ?, ?, ?, 'started', ?)",
+                (run_id, target, step_id, attempt, now),
+            )
+
+    def attempt_finished(
+        self, run_id: str, target: str, step_id: str, attempt: int, status: str, error: str | None
+    ) -> None:
+        self.db.execute(
+            "UPDATE attempts SET status = ?, ended_at = ?, error = ?"
+            " WHERE run_id = ? AND target = ? AND step_id = ? AND attempt = ?",
+            (status, time.time(), self._text(error), run_id, target, step_id, attempt),
+        )
+
+    def step_finished(
+        self,
+        run_id: str,
+        target: str,
+        step_id: str,
+        status: str,
+        *,
+        summary: str | None = None,
+        error: str | None = None,
+        outputs: dict[str, Any] | None = None,
+    ) -> None:
+        text = self._text(outputs)
+        if text is not None and len(text) > OUTPUT_CAP:
+            text = json.dumps({"truncated": text[:OUTPUT_CAP]})
+        self.db.execute(
+            "UPDATE steps SET status = ?, summary = COALESCE(?, summary), error = ?, outputs = ?,"
+            " ended_at = ? WHERE run_id = ? AND target = ? AND step_id = ?",
+            (status, self._text(summary), self._text(error), text, time.time(), run_id, target,
+             step_id),
+        )  # fmt: skip
+
+    def finish_run(
+        self, run_id: str, status: str, exit_code: int, message: str | None = None
+    ) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            # Steps a run leaves behind unfinished are said to be so, not left 'started'.
+            self.db.execute(
+                "UPDATE steps SET status = ? WHERE run_id = ? AND status = 'started'",
+                (INTERRUPTED, run_id),
+            )
+            self.db.execute(
+                "UPDATE steps SET status = ? WHERE run_id = ? AND status = 'pending'",
+                (NOT_RUN, run_id),
+            )
+            self.db.execute(
+                "UPDATE runs SET status = ?, exit_code = ?, message = ?, ended_at = ? WHERE id = ?",
+                (status, exit_code, self._text(message), time.time(), run_id),
+            )
+
+    # ----- reading -----------------------------------------------------------------------
+
+    def runs(self, runbook: str | None = None, limit: int = 50) -> list[RunRow]:
+        sql = "SELECT * FROM runs"
+        args: tuple[Any, ...] = ()
+        if runbook:
+            sql += " WHERE runbook = ?"
+            args = (runbook,)
+        sql += " ORDER BY started_at DESC LIMIT ?"
+        return [self._run(r) for r in self.db.execute(sql, (*args, limit)).fetchall()]
+
+    def run(self, run_id: str) -> RunRow | None:
+        """A run by id or unique id prefix."""
+        rows = self.db.execute(
+            "SELECT * FROM runs WHERE id = ? OR id LIKE ? ORDER BY id", (run_id, run_id + "%")
+        ).fetchall()
+        exact = [r for r in rows if r[0] == run_id]
+        if exact:
+            return self._run(exact[0])
+        return self._run(rows[0]) if len(rows) == 1 else None
+
+    def steps(self, run_id: str) -> list[StepRow]:
+        rows = self.db.execute(
+            "SELECT run_id, target, step_id, seq, section, action, status, attempts, change,"
+            " summary, error, outputs, started_at, ended_at FROM steps WHERE run_id = ?"
+            " ORDER BY target, seq",
+            (run_id,),
+        ).fetchall()
+        return [
+            StepRow(
+                run_id=r[0], target=r[1], step_id=r[2], seq=r[3], section=r[4], action=r[5],
+                status=r[6], attempts=r[7], change=r[8], summary=r[9], error=r[10],
+                outputs=json.loads(r[11]) if r[11] else None, started_at=r[12], ended_at=r[13],
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    def _run(self, r: tuple[Any, ...]) -> RunRow:
+        cols = [c[0] for c in self.db.execute("SELECT * FROM runs LIMIT 0").description]
+        d = dict(zip(cols, r, strict=True))
+        return RunRow(
+            id=d["id"],
+            runbook=d["runbook"],
+            runbook_path=d["runbook_path"],
+            runbook_sha=d["runbook_sha"],
+            inventory_path=d["inventory_path"],
+            inventory_sha=d["inventory_sha"],
+            fingerprint=d["fingerprint"],
+            params=json.loads(d["params"]) if d["params"] else {},
+            limit=d["limit_sel"],
+            status=d["status"],
+            exit_code=d["exit_code"],
+            message=d["message"],
+            started_at=d["started_at"],
+            ended_at=d["ended_at"],
+            pid=d["pid"],
+            host=d["host"],
+            opskit_version=d["opskit_version"],
+            resumed_from=d["resumed_from"],
+            plan=json.loads(d["plan"]) if d["plan"] else None,
+        )

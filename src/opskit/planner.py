@@ -80,6 +80,7 @@ def planned(rendered: RenderedStep, change: Change) -> PlannedStep:
         risk=rendered.risk,
         change=change,
         gate=gate_for(rendered, change),
+        confirm=rendered.confirm,
         when=rendered.when,
         skipped=rendered.skipped,
         deferred=rendered.deferred,

@@ -436,6 +436,7 @@ class Execution:
             self._finish(tr, item.id, FAILED, error="not in the plan (its loop items changed)")
             return ItemResult(FAILED, {})
         question = planned.gate
+        change = None
         if item.risk is not Risk.READ and item.instance is not None:
             # The world as it is now, after the earlier steps: nothing to change, nothing to do.
             change = await probe_step(item, tr.target, self.settings)
@@ -447,7 +448,7 @@ class Execution:
                 return ItemResult(UNCHANGED, {"ok": True, "changed": False})
             question = question or gate_for(item, change)
         if question:
-            answer = await self.gates.check(tr.target.label(), planned, question)
+            answer = await self.gates.check(tr.target.label(), planned, question, change)
             if answer != "yes":
                 if answer == "quit":
                     self.quit = True

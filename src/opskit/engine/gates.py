@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Literal
 
+from ..model import Change
 from ..model.plan import PlannedStep
 from ..report.progress import Reporter
 
@@ -30,26 +31,43 @@ class Gatekeeper:
         self,
         *,
         approved: bool,
+        interactive: bool,
         reporter: Reporter,
         ask: Callable[[str], str] = ask_terminal,
     ) -> None:
         self.approve_all = approved
+        self.interactive = interactive
         self.reporter = reporter
         self.ask = ask
         self.lock = asyncio.Lock()
 
-    async def check(self, label: str, step: PlannedStep, question: str) -> Answer:
+    async def check(
+        self, label: str, step: PlannedStep, question: str, change: Change | None = None
+    ) -> Answer:
+        """Ask `question` before `step` runs, showing its change (as probed just now)."""
         if self.approve_all:
             return "yes"
+        if not self.interactive:
+            # Fail closed: nobody can answer, so nothing risky runs unapproved.
+            self.reporter.emit(
+                {
+                    "event": "message",
+                    "text": f"{label}: step {step.id} asks '{question}' and there is no terminal"
+                    " to answer: declined (pass --yes or --approve FINGERPRINT)",
+                }
+            )
+            return "no"
         async with self.lock:
             if self.approve_all:
                 return "yes"
-            change = step.change
-            text = (
-                f"\n{label}: step {step.id} ({step.action}, {step.risk.value})\n"
-                f"  planned: {change.kind.mark} {change.summary}\n"
-                f"  {question} {ANSWERS} "
-            )
+            now = change or step.change
+            text = f"\n{label}: step {step.id} ({step.action}, {step.risk.value})\n"
+            if now.kind != step.change.kind:
+                text += f"  planned: {step.change.kind.mark} {step.change.summary}\n"
+                text += f"  now:     {now.kind.mark} {now.summary}\n"
+            else:
+                text += f"  planned: {now.kind.mark} {now.summary}\n"
+            text += f"  {question} {ANSWERS} "
             with self.reporter.paused():
                 while True:
                     reply = (await _in_thread(self.ask, text)).strip().lower()

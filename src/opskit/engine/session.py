@@ -133,9 +133,9 @@ def check_saved_plan(req: Request, plan: Plan) -> tuple[LoadedRunbook, list[Targ
             limit=plan.limit, settings=req.settings,
         )
     )  # fmt: skip
-    differences, applied = compare(plan, fresh)
+    differences = compare(plan, fresh)
     if differences:
-        if applied == len(differences):
+        if _changes(fresh) == 0:
             raise NothingToDo(
                 "nothing to do: the world already shows every change this plan makes"
                 " (it was applied before)"
@@ -146,10 +146,14 @@ def check_saved_plan(req: Request, plan: Plan) -> tuple[LoadedRunbook, list[Targ
     return loaded, targets
 
 
-def compare(plan: Plan, fresh: Plan) -> tuple[list[str], int]:
-    """(differences, how many of them are 'planned a change, found none')."""
+def _changes(plan: Plan) -> int:
+    c = plan.counts()
+    return c["create"] + c["update"] + c["delete"] + c["unknown"]
+
+
+def compare(plan: Plan, fresh: Plan) -> list[str]:
+    """Where the fresh plan's probes no longer agree with the saved plan's."""
     differences: list[str] = []
-    applied = 0
     fresh_targets = {t.target: t for t in fresh.targets}
     for tp in plan.targets:
         now = {s.id: s for s in fresh_targets[tp.target].steps}
@@ -165,14 +169,12 @@ def compare(plan: Plan, fresh: Plan) -> tuple[list[str], int]:
                     f"step {s.id} on {tp.label} expected {s.change.kind.value},"
                     f" found {f.change.kind.value}"
                 )
-                if f.change.kind is ChangeKind.NONE:
-                    applied += 1
             elif (s.change.before, s.change.after) != (f.change.before, f.change.after):
                 differences.append(
                     f"step {s.id} on {tp.label} expected {s.change.summary!r},"
                     f" found {f.change.summary!r}"
                 )
-    return differences, applied
+    return differences
 
 
 # --- executing -------------------------------------------------------------------------------
@@ -186,9 +188,12 @@ def check_gates(req: Request, plan: Plan) -> bool:
             f" {plan.fingerprint[:16]}: review the new plan"
         )
     approved = req.yes or req.approve == plan.fingerprint
-    gates = plan.gates()
+    gates = plan.possible_gates()
     if gates and not approved and not req.interactive:
-        listed = "\n  ".join(f"{t}: {s.id}: {s.gate}" for t, s in gates[:10])
+        listed = "\n  ".join(
+            f"{t}: {s.id}: {s.gate or f'{s.risk.value}, may change once earlier steps ran'}"
+            for t, s in gates[:10]
+        )
         raise GateError(
             f"{len(gates)} steps ask for confirmation and there is no terminal to ask:\n"
             f"  {listed}\nreview the plan, then pass --yes or --approve {plan.fingerprint}"
@@ -231,7 +236,9 @@ def execute(
             secrets=values,
             journal=journal,
             reporter=reporter,
-            gatekeeper=Gatekeeper(approved=approved, reporter=reporter, ask=req.ask),
+            gatekeeper=Gatekeeper(
+                approved=approved, interactive=req.interactive, reporter=reporter, ask=req.ask
+            ),
             options=RunOptions(
                 run_id=run_id,
                 grace=req.grace,

@@ -76,6 +76,7 @@ class PlannedStep(BaseModel):
     risk: Risk
     change: Change
     gate: str | None = Field(None, description="the question asked before running, if any")
+    confirm: str | None = Field(None, description="the step's confirm question (asked on change)")
     when: str | bool | None = None
     skipped: bool = False
     deferred: bool = Field(False, description="args depend on an earlier step's outputs")
@@ -139,3 +140,19 @@ class Plan(BaseModel):
     def gates(self) -> list[tuple[str, PlannedStep]]:
         """(target, step) of every step that asks before it runs."""
         return [(t.target, s) for t in self.targets for s in t.steps if s.gate and not s.skipped]
+
+    def possible_gates(self) -> list[tuple[str, PlannedStep]]:
+        """Gates, and the risky steps that may ask once earlier steps changed their world
+        (planned as no change, after a step that changes the same target)."""
+        found = []
+        for t in self.targets:
+            changed = False
+            for s in t.steps:
+                if s.skipped:
+                    continue
+                risky = s.risk is Risk.DESTRUCTIVE or s.confirm is not None
+                if s.gate or (changed and risky):
+                    found.append((t.target, s))
+                if s.risk is not Risk.READ and s.change.kind is not ChangeKind.NONE:
+                    changed = True
+        return found

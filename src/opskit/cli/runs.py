@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
 from ..errors import EXIT_OK
 from .common import json_option, workspace
-from .output import echo, emit_json
+from .output import echo
 
 
 def _request(ctx: click.Context, **kw: object):  # type: ignore[no-untyped-def]
@@ -86,8 +87,8 @@ def run(
         grace=_duration(grace),
     )  # fmt: skip
     loaded, targets, plan = make_plan(req, runbook, parse_param_args(params), limit)
-    if as_json:
-        emit_json({"event": "plan", "plan": plan.model_dump(mode="json")})
+    if as_json:  # the first line of the JSON-lines event stream
+        echo(json.dumps({"event": "plan", "plan": plan.model_dump(mode="json")}))
     else:
         echo(render_plan(plan, "text").rstrip("\n"))
     if dry_run:

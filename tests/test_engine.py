@@ -608,3 +608,56 @@ def test_a_secret_reaches_no_sink(env, monkeypatch):
     assert db.execute("SELECT count(*) FROM steps WHERE outputs LIKE '%secret:token%'").fetchone()[
         0
     ]
+
+
+def _read_until(fd: int, marker: bytes, timeout: float = 20.0) -> bytes:
+    import select
+
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {marker!r} in {seen[-500:]!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+def test_gates_on_a_real_terminal(env):
+    import pty
+
+    env.project.runbook(
+        "gated", GATED.replace("targets: [docker, ai]", "targets: [docker, ai]\nconcurrency: 1")
+    )
+    master, slave = pty.openpty()
+    child_env = {k: v for k, v in os.environ.items() if k != "CI"}
+    code = (
+        f"import sys; sys.path.insert(0, {str(TESTS)!r}); import fakes; fakes.install();"
+        " from opskit.cli import main; main()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "run", "gated"],
+        cwd=env.project.root, env=child_env, stdin=slave, stdout=slave, stderr=slave,
+        close_fds=True,
+    )  # fmt: skip
+    os.close(slave)
+    try:
+        first = _read_until(master, b"[q]uit")
+        assert b"vm 100 (docker): step wipe" in first and b"- delete x" in first
+        os.write(master, b"y\n")
+        second = _read_until(master, b"[q]uit")
+        assert b"vm 110 (ai): step wipe" in second
+        os.write(master, b"n\n")
+        _read_until(master, b"declined")
+        assert proc.wait(timeout=20) == 3
+    finally:
+        proc.kill()
+        os.close(master)
+    assert env.world.present() == {"ai/x"}

@@ -34,6 +34,7 @@ Bytecode: as in validate_speed.py, the children get a bytecode cache of their ow
     python bench/engine_scale.py --json       the same figures as JSON
     python bench/engine_scale.py --profile    also `opskit run bench --yes` once under
                                               cProfile: the top functions by cumulative time
+    ... --profile --profile-command apply     the same for `opskit apply plan.json --yes`
 """
 
 from __future__ import annotations
@@ -239,7 +240,7 @@ class ProfileRow:
 
 
 def profile_run(python: str, work: Workdir, opskit_args: list[str]) -> tuple[float, list[Any]]:
-    """`opskit run bench --yes` once under cProfile: (wall s, pstats rows)."""
+    """One opskit command under cProfile, in a fresh state dir: (wall s, pstats rows)."""
     out = work.root / "run.prof"
     code = _PROFILE_CHILD.format(argv=["opskit", *opskit_args], out=str(out))
     elapsed, _, rc, err = run_child([python, "-c", code], work, work.fresh_state())
@@ -319,7 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="no-op steps (10)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument(
-        "--profile", action="store_true", help="also profile `run --yes` once (cProfile)"
+        "--profile", action="store_true", help="also profile one command once (cProfile)"
+    )
+    parser.add_argument(
+        "--profile-command",
+        choices=["run", "apply", "plan", "dry-run"],
+        default="run",
+        help="the command --profile runs (run: `run bench --yes`)",
     )
     parser.add_argument("--top", type=int, default=30, help="rows of the profile (30)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -359,8 +366,9 @@ def bench_all(args: argparse.Namespace, python: str, work: Workdir) -> int:
     found = verdicts(by)
     passed = all(v["pass"] for v in found)
     profile: tuple[float, list[Any]] | None = None
-    if args.profile:
-        profile = profile_run(python, work, [*global_opts, "run", RUNBOOK, "--yes"])
+    profiled = by[args.profile_command]
+    if args.profile:  # after the timed runs: apply's plan.json is there
+        profile = profile_run(python, work, [*global_opts, *profiled.args])
 
     if args.json:
         report: dict[str, Any] = {
@@ -392,6 +400,7 @@ def bench_all(args: argparse.Namespace, python: str, work: Workdir) -> int:
         }
         if profile is not None:
             report["profile"] = {
+                "cmd": ["opskit", *profiled.args],
                 "wall_s": round(profile[0], 3),
                 "top_cumulative": [vars(r) for r in profile_rows(profile[1], "cumtime", args.top)],
                 "top_tottime": [vars(r) for r in profile_rows(profile[1], "tottime", args.top)],
@@ -411,7 +420,7 @@ def bench_all(args: argparse.Namespace, python: str, work: Workdir) -> int:
             wall, raw = profile
             total = sum(tt for _, (_, _, tt, _, _) in raw)
             print(
-                f"\nprofile of `opskit run {RUNBOOK} --yes` (cProfile, one run):"
+                f"\nprofile of `opskit {' '.join(profiled.args)}` (cProfile, one run):"
                 f" {wall:.2f} s wall under the profiler, {total:.2f} s profiled"
             )
             print_profile(

@@ -167,13 +167,28 @@ class Journal:
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),
         )
+        # Records of finished steps wait here for the next commit (see step_started).
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []
 
     @classmethod
     def open_default(cls, redact: Callable[[str], str] = lambda s: s) -> Journal:
         return cls(state_dir() / "journal.db", redact)
 
     def close(self) -> None:
+        self.flush()
         self.db.close()
+
+    def flush(self) -> None:
+        """Commit the records that wait (finished steps and attempts)."""
+        if self._pending:
+            with self.db:
+                self.db.execute("BEGIN")
+                self._write_pending()
+
+    def _write_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for sql, args in pending:
+            self.db.execute(sql, args)
 
     def _text(self, value: Any) -> str | None:
         if value is None:
@@ -224,29 +239,32 @@ class Journal:
             )
 
     def step_started(self, run_id: str, target: str, step_id: str, attempt: int) -> None:
+        """Queues the start of an attempt. The caller commits (flush()) before the step acts.
+
+        The engine commits the starts of steps that begin together in one transaction, with
+        the ends of steps that finished before them. A process killed before a step's end
+        is committed leaves that step 'started', which resume re-probes: the journal may be
+        cautious, it never claims what did not happen."""
         now = time.time()
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.execute(
-                "UPDATE steps SET status = 'started', attempts = ?, started_at ="
-                " COALESCE(started_at, ?) WHERE run_id = ? AND target = ? AND step_id = ?",
-                (attempt, now, run_id, target, step_id),
-            )
-            self.db.execute(
-                "INSERT OR REPLACE INTO attempts"
-                " (run_id, target, step_id, attempt, status, started_at)"
-                " VALUES (?, ?, ?, ?, 'started', ?)",
-                (run_id, target, step_id, attempt, now),
-            )
+        self._pending.append((
+            "UPDATE steps SET status = 'started', attempts = ?, started_at ="
+            " COALESCE(started_at, ?) WHERE run_id = ? AND target = ? AND step_id = ?",
+            (attempt, now, run_id, target, step_id),
+        ))  # fmt: skip
+        self._pending.append((
+            "INSERT OR REPLACE INTO attempts (run_id, target, step_id, attempt, status, started_at)"
+            " VALUES (?, ?, ?, ?, 'started', ?)",
+            (run_id, target, step_id, attempt, now),
+        ))  # fmt: skip
 
     def attempt_finished(
         self, run_id: str, target: str, step_id: str, attempt: int, status: str, error: str | None
     ) -> None:
-        self.db.execute(
+        self._pending.append((
             "UPDATE attempts SET status = ?, ended_at = ?, error = ?"
             " WHERE run_id = ? AND target = ? AND step_id = ? AND attempt = ?",
             (status, time.time(), self._text(error), run_id, target, step_id, attempt),
-        )
+        ))  # fmt: skip
 
     def step_finished(
         self,
@@ -262,12 +280,12 @@ class Journal:
         text = self._text(outputs)
         if text is not None and len(text) > OUTPUT_CAP:
             text = json.dumps({"truncated": text[:OUTPUT_CAP]})
-        self.db.execute(
+        self._pending.append((
             "UPDATE steps SET status = ?, summary = COALESCE(?, summary), error = ?, outputs = ?,"
             " ended_at = ? WHERE run_id = ? AND target = ? AND step_id = ?",
             (status, self._text(summary), self._text(error), text, time.time(), run_id, target,
              step_id),
-        )  # fmt: skip
+        ))  # fmt: skip
 
     def finish_run(
         self, run_id: str, status: str, exit_code: int, message: str | None = None

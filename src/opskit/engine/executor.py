@@ -40,6 +40,7 @@ from ..workspace import LoadedRunbook, RenderedStep, base_context, render_step
 from .gates import Gatekeeper
 
 MAX_RETRY_DELAY = 300.0
+JOURNAL_FLUSH = 0.5  # seconds a finished step's record may wait for a commit
 
 
 @dataclass
@@ -135,6 +136,7 @@ class Execution:
         self.applying: set[asyncio.Future[Any]] = set()
         self.target_tasks: set[asyncio.Task[Any]] = set()
         self.wakeup = asyncio.Event()
+        self._commit_pending: asyncio.Future[None] | None = None
 
     # ----- the run -----------------------------------------------------------------------
 
@@ -171,9 +173,11 @@ class Execution:
         )
         loop = asyncio.get_running_loop()
         handled = self._install_signals(loop)
+        flusher = asyncio.ensure_future(self._flush_journal())
         try:
             await self._guarded(self._phases())
         finally:
+            flusher.cancel()
             for sig in handled:
                 loop.remove_signal_handler(sig)
         status, code = self._verdict()
@@ -203,6 +207,30 @@ class Execution:
             dict(self.counts),
             {t.target.name: t.status for t in self.runs},
         )
+
+    async def _commit(self) -> None:
+        """Group commit: every step that starts in this turn of the loop shares one commit."""
+        if self._commit_pending is None:
+            self._commit_pending = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._commit_now)
+        await asyncio.shield(self._commit_pending)
+
+    def _commit_now(self) -> None:
+        future, self._commit_pending = self._commit_pending, None
+        if future is None:
+            return
+        try:
+            self.journal.flush()
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+
+    async def _flush_journal(self) -> None:
+        """Finished steps wait for the next step's commit; never longer than this."""
+        while True:
+            await asyncio.sleep(JOURNAL_FLUSH)
+            self.journal.flush()
 
     async def _guarded(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -467,6 +495,7 @@ class Execution:
         while True:
             attempt += 1
             self.journal.step_started(self.run_id, tr.target.name, item.id, attempt)
+            await self._commit()  # the start is on disk before the step acts
             if attempt == 1:
                 self.reporter.emit(
                     {

@@ -68,6 +68,7 @@ class TargetLocks:
     def acquire(self, targets: list[str], wait: float = 0.0) -> None:
         """Every target's lock (in sorted order, so two runs cannot deadlock), or LockError."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        _allow_open_files(len(set(targets)) + 256)
         deadline = time.monotonic() + wait
         try:
             for target in sorted(set(targets)):
@@ -119,6 +120,22 @@ class TargetLocks:
             finally:
                 handle.close()
         self.held.clear()
+
+
+def _allow_open_files(needed: int) -> None:
+    """Each held lock keeps its file open: raise the soft limit towards the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            raise LockError(
+                f"locking {needed - 256} targets needs {needed} open files; the limit is {hard}"
+                " (raise it with ulimit -n, or run on fewer targets with --limit)"
+            )
 
 
 def unlock(directory: Path, target: str, force: bool = False) -> str:

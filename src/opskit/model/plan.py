@@ -112,6 +112,10 @@ class Plan(BaseModel):
     created_at: str = ""
     fingerprint: str = ""
 
+    def __repr__(self) -> str:
+        # Cheap on purpose: asyncio and loggers repr results, and a big plan is megabytes.
+        return f"Plan({self.runbook!r}, {len(self.targets)} targets, {self.fingerprint[:12]!r})"
+
     def body(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"fingerprint", "created_at"})
 

@@ -14,9 +14,7 @@ FORMATS = ("text", "md", "json")
 
 def render_plan(plan: Plan, fmt: str) -> str:
     if fmt == "json":
-        text = json.dumps(
-            plan.model_dump(mode="json"), indent=2, sort_keys=False, ensure_ascii=False
-        )
+        text = plan.model_dump_json(indent=2)
     elif fmt == "md":
         text = markdown(plan)
     else:

@@ -661,3 +661,49 @@ def test_gates_on_a_real_terminal(env):
         proc.kill()
         os.close(master)
     assert env.world.present() == {"ai/x"}
+
+
+def test_unlock_refuses_a_live_holder_unless_forced(env, tmp_path):
+    from opskit.engine.locks import TargetLocks, list_locks, unlock
+    from opskit.errors import LockError
+
+    locks_dir = tmp_path / "locks"
+    held = TargetLocks(locks_dir, "run-a", say=lambda _: None)
+    held.acquire(["ai"])
+    try:
+        other = TargetLocks(locks_dir, "run-b", say=lambda _: None)
+        with pytest.raises(LockError, match="ai is locked by run run-a"):
+            other.acquire(["docker", "ai"])
+        assert [name for name, _, is_held in list_locks(locks_dir) if is_held] == ["ai"]
+        with pytest.raises(LockError, match="which is running"):
+            unlock(locks_dir, "ai")
+        assert "broke the lock held by run run-a" in unlock(locks_dir, "ai", force=True)
+        other.acquire(["ai"])  # the lock file was removed: a new run may lock again
+        other.release()
+    finally:
+        held.release()
+    assert unlock(locks_dir, "docker") == "docker: not locked"
+
+
+def test_step_serial_limits_targets_running_it_at_once(env):
+    env.project.runbook(
+        "serial",
+        """
+        name: serial
+        targets: tag:monitored
+        concurrency: 6
+        steps:
+          - id: one-at-a-time
+            test.resource: {name: s, sleep: 0.1}
+            serial: 1
+        """,
+    )
+    result = env.run("run", "serial", "--json")
+    assert result.code == 0, result.err
+    events = [json.loads(line) for line in result.out.splitlines()]
+    running, most = 0, 0
+    for e in events:
+        if e["event"] == "step":
+            running += 1 if e["status"] == "started" else -1
+            most = max(most, running)
+    assert most == 1 and len(env.world.calls("apply")) == 6

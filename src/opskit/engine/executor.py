@@ -137,6 +137,13 @@ class Execution:
         self.target_tasks: set[asyncio.Task[Any]] = set()
         self.wakeup = asyncio.Event()
         self._commit_pending: asyncio.Future[None] | None = None
+        # A step's own `serial`/`batch`: at most that many targets run it at once.
+        self.step_limits: dict[str, asyncio.Semaphore] = {}
+        for _, _, step in self.rb.all_steps():
+            size = step.serial if step.serial is not None else step.batch
+            if size is not None:
+                n = max(1, resolve_count(size, len(self.runs)))
+                self.step_limits[step.id] = asyncio.Semaphore(n)
 
     # ----- the run -----------------------------------------------------------------------
 
@@ -484,7 +491,11 @@ class Execution:
                 tr.declined = True
                 self._finish(tr, item.id, DECLINED, summary=f"gate answered {answer}")
                 return ItemResult(DECLINED, {})
-        return await self._attempts(tr, section, step, item)
+        limit = self.step_limits.get(step.id)
+        if limit is None:
+            return await self._attempts(tr, section, step, item)
+        async with limit:
+            return await self._attempts(tr, section, step, item)
 
     async def _attempts(
         self, tr: TargetRun, section: str, step: Step, item: RenderedStep

@@ -115,7 +115,7 @@ class RunRow:
     @property
     def shown_status(self) -> str:
         """'running' is only true while the process lives; otherwise it was killed."""
-        if self.status == "running" and not _alive(self.pid, self.host):
+        if self.status == "running" and not process_alive(self.pid, self.host):
             return "killed"
         return self.status
 
@@ -138,9 +138,10 @@ class StepRow:
     ended_at: float | None
 
 
-def _alive(pid: int | None, host: str | None) -> bool:
+def process_alive(pid: int | None, host: str | None = None) -> bool:
+    """Whether a process lives; one on another machine (or unknown) is assumed to."""
     if pid is None or (host and host != socket.gethostname()):
-        return True  # another machine's process: assume alive
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -14,16 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import LockError
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+from ..store import process_alive
 
 
 def _file_name(target: str) -> str:
@@ -42,7 +33,7 @@ class Holder:
         return f"run {self.run_id} (pid {self.pid} on {self.host}, since {when})"
 
     def dead(self) -> bool:
-        return self.host == socket.gethostname() and not _alive(self.pid)
+        return not process_alive(self.pid, self.host)
 
 
 def _read_holder(handle: TextIO) -> Holder | None:

@@ -52,9 +52,11 @@ demo: $(STAMP)
 	@echo "== the homelab inventory"; $(BIN)/opskit inventory list
 	@echo; echo "== the shipped runbooks, validated"; $(BIN)/opskit validate
 	@echo; $(BIN)/opskit list
-	@echo; echo "== health, rendered for the AI VM (what a run would check)"
-	@$(BIN)/opskit show health --limit vm:110
-	@echo; echo "Next: opskit inventory show ai | opskit show health | opskit schema runbook"
+	@echo; echo "== health on the AI VM, planned (a dry run: nothing is contacted or changed)"
+	@$(BIN)/opskit run health --limit vm:110 --dry-run
+	@echo; echo "== the same plan as Markdown, for review in a pull request"
+	@$(BIN)/opskit plan health --limit vm:110 --format md
+	@echo; echo "Next: opskit inventory show ai | opskit show health | opskit schema runbook | opskit --help"
 
 bench: $(STAMP)
 	$(BIN)/python bench/validate_speed.py

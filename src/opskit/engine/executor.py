@@ -8,7 +8,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -252,7 +252,7 @@ class Execution:
 
     async def _phases(self) -> None:
         if self.rb.preflight:
-            await self._all_targets(self._preflight_target, self.runs)
+            await self._all_targets(self._preflight_target, self.runs, rollout=False)
             if self.preflight_failed:
                 self.reporter.emit(
                     {"event": "message", "text": "preflight failed: no target was changed"}
@@ -334,7 +334,7 @@ class Execution:
         for batch in self._batches():
             if self._rollout_stopped():
                 break
-            await self._all_targets(self._main_target, batch)
+            await self._all_targets(self._main_target, batch, rollout=True)
         failed = sum(1 for t in self.runs if t.failed)
         if limit is not None and failed > limit and self._not_run():
             self.reporter.emit(
@@ -345,12 +345,16 @@ class Execution:
                 }
             )
 
-    async def _all_targets(self, work: Any, runs: list[TargetRun]) -> None:
+    async def _all_targets(
+        self, work: Callable[[TargetRun], Awaitable[None]], runs: list[TargetRun], *, rollout: bool
+    ) -> None:
+        """`work` on each target, `concurrency` at a time; a rollout stops starting targets
+        once it is stopped (max_fail, Ctrl-C)."""
         limiter = asyncio.Semaphore(self.plan.concurrency)
 
         async def one(tr: TargetRun) -> None:
             async with limiter:
-                if work == self._main_target and self._rollout_stopped():
+                if rollout and self._rollout_stopped():
                     return
                 await work(tr)
 

@@ -11,6 +11,7 @@ from typing import Literal
 from ..model import Change
 from ..model.plan import PlannedStep
 from ..report.progress import Reporter
+from ..secrets import redactor
 
 Answer = Literal["yes", "no", "quit"]
 ANSWERS = "[y]es / [n]o / [a]ll / [q]uit"
@@ -67,7 +68,7 @@ class Gatekeeper:
                 text += f"  now:     {now.kind.mark} {now.summary}\n"
             else:
                 text += f"  planned: {now.kind.mark} {now.summary}\n"
-            text += f"  {question} {ANSWERS} "
+            text = redactor.redact(f"{text}  {question} {ANSWERS} ")
             with self.reporter.paused():
                 while True:
                     reply = (await _in_thread(self.ask, text)).strip().lower()

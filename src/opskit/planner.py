@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,8 +12,9 @@ from typing import Any
 
 from . import __version__
 from .actions import Action, ActionContext
+from .clients.connections import Connections
 from .errors import OpskitError
-from .model import Change, ChangeKind, Risk, Target
+from .model import Change, ChangeKind, Inventory, Risk, Target
 from .model.plan import FileRef, Plan, PlannedStep, TargetPlan
 from .workspace import LoadedRunbook, RenderedStep, render_target
 
@@ -27,14 +28,27 @@ def file_ref(path: Path) -> FileRef:
 
 @dataclass
 class ProbeSettings:
-    """What a probe's context carries besides its target; the engine and tests fill it."""
+    """What an action's context carries besides its target; the engine and tests fill it."""
 
     http_transport: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # Test seam: sees every Proxmox request (method, path, params) before it is sent.
+    on_proxmox_request: Callable[[str, str, Mapping[str, Any]], None] | None = None
+
+    def connections(
+        self, inventory: Inventory | None, say: Callable[[str], None] | None = None
+    ) -> Connections:
+        kw: dict[str, Any] = {"on_request": self.on_proxmox_request}
+        if say is not None:
+            kw["say"] = say
+        return Connections(inventory, **kw)
 
 
 async def probe_step(
-    rendered: RenderedStep, target: Target, settings: ProbeSettings | None = None
+    rendered: RenderedStep,
+    target: Target,
+    settings: ProbeSettings | None = None,
+    connections: Connections | None = None,
 ) -> Change:
     """A rendered step's change, asked of the world read-only. Failures become blockers."""
     if rendered.skipped:
@@ -47,6 +61,7 @@ async def probe_step(
         read_only=True,
         http_transport=settings.http_transport,
         extras=dict(settings.extras),
+        connections=connections,
     )
     try:
         return await rendered.instance.probe(ctx)
@@ -94,12 +109,13 @@ async def plan_target(
     catalog: Mapping[str, type[Action[Any]]],
     limiter: asyncio.Semaphore,
     settings: ProbeSettings | None = None,
+    connections: Connections | None = None,
 ) -> TargetPlan:
     rendered = render_target(loaded, params, target, catalog)
     steps = []
     for r in rendered:
         async with limiter:
-            change = await probe_step(r, target, settings)
+            change = await probe_step(r, target, settings, connections)
         steps.append(planned(r, change))
     return TargetPlan(target=target.name, label=target.label(), steps=steps)
 
@@ -113,13 +129,22 @@ async def build_plan(
     *,
     limit: str | None = None,
     settings: ProbeSettings | None = None,
+    inventory: Inventory | None = None,
 ) -> Plan:
     """The plan: for each target, in order, every step's rendered args and probed change."""
     rb = loaded.runbook
+    settings = settings or ProbeSettings()
     limiter = asyncio.Semaphore(PROBE_CONCURRENCY)
-    target_plans = await asyncio.gather(
-        *(plan_target(loaded, params, t, catalog, limiter, settings) for t in targets)
-    )
+    connections = settings.connections(inventory)
+    try:
+        target_plans = await asyncio.gather(
+            *(
+                plan_target(loaded, params, t, catalog, limiter, settings, connections)
+                for t in targets
+            )
+        )
+    finally:
+        await connections.aclose()
     plan = Plan(
         opskit_version=__version__,
         runbook=rb.name,

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from ..errors import OpskitError
 from ..model import Change, Outcome, Risk, StrictModel, Target
+
+if TYPE_CHECKING:
+    from ..clients.connections import Connections
+    from ..clients.proxmox import ProxmoxClient
 
 A = TypeVar("A", bound=BaseModel)
 
@@ -28,6 +33,14 @@ class ActionContext:
     # Test seam: an httpx transport for actions that speak HTTP (None: the real network).
     http_transport: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
+    connections: Connections | None = None
+
+    async def proxmox(self) -> ProxmoxClient:
+        """The Proxmox client of the target's cluster; read-only while planning."""
+        if self.connections is None:
+            raise OpskitError("no Proxmox connection in this context")
+        client = await self.connections.proxmox(self.target.cluster)
+        return client.read_only() if self.read_only else client
 
 
 class Action(Generic[A]):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..actions import Action, ActionContext
+from ..clients.connections import Connections
 from ..errors import (
     EXIT_FAILED,
     EXIT_GATE,
@@ -21,7 +22,7 @@ from ..errors import (
     OpskitError,
     RenderError,
 )
-from ..model import ChangeKind, Outcome, Risk, Step, Target
+from ..model import ChangeKind, Inventory, Outcome, Risk, Step, Target
 from ..model.common import format_duration, resolve_count
 from ..model.plan import Plan, PlannedStep, TargetPlan
 from ..planner import ProbeSettings, gate_for, probe_step
@@ -108,7 +109,9 @@ class Execution:
         gatekeeper: Gatekeeper,
         options: RunOptions,
         settings: ProbeSettings | None = None,
+        inventory: Inventory | None = None,
     ) -> None:
+        self.inventory = inventory
         self.loaded = loaded
         self.rb = loaded.runbook
         self.plan = plan
@@ -137,6 +140,7 @@ class Execution:
         self.target_tasks: set[asyncio.Task[Any]] = set()
         self.wakeup = asyncio.Event()
         self._commit_pending: asyncio.Future[None] | None = None
+        self.connections: Connections | None = None
         # A step's own `serial`/`batch`: at most that many targets run it at once.
         self.step_limits: dict[str, asyncio.Semaphore] = {}
         for _, _, step in self.rb.all_steps():
@@ -181,10 +185,13 @@ class Execution:
         loop = asyncio.get_running_loop()
         handled = self._install_signals(loop)
         flusher = asyncio.ensure_future(self._flush_journal())
+        say = lambda text: self.reporter.emit({"event": "message", "text": text})  # noqa: E731
+        self.connections = self.settings.connections(self.inventory, say)
         try:
             await self._guarded(self._phases())
         finally:
             flusher.cancel()
+            await self.connections.aclose()
             for sig in handled:
                 loop.remove_signal_handler(sig)
         status, code = self._verdict()
@@ -478,7 +485,7 @@ class Execution:
         change = None
         if item.risk is not Risk.READ and item.instance is not None:
             # The world as it is now, after the earlier steps: nothing to change, nothing to do.
-            change = await probe_step(item, tr.target, self.settings)
+            change = await probe_step(item, tr.target, self.settings, self.connections)
             if change.blockers:
                 self._finish(tr, item.id, FAILED, error="; ".join(change.blockers))
                 return ItemResult(FAILED, {})
@@ -566,6 +573,7 @@ class Execution:
             read_only=False,
             http_transport=self.settings.http_transport,
             extras=dict(self.settings.extras),
+            connections=self.connections,
         )
         work = item.instance.apply(ctx)
         if step.timeout:

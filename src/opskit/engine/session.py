@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import GateError, OpskitError, StalePlanError, StepError, UsageError
-from ..model import ChangeKind, Risk, Target
+from ..model import ChangeKind, Inventory, Risk, Target
 from ..model.plan import Plan
 from ..planner import ProbeSettings, blockers, build_plan, file_ref
 from ..report.progress import Reporter, reporter_for
@@ -75,7 +75,7 @@ def make_plan(
     plan = asyncio.run(
         build_plan(
             loaded, _relative(ws.inventory_path), params, targets, ws.catalog, limit=limit,
-            settings=req.settings,
+            settings=req.settings, inventory=ws.inventory,
         )
     )  # fmt: skip
     return loaded, targets, plan
@@ -122,6 +122,7 @@ def check_saved_plan(req: Request, plan: Plan) -> tuple[LoadedRunbook, list[Targ
                 f" (sha256 {ref.sha256[:12]} then, {now[:12]} now)"
             )
     ws = Workspace(req.workspace.runbooks_dir, Path(plan.inventory_file.path))
+    req.workspace = ws  # the run uses the plan's inventory
     loaded = ws.load(plan.runbook_file.path)
     loaded.path = Path(plan.runbook_file.path)
     targets = targets_for(loaded, ws.inventory, plan.limit)
@@ -130,7 +131,7 @@ def check_saved_plan(req: Request, plan: Plan) -> tuple[LoadedRunbook, list[Targ
     fresh = asyncio.run(
         build_plan(
             loaded, Path(plan.inventory_file.path), plan.params, targets, ws.catalog,
-            limit=plan.limit, settings=req.settings,
+            limit=plan.limit, settings=req.settings, inventory=ws.inventory,
         )
     )  # fmt: skip
     differences = compare(plan, fresh)
@@ -207,6 +208,7 @@ def execute(
     targets: list[Target],
     plan: Plan,
     *,
+    inventory: Inventory | None = None,
     resume: Mapping[tuple[str, str], str] | None = None,
     resume_outputs: Mapping[tuple[str, str], dict[str, Any]] | None = None,
     resumed_from: str | None = None,
@@ -247,6 +249,7 @@ def execute(
                 resumed_from=resumed_from,
             ),
             settings=req.settings,
+            inventory=inventory or req.workspace.inventory,
         )
         return asyncio.run(execution.run())
     finally:

@@ -1,0 +1,101 @@
+"""The clients of one plan or run: made on first use from the inventory, closed together."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ..errors import OpskitError
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..model import Inventory
+    from .proxmox import ProxmoxClient
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class Connections:
+    """One ProxmoxClient per cluster (and whatever later clients a run shares)."""
+
+    def __init__(
+        self,
+        inventory: Inventory | None,
+        *,
+        say: Callable[[str], None] = _stderr,
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_request: Callable[[str, str, Mapping[str, Any]], None] | None = None,
+    ) -> None:
+        self.inventory = inventory
+        self.say = say
+        self.transport = transport
+        self.on_request = on_request
+        self._proxmox: dict[str, ProxmoxClient] = {}
+        self._resources: dict[str, list[dict[str, Any]]] = {}
+
+    def cluster_name(self, cluster: str | None) -> str:
+        if self.inventory is None or not self.inventory.proxmox:
+            raise OpskitError("the inventory defines no Proxmox cluster (proxmox: ...)")
+        if cluster is None:
+            if len(self.inventory.proxmox) != 1:
+                raise OpskitError("several Proxmox clusters: the guest must name its cluster")
+            return next(iter(self.inventory.proxmox))
+        if cluster not in self.inventory.proxmox:
+            raise OpskitError(f"unknown Proxmox cluster {cluster!r}")
+        return cluster
+
+    async def proxmox(self, cluster: str | None = None) -> ProxmoxClient:
+        from ..secrets import resolve
+        from .proxmox import Credentials, ProxmoxClient
+        from .tls import ssl_context
+
+        name = self.cluster_name(cluster)
+        client = self._proxmox.get(name)
+        if client is not None:
+            return client
+        assert self.inventory is not None
+        spec = self.inventory.proxmox[name]
+        url = urlsplit(spec.api_url)
+        if spec.tls.insecure:
+            self.say(
+                f"warning: TLS verification is off for Proxmox cluster {name}"
+                " (insecure: true): anyone on the path can read its token"
+            )
+        verify: Any = True
+        if url.scheme == "https":
+            verify = await ssl_context(spec.tls, url.hostname or "", url.port or 8006)
+        credentials = Credentials(
+            token_id=spec.token_id,
+            token_secret=resolve(f"proxmox.{name}.token", spec.token) if spec.token else None,
+            user=spec.user,
+            password=resolve(f"proxmox.{name}.password", spec.password) if spec.password else None,
+        )
+        client = ProxmoxClient(
+            spec.api_url,
+            credentials,
+            verify=verify,
+            timeout=spec.timeout,
+            transport=self.transport,
+            on_request=self.on_request,
+        )
+        self._proxmox[name] = client
+        return client
+
+    async def resources(self, client: ProxmoxClient, cluster: str) -> list[dict[str, Any]]:
+        """The cluster's guests (/cluster/resources?type=vm), asked once per plan or run."""
+        if cluster not in self._resources:
+            self._resources[cluster] = await client.call("resources", {"type": "vm"}) or []
+        return self._resources[cluster]
+
+    def forget_resources(self) -> None:
+        self._resources.clear()
+
+    async def aclose(self) -> None:
+        for client in self._proxmox.values():
+            await client.aclose()
+        self._proxmox.clear()

@@ -1,0 +1,352 @@
+"""Proxmox VE REST client: httpx (async, keep-alive), token or ticket auth, tasks awaited.
+
+Every request goes through `ENDPOINTS`, one table of (method, path template, parameters), so a
+test can hold each against the official API schema (../shared/pve/apischema.json).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import OpskitError
+
+if TYPE_CHECKING:
+    import httpx
+
+TICKET_RENEW = 110 * 60.0  # PVE tickets live 2 hours: renew 10 minutes before
+GET_RETRIES = 3
+TASK_POLL_MAX = 2.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str  # template: {node}, {kind} (qemu|lxc), {vmid}, {upid}, {snapname}, {action}
+    params: frozenset[str] = frozenset()
+    kinds: tuple[str, ...] = ("qemu", "lxc")  # for {kind}
+    actions: tuple[str, ...] = ()  # for {action}
+
+
+def _e(method: str, path: str, *params: str, **kw: Any) -> Endpoint:
+    return Endpoint(method, path, frozenset(params), **kw)
+
+
+ENDPOINTS: dict[str, Endpoint] = {
+    "login": _e("POST", "/access/ticket", "username", "password"),
+    "version": _e("GET", "/version"),
+    "nodes": _e("GET", "/nodes"),
+    "resources": _e("GET", "/cluster/resources", "type"),
+    "status": _e("GET", "/nodes/{node}/{kind}/{vmid}/status/current"),
+    "start": _e("POST", "/nodes/{node}/{kind}/{vmid}/status/start"),
+    "stop": _e("POST", "/nodes/{node}/{kind}/{vmid}/status/stop"),
+    "shutdown": _e("POST", "/nodes/{node}/{kind}/{vmid}/status/shutdown", "timeout", "forceStop"),
+    "reboot": _e("POST", "/nodes/{node}/{kind}/{vmid}/status/reboot", "timeout"),
+    "suspend": _e("POST", "/nodes/{node}/{kind}/{vmid}/status/suspend"),
+    "resume": _e("POST", "/nodes/{node}/{kind}/{vmid}/status/resume"),
+    "reset": _e("POST", "/nodes/{node}/qemu/{vmid}/status/reset", kinds=("qemu",)),
+    "snapshots": _e("GET", "/nodes/{node}/{kind}/{vmid}/snapshot"),
+    "snapshot": _e("POST", "/nodes/{node}/{kind}/{vmid}/snapshot", "snapname", "description"),
+    "rollback": _e("POST", "/nodes/{node}/{kind}/{vmid}/snapshot/{snapname}/rollback", "start"),
+    "delsnapshot": _e("DELETE", "/nodes/{node}/{kind}/{vmid}/snapshot/{snapname}"),
+    "clone_qemu": _e(
+        "POST",
+        "/nodes/{node}/qemu/{vmid}/clone",
+        "newid",
+        "name",
+        "full",
+        "target",
+        "storage",
+        "pool",
+        "description",
+        kinds=("qemu",),
+    ),
+    "clone_lxc": _e(
+        "POST",
+        "/nodes/{node}/lxc/{vmid}/clone",
+        "newid",
+        "hostname",
+        "full",
+        "target",
+        "storage",
+        "pool",
+        "description",
+        kinds=("lxc",),
+    ),
+    "agent_ping": _e("POST", "/nodes/{node}/qemu/{vmid}/agent/ping", kinds=("qemu",)),
+    "agent_exec": _e(
+        "POST", "/nodes/{node}/qemu/{vmid}/agent/exec", "command", "input-data", kinds=("qemu",)
+    ),
+    "agent_exec_status": _e(
+        "GET", "/nodes/{node}/qemu/{vmid}/agent/exec-status", "pid", kinds=("qemu",)
+    ),
+    "task_status": _e("GET", "/nodes/{node}/tasks/{upid}/status"),
+    "task_log": _e("GET", "/nodes/{node}/tasks/{upid}/log", "start", "limit"),
+}
+
+
+class ProxmoxError(OpskitError):
+    """An API error: the status-line message, per-parameter errors, the method and path."""
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        message: str,
+        errors: Mapping[str, str] | None = None,
+    ) -> None:
+        self.method, self.path, self.status = method, path, status
+        self.message = message.strip()
+        self.errors = dict(errors or {})
+        detail = "".join(f"; {k}: {str(v).strip()}" for k, v in sorted(self.errors.items()))
+        super().__init__(f"Proxmox {method} {path}: {status} {self.message}{detail}")
+
+
+class ReadOnlyRefused(OpskitError):
+    """Planning asked the read-only client to change something: a bug in an action's probe."""
+
+
+class TaskFailed(OpskitError):
+    def __init__(self, upid: str, exitstatus: str, log: list[str]) -> None:
+        self.upid, self.exitstatus, self.log = upid, exitstatus, log
+        tail = "\n    ".join(log[-8:])
+        super().__init__(f"task {upid} failed: {exitstatus}" + (f"\n    {tail}" if tail else ""))
+
+
+class TaskTimeout(OpskitError):
+    def __init__(self, upid: str, timeout: float) -> None:
+        self.upid = upid
+        super().__init__(
+            f"task {upid} did not finish within {timeout:g}s; it keeps running on the node"
+            " (see it in the Proxmox task list)"
+        )
+
+
+@dataclass
+class TaskResult:
+    upid: str
+    exitstatus: str
+    warnings: int = 0
+
+
+@dataclass
+class Credentials:
+    token_id: str | None = None
+    token_secret: str | None = None
+    user: str | None = None
+    password: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.token_id and self.token_secret) and not (self.user and self.password):
+            raise OpskitError("Proxmox credentials need token_id and token, or user and password")
+
+
+def _form(params: Mapping[str, Any]) -> dict[str, str | list[str]]:
+    """PVE's form encoding: booleans as 0/1, arrays as the key repeated."""
+    out: dict[str, str | list[str]] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        if isinstance(value, list | tuple):
+            out[key] = [str(v) for v in value]
+        elif isinstance(value, bool):
+            out[key] = str(int(value))
+        else:
+            out[key] = str(value)
+    return out
+
+
+class ProxmoxClient:
+    """One cluster's API. `read_only()` gives a view that refuses anything but GET."""
+
+    def __init__(
+        self,
+        api_url: str,
+        credentials: Credentials,
+        *,
+        verify: Any = True,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 16,
+        on_request: Callable[[str, str, Mapping[str, Any]], None] | None = None,
+    ) -> None:
+        import httpx
+
+        self.api_url = api_url.rstrip("/")
+        self.credentials = credentials
+        self.on_request = on_request
+        self._http = httpx.AsyncClient(
+            base_url=self.api_url,
+            verify=verify,
+            timeout=timeout,
+            transport=transport,
+            trust_env=False,  # never through a proxy from the environment
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            headers={"Accept": "application/json"},
+        )
+        self._ticket: tuple[str, str, float] | None = None  # (ticket, csrf, issued)
+        self._login_lock = asyncio.Lock()
+        self._read_only = False
+
+    def read_only(self) -> ProxmoxClient:
+        """A view sharing this client's connections and login, refusing every change."""
+        view = object.__new__(ProxmoxClient)
+        view.__dict__.update(self.__dict__)
+        view._read_only = True
+        view._parent = self  # type: ignore[attr-defined]
+        return view
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ----- requests --------------------------------------------------------------------
+
+    async def call(self, name: str, params: Mapping[str, Any] | None = None, **path: Any) -> Any:
+        """The `data` of endpoint `name`, with path values and parameters."""
+        endpoint = ENDPOINTS[name]
+        unknown = set(params or {}) - endpoint.params
+        if unknown:
+            raise OpskitError(f"bug: {name} takes no parameters {sorted(unknown)}")
+        return await self.request(endpoint.method, endpoint.path.format(**path), params or {})
+
+    async def request(self, method: str, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        import httpx
+
+        if self._read_only and method != "GET":
+            raise ReadOnlyRefused(f"planning is read-only: refused {method} {path}")
+        params = params or {}
+        if self.on_request is not None:
+            self.on_request(method, path, params)
+        attempt = 0
+        relogged = False
+        while True:
+            attempt += 1
+            headers = await self._auth_headers(method)
+            try:
+                if method in ("GET", "DELETE"):
+                    response = await self._http.request(
+                        method, path, params=_form(params), headers=headers
+                    )
+                else:
+                    response = await self._http.request(
+                        method, path, data=_form(params), headers=headers
+                    )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # Nothing reached the server: safe to try again, whatever the method.
+                if attempt <= GET_RETRIES:
+                    await _backoff(attempt)
+                    continue
+                raise ProxmoxError(method, path, 0, f"cannot connect: {exc}") from None
+            except httpx.TransportError as exc:
+                if method == "GET" and attempt <= GET_RETRIES:
+                    await _backoff(attempt)
+                    continue
+                raise ProxmoxError(method, path, 0, f"{type(exc).__name__}: {exc}") from None
+            if response.status_code == 401 and self.credentials.user and not relogged:
+                # The ticket expired or was revoked: log in again, once.
+                relogged = True
+                await self._login(force=True)
+                continue
+            transient = response.status_code in (502, 503, 504, 596)  # 596: pveproxy lost a node
+            if transient and method == "GET" and attempt <= GET_RETRIES:
+                await _backoff(attempt)
+                continue
+            if response.status_code >= 400:
+                raise _error(method, path, response)
+            try:
+                body = response.json()
+            except ValueError:
+                raise ProxmoxError(
+                    method, path, response.status_code, "answer is not JSON"
+                ) from None
+            return body.get("data") if isinstance(body, dict) else body
+
+    async def get(self, path: str, **params: Any) -> Any:
+        return await self.request("GET", path, params)
+
+    async def _auth_headers(self, method: str) -> dict[str, str]:
+        c = self.credentials
+        if c.token_id and c.token_secret:
+            return {"Authorization": f"PVEAPIToken={c.token_id}={c.token_secret}"}
+        await self._login()
+        root = getattr(self, "_parent", self)
+        assert root._ticket is not None
+        ticket, csrf, _ = root._ticket
+        headers = {"Cookie": f"PVEAuthCookie={ticket}"}
+        if method != "GET":
+            headers["CSRFPreventionToken"] = csrf
+        return headers
+
+    async def _login(self, force: bool = False) -> None:
+        import httpx
+
+        root = getattr(self, "_parent", self)
+        async with root._login_lock:
+            if not force and root._ticket and time.monotonic() - root._ticket[2] < TICKET_RENEW:
+                return
+            c = self.credentials
+            path = ENDPOINTS["login"].path
+            try:
+                response = await self._http.post(
+                    path, data={"username": c.user or "", "password": c.password or ""}
+                )
+            except httpx.TransportError as exc:
+                raise ProxmoxError("POST", path, 0, f"cannot connect: {exc}") from None
+            if response.status_code >= 400:
+                raise _error("POST", path, response)
+            data = response.json()["data"]
+            root._ticket = (data["ticket"], data["CSRFPreventionToken"], time.monotonic())
+
+    # ----- tasks -------------------------------------------------------------------------
+
+    async def wait_task(self, node: str, upid: str, timeout: float) -> TaskResult:
+        """Poll the task until it stops; OK or WARNINGS succeed, anything else raises TaskFailed
+        with the end of its log; past `timeout` TaskTimeout names the UPID."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            status = await self.call("task_status", node=node, upid=upid)
+            if status.get("status") == "stopped":
+                exit_status = str(status.get("exitstatus", ""))
+                if exit_status == "OK":
+                    return TaskResult(upid, exit_status)
+                if exit_status.startswith("WARNINGS"):
+                    count = exit_status.partition(":")[2].strip()
+                    return TaskResult(upid, exit_status, int(count) if count.isdigit() else 1)
+                raise TaskFailed(upid, exit_status, await self.task_log(node, upid))
+            if time.monotonic() >= deadline:
+                raise TaskTimeout(upid, timeout)
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, TASK_POLL_MAX)
+
+    async def task_log(self, node: str, upid: str, limit: int = 500) -> list[str]:
+        try:
+            lines = await self.call("task_log", {"start": 0, "limit": limit}, node=node, upid=upid)
+        except OpskitError:
+            return []
+        return [str(line.get("t", "")) for line in lines or []]
+
+
+async def _backoff(attempt: int) -> None:
+    await asyncio.sleep(min(0.25 * 2 ** (attempt - 1), 4.0) * random.uniform(0.8, 1.2))
+
+
+def _error(method: str, path: str, response: httpx.Response) -> ProxmoxError:
+    message = response.reason_phrase or ""
+    errors: Mapping[str, str] | None = None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        message = str(body.get("message") or message)
+        if isinstance(body.get("errors"), dict):
+            errors = body["errors"]
+    return ProxmoxError(method, path, response.status_code, message or "error", errors)

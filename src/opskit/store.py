@@ -293,6 +293,7 @@ class Journal:
     ) -> None:
         with self.db:
             self.db.execute("BEGIN")
+            self._write_pending()
             # Steps a run leaves behind unfinished are said to be so, not left 'started'.
             self.db.execute(
                 "UPDATE steps SET status = ? WHERE run_id = ? AND status = 'started'",

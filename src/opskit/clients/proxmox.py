@@ -293,6 +293,8 @@ class ProxmoxClient:
                 return
             c = self.credentials
             path = ENDPOINTS["login"].path
+            if self.on_request is not None:
+                self.on_request("POST", path, {"username": c.user, "password": "(hidden)"})
             try:
                 response = await self._http.post(
                     path, data={"username": c.user or "", "password": c.password or ""}

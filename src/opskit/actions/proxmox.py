@@ -1,0 +1,628 @@
+"""Proxmox VE guests: power, snapshots, clones, waiting, guest-agent commands, checks.
+
+QEMU VMs and LXC containers alike; where a guest runs (its node) and what it is comes from
+/cluster/resources, so a guest that migrated since the inventory was written is still found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from ..errors import OpskitError
+from ..model import Change, ChangeKind, Duration, Outcome, Risk
+from ..model.common import format_duration
+from .base import Action, ActionArgs, ActionContext, Check
+
+
+@dataclass
+class Guest:
+    """A guest as the cluster sees it now."""
+
+    vmid: int
+    node: str
+    kind: str  # qemu | lxc
+    name: str
+    status: str  # running | stopped | paused (qmpstatus)
+    lock: str | None
+    agent: bool
+    raw: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        word = "vm" if self.kind == "qemu" else "ct"
+        return f"{word} {self.vmid} ({self.name})" if self.name else f"{word} {self.vmid}"
+
+    @property
+    def paused(self) -> bool:
+        return self.status == "paused"
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("running", "paused")
+
+
+def _vmid(args: GuestArgs, ctx: ActionContext) -> int:
+    vmid = args.vmid if args.vmid is not None else ctx.target.vmid
+    if vmid is None:
+        raise OpskitError(f"{ctx.target.name} is not a Proxmox guest: give the step a vmid")
+    return vmid
+
+
+async def locate(ctx: ActionContext, vmid: int) -> tuple[Any, str, str]:
+    """(client, node, kind) of a guest, from /cluster/resources."""
+    client = await ctx.proxmox()
+    assert ctx.connections is not None
+    cluster = ctx.connections.cluster_name(ctx.target.cluster)
+    resources = await ctx.connections.resources(client, cluster)
+    for r in resources:
+        if r.get("vmid") == vmid and r.get("type") in ("qemu", "lxc"):
+            return client, str(r["node"]), str(r["type"])
+    if not resources:
+        raise OpskitError(
+            f"Proxmox cluster {cluster} shows no guests at all, yet the inventory expects"
+            f" guest {vmid}: is the API token privilege-separated without VM.Audit?"
+            " (grant it PVEAuditor on /, or turn privilege separation off)"
+        )
+    raise OpskitError(f"guest {vmid} is not in Proxmox cluster {cluster} (/cluster/resources)")
+
+
+async def guest(ctx: ActionContext, vmid: int) -> Guest:
+    client, node, kind = await locate(ctx, vmid)
+    data = await client.call("status", node=node, kind=kind, vmid=vmid)
+    status = str(data.get("status", "unknown"))
+    if kind == "qemu" and data.get("qmpstatus") in ("paused", "suspended", "prelaunch"):
+        status = "paused"
+    if kind == "lxc" and status == "running" and data.get("lock") == "suspended":
+        status = "paused"
+    return Guest(
+        vmid=vmid,
+        node=node,
+        kind=kind,
+        name=str(data.get("name", "")),
+        status=status,
+        lock=data.get("lock") or None,
+        agent=bool(data.get("agent")),
+        raw=data,
+    )
+
+
+def _blocked(g: Guest, summary: str, reason: str) -> Change:
+    return Change.unknown(summary, blockers=[f"{g.label}: {reason}"])
+
+
+def _locked(g: Guest, summary: str) -> Change | None:
+    if g.lock and g.lock != "suspended":
+        return _blocked(g, summary, f"is locked ({g.lock}); wait for it or unlock it")
+    return None
+
+
+class GuestArgs(ActionArgs):
+    vmid: int | None = Field(None, ge=100, description="default: the target's vmid")
+    timeout: Duration = Field(300.0, description="how long to wait for the Proxmox task")
+
+
+async def _run_task(
+    ctx: ActionContext, g: Guest, name: str, params: dict[str, Any], timeout: float, **path: Any
+) -> str:
+    client = await ctx.proxmox()
+    upid = await client.call(name, params, node=g.node, kind=g.kind, vmid=g.vmid, **path)
+    result = await client.wait_task(g.node, str(upid), timeout)
+    if result.warnings:
+        ctx.log(f"{g.label}: task {result.upid} ended with {result.exitstatus}")
+    return result.exitstatus
+
+
+# --- power -----------------------------------------------------------------------------------
+
+
+class Power(Action[GuestArgs]):
+    """Start, stop or change a guest's power state; subclasses say which."""
+
+    verb: ClassVar[str]
+    endpoint: ClassVar[str]
+    Args = GuestArgs
+
+    def describe(self) -> str:
+        return f"{self.verb} vm {self.args.vmid}" if self.args.vmid else self.verb
+
+    def wanted(self, g: Guest) -> Change:
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    async def probe(self, ctx: ActionContext) -> Change:
+        g = await guest(ctx, _vmid(self.args, ctx))
+        change = self.wanted(g)
+        if change.kind is not ChangeKind.NONE:
+            return _locked(g, change.summary) or change
+        return change
+
+    async def apply(self, ctx: ActionContext) -> Outcome:
+        g = await guest(ctx, _vmid(self.args, ctx))
+        change = self.wanted(g)
+        if change.kind is ChangeKind.NONE:
+            return Outcome(ok=True, summary=change.summary)
+        if change.blockers:
+            return Outcome(ok=False, summary=change.summary, error="; ".join(change.blockers))
+        try:
+            status = await _run_task(ctx, g, self.endpoint, self.params(), self.args.timeout)
+        except OpskitError as exc:
+            return await self.failed(ctx, g, exc)
+        return Outcome(
+            ok=True,
+            changed=True,
+            summary=f"{self.verb} {g.label}: {status}",
+            outputs={"vmid": g.vmid, "node": g.node},
+        )
+
+    async def failed(self, ctx: ActionContext, g: Guest, exc: OpskitError) -> Outcome:
+        return Outcome(ok=False, summary=f"{self.verb} {g.label} failed", error=str(exc))
+
+
+def _transition(g: Guest, verb: str, before: str, after: str) -> Change:
+    return Change(
+        kind=ChangeKind.UPDATE,
+        summary=f"{verb} {g.label} ({before} -> {after})",
+        before={"status": before},
+        after={"status": after},
+    )
+
+
+class Start(Power):
+    name: ClassVar[str] = "proxmox.vm.start"
+    risk: ClassVar[Risk] = Risk.CHANGE
+    verb = "start"
+    endpoint = "start"
+
+    def wanted(self, g: Guest) -> Change:
+        if g.running:
+            return Change.none(f"{g.label} is {g.status}")
+        return _transition(g, "start", g.status, "running")
+
+    async def failed(self, ctx: ActionContext, g: Guest, exc: OpskitError) -> Outcome:
+        # A start racing another ("already running"), or LXC answering 500 for a running
+        # container: what counts is whether it runs now.
+        now = await guest(ctx, g.vmid)
+        if now.running:
+            return Outcome(ok=True, summary=f"{g.label} is running (started elsewhere meanwhile)")
+        return await super().failed(ctx, g, exc)
+
+
+class ShutdownArgs(GuestArgs):
+    timeout: Duration = Field(120.0, description="how long the guest may take to power off")
+    force_stop: bool = Field(False, description="stop it hard if it outlasts the timeout")
+
+
+class Shutdown(Power):
+    """Power off through ACPI (QEMU) or init (LXC)."""
+
+    name: ClassVar[str] = "proxmox.vm.shutdown"
+    risk: ClassVar[Risk] = Risk.DESTRUCTIVE
+    verb = "shut down"
+    endpoint = "shutdown"
+    Args = ShutdownArgs
+
+    def wanted(self, g: Guest) -> Change:
+        if not g.running:
+            return Change.none(f"{g.label} is stopped")
+        return _transition(g, "shut down", g.status, "stopped")
+
+    def params(self) -> dict[str, Any]:
+        assert isinstance(self.args, ShutdownArgs)
+        params: dict[str, Any] = {"timeout": max(1, int(self.args.timeout))}
+        if self.args.force_stop:
+            params["forceStop"] = True
+        return params
+
+    async def apply(self, ctx: ActionContext) -> Outcome:
+        outcome = await super().apply(ctx)
+        if outcome.ok or not isinstance(self.args, ShutdownArgs) or self.args.force_stop:
+            return outcome
+        g = await guest(ctx, _vmid(self.args, ctx))
+        if g.running:
+            outcome.error = (
+                f"{g.label} did not power off within {format_duration(self.args.timeout)}"
+                f" (does the guest handle ACPI?); it is still running. Set force_stop: true to"
+                f" stop it hard after the timeout. ({outcome.error})"
+            )
+        return outcome
+
+
+class Stop(Power):
+    """Power off at once, like pulling the plug."""
+
+    name: ClassVar[str] = "proxmox.vm.stop"
+    risk: ClassVar[Risk] = Risk.DESTRUCTIVE
+    verb = "stop"
+    endpoint = "stop"
+
+    def wanted(self, g: Guest) -> Change:
+        if not g.running:
+            return Change.none(f"{g.label} is stopped")
+        return _transition(g, "stop", g.status, "stopped")
+
+
+class Reboot(Power):
+    name: ClassVar[str] = "proxmox.vm.reboot"
+    risk: ClassVar[Risk] = Risk.DESTRUCTIVE
+    verb = "reboot"
+    endpoint = "reboot"
+
+    def wanted(self, g: Guest) -> Change:
+        summary = f"reboot {g.label}"
+        if not g.running:
+            return _blocked(g, summary, "is stopped: a reboot is refused (start it instead)")
+        return Change(
+            kind=ChangeKind.UPDATE,
+            summary=summary,
+            before={"status": g.status},
+            after={"status": "running", "rebooted": True},
+        )
+
+    def params(self) -> dict[str, Any]:
+        return {"timeout": max(1, int(self.args.timeout))}
+
+
+class Reset(Power):
+    name: ClassVar[str] = "proxmox.vm.reset"
+    risk: ClassVar[Risk] = Risk.DESTRUCTIVE
+    verb = "reset"
+    endpoint = "reset"
+
+    def wanted(self, g: Guest) -> Change:
+        summary = f"reset {g.label}"
+        if g.kind != "qemu":
+            return _blocked(g, summary, "containers have no reset (use proxmox.vm.reboot)")
+        if not g.running:
+            return _blocked(g, summary, "is stopped: a reset is refused (start it instead)")
+        return Change(
+            kind=ChangeKind.UPDATE,
+            summary=summary,
+            before={"status": g.status},
+            after={"status": "running", "reset": True},
+        )
+
+
+class Suspend(Power):
+    name: ClassVar[str] = "proxmox.vm.suspend"
+    risk: ClassVar[Risk] = Risk.DESTRUCTIVE
+    verb = "suspend"
+    endpoint = "suspend"
+
+    def wanted(self, g: Guest) -> Change:
+        if g.paused:
+            return Change.none(f"{g.label} is paused")
+        if not g.running:
+            return _blocked(g, f"suspend {g.label}", "is stopped: nothing to suspend")
+        return _transition(g, "suspend", g.status, "paused")
+
+
+class Resume(Power):
+    name: ClassVar[str] = "proxmox.vm.resume"
+    risk: ClassVar[Risk] = Risk.CHANGE
+    verb = "resume"
+    endpoint = "resume"
+
+    def wanted(self, g: Guest) -> Change:
+        if g.status == "running":
+            return Change.none(f"{g.label} is running")
+        if not g.running:
+            return _blocked(g, f"resume {g.label}", "is stopped: start it instead")
+        return _transition(g, "resume", "paused", "running")
+
+
+# --- snapshots and clones ------------------------------------------------------------------
+
+
+class SnapshotArgs(GuestArgs):
+    name: str = Field(..., pattern=r"^[A-Za-z][A-Za-z0-9_\-]{1,39}$", description="snapshot name")
+    description: str | None = None
+
+
+async def _snapshots(ctx: ActionContext, g: Guest) -> set[str]:
+    client = await ctx.proxmox()
+    listed = await client.call("snapshots", node=g.node, kind=g.kind, vmid=g.vmid) or []
+    return {str(s.get("name")) for s in listed if s.get("name") != "current"}
+
+
+class Snapshot(Action[SnapshotArgs]):
+    name: ClassVar[str] = "proxmox.vm.snapshot"
+    risk: ClassVar[Risk] = Risk.CHANGE
+    Args = SnapshotArgs
+
+    def describe(self) -> str:
+        return f"snapshot {self.args.name}"
+
+    async def probe(self, ctx: ActionContext) -> Change:
+        g = await guest(ctx, _vmid(self.args, ctx))
+        if self.args.name in await _snapshots(ctx, g):
+            return Change.none(f"{g.label} has snapshot {self.args.name}")
+        summary = f"snapshot {g.label} as {self.args.name}"
+        return _locked(g, summary) or Change(
+            kind=ChangeKind.CREATE, summary=summary, after={"snapshot": self.args.name}
+        )
+
+    async def apply(self, ctx: ActionContext) -> Outcome:
+        g = await guest(ctx, _vmid(self.args, ctx))
+        if self.args.name in await _snapshots(ctx, g):
+            return Outcome(ok=True, summary=f"{g.label} has snapshot {self.args.name}")
+        params = {"snapname": self.args.name, "description": self.args.description}
+        await _run_task(ctx, g, "snapshot", params, self.args.timeout)
+        return Outcome(ok=True, changed=True, summary=f"snapshot {self.args.name} of {g.label}")
+
+
+class SnapshotNameArgs(GuestArgs):
+    name: str = Field(..., description="snapshot name")
+    start: bool = Field(False, description="rollback: start the guest afterwards")
+
+
+class Rollback(Action[SnapshotNameArgs]):
+    name: ClassVar[str] = "proxmox.vm.rollback"
+    risk: ClassVar[Risk] = Risk.DESTRUCTIVE
+    Args = SnapshotNameArgs
+
+    def describe(self) -> str:
+        return f"roll back to snapshot {self.args.name}"
+
+    async def probe(self, ctx: ActionContext) -> Change:
+        g = await guest(ctx, _vmid(self.args, ctx))
+        summary = f"roll {g.label} back to snapshot {self.args.name}"
+        if self.args.name not in await _snapshots(ctx, g):
+            return _blocked(g, summary, f"has no snapshot {self.args.name}")
+        return _locked(g, summary) or Change(
+            kind=ChangeKind.UPDATE, summary=summary, after={"snapshot": self.args.name}
+        )
+
+    async def apply(self, ctx: ActionContext) -> Outcome:
+        g = await guest(ctx, _vmid(self.args, ctx))
+        params = {"start": True} if self.args.start else {}
+        await _run_task(ctx, g, "rollback", params, self.args.timeout, snapname=self.args.name)
+        return Outcome(ok=True, changed=True, summary=f"{g.label} rolled back to {self.args.name}")
+
+
+class DeleteSnapshot(Action[SnapshotNameArgs]):
+    name: ClassVar[str] = "proxmox.vm.delete_snapshot"
+    risk: ClassVar[Risk] = Risk.DESTRUCTIVE
+    Args = SnapshotNameArgs
+
+    def describe(self) -> str:
+        return f"delete snapshot {self.args.name}"
+
+    async def probe(self, ctx: ActionContext) -> Change:
+        g = await guest(ctx, _vmid(self.args, ctx))
+        if self.args.name not in await _snapshots(ctx, g):
+            return Change.none(f"{g.label} has no snapshot {self.args.name}")
+        summary = f"delete snapshot {self.args.name} of {g.label}"
+        return _locked(g, summary) or Change(
+            kind=ChangeKind.DELETE, summary=summary, before={"snapshot": self.args.name}
+        )
+
+    async def apply(self, ctx: ActionContext) -> Outcome:
+        g = await guest(ctx, _vmid(self.args, ctx))
+        if self.args.name not in await _snapshots(ctx, g):
+            return Outcome(ok=True, summary=f"{g.label} has no snapshot {self.args.name}")
+        await _run_task(ctx, g, "delsnapshot", {}, self.args.timeout, snapname=self.args.name)
+        return Outcome(ok=True, changed=True, summary=f"deleted snapshot {self.args.name}")
+
+
+class CloneArgs(GuestArgs):
+    newid: int = Field(..., ge=100)
+    name: str | None = Field(None, description="name (hostname for a container)")
+    full: bool = True
+    target: str | None = Field(None, description="node to clone to")
+    storage: str | None = None
+    timeout: Duration = 1800.0
+
+
+class Clone(Action[CloneArgs]):
+    name: ClassVar[str] = "proxmox.vm.clone"
+    risk: ClassVar[Risk] = Risk.CHANGE
+    Args = CloneArgs
+
+    def describe(self) -> str:
+        return f"clone to {self.args.newid}"
+
+    async def _existing(self, ctx: ActionContext) -> bool:
+        client = await ctx.proxmox()
+        assert ctx.connections is not None
+        cluster = ctx.connections.cluster_name(ctx.target.cluster)
+        return any(
+            r.get("vmid") == self.args.newid
+            for r in await ctx.connections.resources(client, cluster)
+        )
+
+    async def probe(self, ctx: ActionContext) -> Change:
+        g = await guest(ctx, _vmid(self.args, ctx))
+        if await self._existing(ctx):
+            return Change.none(f"guest {self.args.newid} exists")
+        summary = f"clone {g.label} to {self.args.newid}" + (
+            f" ({self.args.name})" if self.args.name else ""
+        )
+        return _locked(g, summary) or Change(
+            kind=ChangeKind.CREATE,
+            summary=summary,
+            after={"vmid": self.args.newid, "name": self.args.name},
+        )
+
+    async def apply(self, ctx: ActionContext) -> Outcome:
+        g = await guest(ctx, _vmid(self.args, ctx))
+        a = self.args
+        params: dict[str, Any] = {
+            "newid": a.newid,
+            "full": a.full,
+            "target": a.target,
+            "storage": a.storage,
+        }
+        params["name" if g.kind == "qemu" else "hostname"] = a.name
+        endpoint = "clone_qemu" if g.kind == "qemu" else "clone_lxc"
+        client = await ctx.proxmox()
+        upid = await client.call(endpoint, params, node=g.node, vmid=g.vmid)
+        await client.wait_task(g.node, str(upid), a.timeout)
+        assert ctx.connections is not None
+        ctx.connections.forget_resources()
+        return Outcome(
+            ok=True,
+            changed=True,
+            summary=f"cloned {g.label} to {a.newid}",
+            outputs={"vmid": a.newid},
+        )
+
+
+# --- waiting, checking, guest agent ---------------------------------------------------------
+
+
+class WaitArgs(GuestArgs):
+    status: Literal["running", "stopped", "paused"] | None = "running"
+    agent: bool = Field(False, description="also wait until the QEMU guest agent answers")
+    timeout: Duration = 300.0
+    interval: Duration = 2.0
+
+
+async def _agent_up(ctx: ActionContext, g: Guest) -> bool:
+    if g.kind != "qemu" or not g.agent or g.status != "running":
+        return False
+    client = await ctx.proxmox()
+    try:
+        await client.call("agent_ping", node=g.node, vmid=g.vmid)
+    except OpskitError:
+        return False
+    return True
+
+
+def _state_problems(g: Guest, status: str | None, agent: bool, agent_up: bool) -> list[str]:
+    problems = []
+    if status is not None and g.status != status:
+        problems.append(f"{g.label} is {g.status}, not {status}")
+    if agent and not agent_up:
+        problems.append(f"{g.label}: the guest agent does not answer")
+    return problems
+
+
+class WaitFor(Check[WaitArgs]):
+    """Wait until a guest is in a state (and its guest agent answers)."""
+
+    name: ClassVar[str] = "proxmox.vm.wait"
+    Args = WaitArgs
+
+    def describe(self) -> str:
+        agent = " with its guest agent up" if self.args.agent else ""
+        return f"wait until {self.args.status or 'up'}{agent}"
+
+    async def apply(self, ctx: ActionContext) -> Outcome:
+        a = self.args
+        vmid = _vmid(a, ctx)
+        deadline = time.monotonic() + a.timeout
+        while True:
+            g = await guest(ctx, vmid)
+            agent_up = await _agent_up(ctx, g) if a.agent else False
+            problems = _state_problems(g, a.status, a.agent, agent_up)
+            if not problems:
+                return Outcome(ok=True, summary=f"{g.label} is {g.status}")
+            if time.monotonic() >= deadline:
+                return Outcome(
+                    ok=False,
+                    summary=problems[0],
+                    error=f"after {format_duration(a.timeout)}: " + "; ".join(problems),
+                )
+            await asyncio.sleep(min(a.interval, max(0.0, deadline - time.monotonic())))
+
+
+class CheckArgs(GuestArgs):
+    status: Literal["running", "stopped", "paused"] | None = "running"
+    agent: bool = False
+    unlocked: bool = Field(True, description="fail if the guest holds a lock (backup, ...)")
+
+
+class CheckVm(Check[CheckArgs]):
+    """A guest is in the expected state now."""
+
+    name: ClassVar[str] = "check.proxmox.vm"
+    Args = CheckArgs
+
+    def describe(self) -> str:
+        return f"vm is {self.args.status or 'known'}" + (" with agent" if self.args.agent else "")
+
+    async def apply(self, ctx: ActionContext) -> Outcome:
+        a = self.args
+        g = await guest(ctx, _vmid(a, ctx))
+        agent_up = await _agent_up(ctx, g) if a.agent else False
+        problems = _state_problems(g, a.status, a.agent, agent_up)
+        if a.unlocked and g.lock and g.lock != "suspended":
+            problems.append(f"{g.label} is locked ({g.lock})")
+        outputs = {"status": g.status, "node": g.node, "lock": g.lock, "agent": agent_up}
+        if problems:
+            return Outcome(
+                ok=False, summary=problems[0], error="; ".join(problems), outputs=outputs
+            )
+        return Outcome(ok=True, summary=f"{g.label} is {g.status} on {g.node}", outputs=outputs)
+
+
+class ExecArgs(GuestArgs):
+    command: list[str] = Field(..., min_length=1, description="argv, run by the guest agent")
+    input: str | None = Field(None, description="stdin for the command")
+    expect: list[int] = Field(default_factory=lambda: [0], description="accepted exit codes")
+    timeout: Duration = 300.0
+
+
+class AgentExec(Action[ExecArgs]):
+    """Run a command inside a QEMU guest through its guest agent (no network needed)."""
+
+    name: ClassVar[str] = "proxmox.agent.exec"
+    risk: ClassVar[Risk] = Risk.CHANGE
+    Args = ExecArgs
+
+    def describe(self) -> str:
+        return "agent exec " + " ".join(self.args.command)
+
+    async def probe(self, ctx: ActionContext) -> Change:
+        g = await guest(ctx, _vmid(self.args, ctx))
+        summary = f"run {' '.join(self.args.command)!r} in {g.label}"
+        if g.kind != "qemu":
+            return _blocked(g, summary, "containers have no guest agent")
+        if not g.agent:
+            return _blocked(g, summary, "has no guest agent configured (agent: 1)")
+        return Change.unknown(summary)
+
+    async def apply(self, ctx: ActionContext) -> Outcome:
+        a = self.args
+        g = await guest(ctx, _vmid(a, ctx))
+        client = await ctx.proxmox()
+        params = {"command": a.command, "input-data": a.input}
+        started = await client.call("agent_exec", params, node=g.node, vmid=g.vmid)
+        pid = started["pid"] if isinstance(started, dict) else started
+        deadline = time.monotonic() + a.timeout
+        delay = 0.1
+        while True:
+            status = await client.call("agent_exec_status", {"pid": pid}, node=g.node, vmid=g.vmid)
+            if status.get("exited"):
+                break
+            if time.monotonic() >= deadline:
+                return Outcome(
+                    ok=False,
+                    summary="timed out",
+                    error=f"command (pid {pid}) still running after {format_duration(a.timeout)}",
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+        rc = int(status.get("exitcode", -1))
+        outputs = {
+            "rc": rc,
+            "stdout": status.get("out-data", ""),
+            "stderr": status.get("err-data", ""),
+        }
+        summary = f"{' '.join(a.command)} exited {rc} in {g.label}"
+        if rc not in a.expect:
+            return Outcome(
+                ok=False,
+                changed=True,
+                summary=summary,
+                outputs=outputs,
+                error=f"exit code {rc}, expected {a.expect}: {outputs['stderr'][-500:]}",
+            )
+        return Outcome(ok=True, changed=True, summary=summary, outputs=outputs)

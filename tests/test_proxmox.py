@@ -1,0 +1,503 @@
+"""The Proxmox client and actions against fakepve (a faithful fake of the PVE API, from PyPI),
+served by its pytest fixture on a loopback address; and the client against the API schema."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import ssl
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pve_schema
+from opskit.clients.proxmox import (
+    ENDPOINTS,
+    TICKET_RENEW,
+    Credentials,
+    ProxmoxClient,
+    ProxmoxError,
+    ReadOnlyRefused,
+    TaskTimeout,
+)
+from opskit.clients.tls import fingerprint_of
+from opskit.engine import session
+from opskit.engine.session import Request
+from opskit.planner import ProbeSettings
+from opskit.report.progress import Reporter
+from opskit.store import Journal
+from opskit.workspace import Workspace
+
+TOKEN_ID = "root@pam!opskit"
+TOKEN = "pve-token-" + os.urandom(6).hex()
+PASSWORD = "secret"  # fakepve fixture's root@pam password
+
+
+@pytest.fixture
+def pve(fakepve):
+    """fakepve with an API token and the homelab's guests, 110 (the AI VM) stopped."""
+    fakepve.apitokens[TOKEN_ID] = TOKEN
+    fakepve.add_vm(100, "docker", status="running")
+    fakepve.add_vm(110, "ai", status="stopped", config={"agent": "1"})
+    fakepve.add_ct(103, "media", status="running")
+    return fakepve
+
+
+@pytest.fixture
+def pin(fakepve_cafile) -> str:
+    return fingerprint_of(ssl.PEM_cert_to_DER_cert(Path(fakepve_cafile).read_text()))
+
+
+def write_project(root: Path, pve, pin: str, *, auth: str = "token", runbook: str = "") -> Path:
+    (root / "inventory").mkdir(exist_ok=True)
+    (root / "runbooks").mkdir(exist_ok=True)
+    creds = (
+        f"    token_id: {TOKEN_ID}\n    token: env:OPSKIT_TEST_PVE_TOKEN\n"
+        if auth == "token"
+        else "    user: root@pam\n    password: env:OPSKIT_TEST_PVE_PASSWORD\n"
+    )
+    (root / "inventory" / "homelab.yaml").write_text(
+        "proxmox:\n"
+        "  lab:\n"
+        f"    api_url: {pve.url}/api2/json\n"
+        f"{creds}"
+        f'    tls: {{fingerprint: "{pin}"}}\n'
+        "guests:\n"
+        "  - {vmid: 100, name: docker, node: pve1, address: 127.0.0.1}\n"
+        "  - {vmid: 103, name: media, node: pve1, kind: lxc, address: 127.0.0.1}\n"
+        "  - {vmid: 110, name: ai, node: pve1, address: 127.0.0.1, tags: [ai]}\n"
+    )
+    if runbook:
+        (root / "runbooks" / "rb.yaml").write_text(textwrap.dedent(runbook).lstrip())
+    return root
+
+
+class Lab:
+    """A project pointing at fakepve, and runs through the session API with every Proxmox
+    request recorded (and held against the API schema when the test ends)."""
+
+    def __init__(self, root: Path, pve, pin: str) -> None:
+        self.root, self.pve, self.pin = root, pve, pin
+        self.sent: list[tuple[str, str, dict[str, Any]]] = []
+
+    def project(self, runbook: str, auth: str = "token") -> None:
+        write_project(self.root, self.pve, self.pin, auth=auth, runbook=runbook)
+
+    def request(self, **kw: Any) -> Request:
+        ws = Workspace(self.root / "runbooks", self.root / "inventory" / "homelab.yaml")
+        settings = ProbeSettings(
+            on_proxmox_request=lambda m, p, a: self.sent.append((m, p, dict(a)))
+        )
+        return Request(
+            workspace=ws,
+            settings=settings,
+            reporter=Reporter(out=open(os.devnull, "w")),
+            journal=Journal(self.root / "state" / "journal.db"),
+            **kw,
+        )
+
+    def plan(self, **params: Any):
+        return session.make_plan(self.request(), "rb", params, None)
+
+    def run(self, yes: bool = True, **params: Any):
+        req = self.request(yes=yes)
+        loaded, targets, plan = session.make_plan(req, "rb", params, None)
+        return plan, session.execute(req, loaded, targets, plan)
+
+    def posts(self) -> list[str]:
+        return [f"{m} {p}" for m, p, _ in self.sent if m != "GET"]
+
+
+@pytest.fixture
+def lab(tmp_path, pve, pin, monkeypatch):
+    monkeypatch.setenv("OPSKIT_TEST_PVE_TOKEN", TOKEN)
+    monkeypatch.setenv("OPSKIT_TEST_PVE_PASSWORD", PASSWORD)
+    monkeypatch.setenv("OPSKIT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    lab = Lab(tmp_path, pve, pin)
+    yield lab
+    wrong = [p for m, path, a in lab.sent for p in pve_schema.problems(m, path, a)]
+    assert wrong == [], "requests outside the PVE API schema"
+
+
+POWER = """
+name: rb
+targets: vm:110
+steps:
+  - id: up
+    proxmox.vm.start: {}
+  - id: ready
+    proxmox.vm.wait: {status: running, timeout: 10s, interval: 50ms}
+"""
+
+
+@pytest.mark.parametrize("auth", ["token", "ticket"])
+def test_start_plans_applies_and_then_has_nothing_to_do(lab, auth):
+    lab.project(POWER, auth=auth)
+    _, _, plan = lab.plan()
+    step = plan.targets[0].steps[0]
+    assert (step.change.kind.value, step.change.summary) == (
+        "update",
+        "start vm 110 (ai) (stopped -> running)",
+    )
+    assert lab.posts() == ([] if auth == "token" else ["POST /access/ticket"])  # probing only reads
+    _, result = lab.run()
+    assert result.exit_code == 0
+    assert lab.pve.vm(110).status == "running"
+    plan, result = lab.run()
+    assert plan.targets[0].steps[0].change.kind.value == "none"
+    starts = [p for p in lab.posts() if p.endswith("/status/start")]
+    assert starts == ["POST /nodes/pve1/qemu/110/status/start"]
+
+
+def test_dry_run_sends_no_mutating_request(lab):
+    lab.project(POWER)
+    before = len(lab.pve.requests)
+    lab.plan()
+    mutating = [(m, p) for m, p, _ in lab.pve.requests[before:] if m != "GET"]
+    assert mutating == [] and lab.pve.vm(110).status == "stopped"
+
+
+def _client(lab: Lab, cafile: str, **kw: Any) -> ProxmoxClient:
+    creds = kw.pop("credentials", Credentials(token_id=TOKEN_ID, token_secret=TOKEN))
+    return ProxmoxClient(
+        lab.pve.url + "/api2/json", creds, verify=ssl.create_default_context(cafile=cafile), **kw
+    )
+
+
+def test_read_only_client_refuses_changes(lab, fakepve_cafile):
+    async def go() -> None:
+        client = _client(lab, fakepve_cafile)
+        view = client.read_only()
+        try:
+            assert await view.call("version")
+            with pytest.raises(
+                ReadOnlyRefused, match="refused POST /nodes/pve1/qemu/110/status/start"
+            ):
+                await view.call("start", node="pve1", kind="qemu", vmid=110)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    assert lab.pve.vm(110).status == "stopped"
+
+
+def test_locked_vm_is_a_blocker_at_plan_time(lab):
+    lab.project(POWER)
+    lab.pve.vm(110).lock = "backup"
+    loaded, targets, plan = lab.plan()
+    assert plan.targets[0].steps[0].change.blockers == [
+        "vm 110 (ai): is locked (backup); wait for it or unlock it"
+    ]
+    req = lab.request(yes=True)
+    with pytest.raises(session.StepError, match="blockers"):
+        session.execute(req, loaded, targets, plan)
+    assert lab.posts() == []
+
+
+SHUTDOWN = """
+name: rb
+targets: vm:100
+steps:
+  - id: down
+    proxmox.vm.shutdown: {timeout: 30s, force_stop: FORCE}
+"""
+
+
+def test_shutdown_slower_than_its_timeout_fails_clearly(lab):
+    lab.project(SHUTDOWN.replace("FORCE", "false"))
+    lab.pve.vm(100).shutdown_secs = 600
+    _, result = lab.run()
+    assert result.exit_code == 1
+    assert lab.pve.vm(100).status == "running"
+    j = Journal(lab.root / "state" / "journal.db")
+    error = next(s.error for s in j.steps(result.run_id) if s.step_id == "down")
+    j.close()
+    assert "did not power off within 30s" in error and "force_stop: true" in error
+    assert "VM quit/powerdown failed - got timeout" in error  # the task's own words
+
+
+def test_shutdown_with_force_stop_stops_it(lab):
+    lab.project(SHUTDOWN.replace("FORCE", "true"))
+    lab.pve.vm(100).shutdown_secs = 600
+    _, result = lab.run()
+    assert result.exit_code == 0 and lab.pve.vm(100).status == "stopped"
+    shutdown = [a for m, p, a in lab.sent if p.endswith("/status/shutdown")]
+    assert shutdown == [{"timeout": 30, "forceStop": True}]
+
+
+def test_task_error_fails_with_the_end_of_its_log(lab):
+    lab.project(POWER)
+    lab.pve.fail("POST", "/nodes/pve1/qemu/110/status/start", error="qemu_exited_code")
+    _, result = lab.run()
+    assert result.exit_code == 1
+    j = Journal(lab.root / "state" / "journal.db")
+    error = next(s.error for s in j.steps(result.run_id) if s.step_id == "up")
+    j.close()
+    assert "failed: QEMU exited with code 1" in error and "UPID:pve1:" in error
+
+
+def test_expired_ticket_is_renewed(lab, fakepve_cafile):
+    def logins() -> int:
+        return sum(
+            1 for m, p, _ in lab.pve.requests if m == "POST" and p.endswith("/access/ticket")
+        )
+
+    async def go() -> None:
+        client = _client(
+            lab, fakepve_cafile, credentials=Credentials(user="root@pam", password=PASSWORD)
+        )
+        try:
+            await client.call("version")
+            assert logins() == 1
+            lab.pve.revoke_tickets()  # expired or revoked: the next request gets 401
+            await client.call("start", node="pve1", kind="qemu", vmid=110)  # a POST: CSRF too
+            assert logins() == 2
+            # a ticket close to its 2-hour end is renewed before it is used
+            ticket, csrf, _ = client._ticket  # type: ignore[misc]
+            client._ticket = (ticket, csrf, time.monotonic() - TICKET_RENEW - 1)
+            await client.call("version")
+            assert logins() == 3
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    assert lab.pve.vm(110).status == "running"
+
+
+def _use_token(lab: Lab, token_id: str) -> None:
+    lab.pve.apitokens[token_id] = TOKEN
+    inventory = lab.root / "inventory" / "homelab.yaml"
+    inventory.write_text(inventory.read_text().replace(TOKEN_ID, token_id))
+
+
+def test_403_is_reported_with_its_message(lab):
+    lab.project(POWER)
+    _use_token(lab, "audit@pve!ro")
+    lab.pve.grant("audit@pve!ro", "/vms", "VM.Audit")  # may look, may not power on
+    _, result = lab.run()
+    assert result.exit_code == 1
+    j = Journal(lab.root / "state" / "journal.db")
+    error = next(s.error for s in j.steps(result.run_id) if s.step_id == "up")
+    j.close()
+    assert "403 Permission check failed (/vms/110, VM.PowerMgmt)" in error
+    assert lab.pve.vm(110).status == "stopped"
+
+
+def test_a_token_that_sees_no_guests_is_reported(lab):
+    lab.project(POWER)
+    _use_token(lab, "blind@pve!sep")
+    lab.pve.grant("someone@pve", "/", "VM.Audit")  # permissions are on; the token holds none
+    _, _, plan = lab.plan()
+    blockers = plan.targets[0].steps[0].change.blockers
+    assert blockers and "privilege-separated" in blockers[0]
+
+
+def test_the_node_comes_from_the_cluster_when_the_inventory_is_stale(lab):
+    lab.pve.add_node("pve2")
+    lab.pve.vm(110).node = "pve2"  # migrated since the inventory was written
+    lab.project(POWER)
+    _, result = lab.run()
+    assert result.exit_code == 0
+    assert "POST /nodes/pve2/qemu/110/status/start" in lab.posts()
+
+
+def test_lxc_start_on_a_running_container_is_no_change(lab):
+    lab.project(POWER.replace("vm:110", "vm:103"))
+    _, _, plan = lab.plan()
+    assert plan.targets[0].steps[0].change.kind.value == "none"
+
+
+@pytest.mark.parametrize(("vmid", "kind"), [(103, "lxc"), (110, "qemu")])
+def test_a_start_racing_to_already_running_succeeds(lab, monkeypatch, vmid, kind):
+    from opskit.actions.proxmox import Start
+
+    lab.project(POWER.replace("vm:110", f"vm:{vmid}"))
+    guest = lab.pve.guest(vmid)
+    guest.status = "stopped"
+    # LXC answers 500 at once, QEMU ends its task in error: both say "already running"
+    lab.pve.fail(
+        "POST", f"/nodes/pve1/{kind}/{vmid}/status/start", error="already_running", times=1
+    )
+    original = Start.failed
+
+    async def meanwhile_started(self, ctx, g, exc):  # type: ignore[no-untyped-def]
+        assert "already running" in str(exc)
+        guest.status = "running"
+        if kind == "qemu":
+            guest.qmpstatus = "running"
+        return await original(self, ctx, g, exc)
+
+    monkeypatch.setattr(Start, "failed", meanwhile_started)
+    _, result = lab.run()
+    assert result.exit_code == 0
+
+
+@pytest.mark.parametrize("kind", ["proxmox.vm.reboot", "proxmox.vm.reset"])
+def test_reboot_or_reset_of_a_stopped_vm_is_refused(lab, kind):
+    lab.project(f"name: rb\ntargets: vm:110\nsteps:\n  - id: x\n    {kind}: {{}}\n")
+    _, _, plan = lab.plan()
+    assert "is stopped" in plan.targets[0].steps[0].change.blockers[0]
+
+
+SNAPSHOTS = """
+name: rb
+targets: vm:100
+steps:
+  - id: snap
+    proxmox.vm.snapshot: {name: before_upgrade}
+  - id: back
+    proxmox.vm.rollback: {name: before_upgrade}
+  - id: drop
+    proxmox.vm.delete_snapshot: {name: before_upgrade}
+"""
+
+
+def test_snapshot_rollback_delete(lab):
+    lab.project(SNAPSHOTS)
+    _, _, plan = lab.plan()
+    kinds = [s.change.kind.value for s in plan.targets[0].steps]
+    # the rollback cannot be planned: the snapshot it needs does not exist yet
+    assert kinds[0] == "create" and "has no snapshot" in plan.targets[0].steps[1].change.blockers[0]
+    lab.project(SNAPSHOTS.split("  - id: back")[0])
+    _, result = lab.run()
+    assert result.exit_code == 0 and "before_upgrade" in lab.pve.vm(100).snapshots
+    plan, _ = lab.run()
+    assert plan.targets[0].steps[0].change.kind.value == "none"  # an existing name: no change
+    lab.project(SNAPSHOTS)
+    plan, result = lab.run()
+    assert [s.change.kind.value for s in plan.targets[0].steps] == ["none", "update", "delete"]
+    assert result.exit_code == 0 and "before_upgrade" not in lab.pve.vm(100).snapshots
+
+
+def test_clone(lab):
+    lab.project(
+        "name: rb\ntargets: vm:100\nsteps:\n"
+        "  - id: c\n    proxmox.vm.clone: {newid: 200, name: copy}\n"
+    )
+    plan, result = lab.run()
+    assert plan.targets[0].steps[0].change.kind.value == "create"
+    assert result.exit_code == 0 and lab.pve.vm(200).name == "copy"
+    plan, _ = lab.run()
+    assert plan.targets[0].steps[0].change.kind.value == "none"
+
+
+def test_agent_exec_registers_exit_code_and_output(lab):
+    vm = lab.pve.vm(110)
+    vm.status = vm.qmpstatus = "running"
+    vm.agent = {"exec": {"cat /etc/hostname": {"exitcode": 0, "out-data": "ai\n"}}}
+    lab.project(
+        """
+        name: rb
+        targets: vm:110
+        steps:
+          - id: name
+            proxmox.agent.exec: {command: [cat, /etc/hostname]}
+            register: out
+          - id: check
+            proxmox.agent.exec: {command: [test, "{{ out.stdout | trim }}", "=", ai]}
+        """
+    )
+    _, result = lab.run()
+    assert result.exit_code == 0
+    assert [argv for argv in vm.agent_execs.values()] == [
+        ["cat", "/etc/hostname"],
+        ["test", "ai", "=", "ai"],
+    ]
+
+
+def test_check_and_wait(lab):
+    lab.project(
+        "name: rb\ntargets: vm:110\nsteps:\n  - id: c\n    check.proxmox.vm: {status: running}\n"
+    )
+    _, result = lab.run()
+    assert result.exit_code == 1
+    lab.pve.vm(110).status = "running"
+    _, result = lab.run()
+    assert result.exit_code == 0
+
+
+# --- the client alone --------------------------------------------------------------------
+
+
+def test_errors_carry_status_message_parameter_errors_method_and_path(lab, fakepve_cafile):
+    async def go() -> None:
+        client = _client(lab, fakepve_cafile)
+        try:
+            with pytest.raises(ProxmoxError) as info:
+                await client.request(
+                    "POST", "/nodes/pve1/qemu/110/status/shutdown", {"timeout": "soon"}
+                )
+            e = info.value
+            assert (e.status, e.method, e.path) == (
+                400,
+                "POST",
+                "/nodes/pve1/qemu/110/status/shutdown",
+            )
+            assert "timeout" in e.errors and "Parameter verification failed" in str(e)
+            with pytest.raises(ProxmoxError, match=r"500 .*does not exist"):
+                await client.call("status", node="pve1", kind="qemu", vmid=999)
+            lab.pve.fail("GET", "/version", 501, "Method not implemented")
+            with pytest.raises(ProxmoxError, match="501 Method not implemented"):
+                await client.call("version")
+            # a 596 (pveproxy lost the node) is retried for a GET
+            lab.pve.fail("GET", "/nodes", 596, "Connection timed out", times=1)
+            assert await client.call("nodes")
+            # a wrong token: 401
+            bad = _client(
+                lab, fakepve_cafile, credentials=Credentials(token_id=TOKEN_ID, token_secret="nope")
+            )
+            with pytest.raises(ProxmoxError, match="401 authentication failure"):
+                await bad.call("version")
+            await bad.aclose()
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_wait_task_times_out_naming_the_upid(lab, fakepve_cafile):
+    lab.pve.time_scale = 0.05
+    lab.pve.vm(110).start_secs = 30  # 1.5 real seconds
+
+    async def go() -> None:
+        client = _client(lab, fakepve_cafile)
+        try:
+            upid = await client.call("start", node="pve1", kind="qemu", vmid=110)
+            with pytest.raises(
+                TaskTimeout,
+                match=re.escape(f"task {upid} did not finish within 0.3s; it keeps running"),
+            ):
+                await client.wait_task("pve1", upid, 0.3)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_every_endpoint_exists_in_the_api_schema():
+    checked = 0
+    for name, endpoint in ENDPOINTS.items():
+        for kind in endpoint.kinds:
+            path = endpoint.path.format(
+                node="pve1",
+                kind=kind,
+                vmid=100,
+                upid="UPID:pve1:0:0:0:qmstart:100:root@pam:",
+                snapname="snap",
+                action="start",
+            )
+            template = pve_schema.template_of(path)
+            assert template is not None, f"{name}: {path} is not in the schema"
+            info = pve_schema.index()[template]
+            assert endpoint.method in info, (
+                f"{name}: {endpoint.method} {template} not in the schema"
+            )
+            props = (info[endpoint.method].get("parameters") or {}).get("properties", {})
+            assert endpoint.params <= set(props), f"{name}: {sorted(endpoint.params - set(props))}"
+            checked += 1
+    assert checked > 25

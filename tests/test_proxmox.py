@@ -501,3 +501,95 @@ def test_every_endpoint_exists_in_the_api_schema():
             assert endpoint.params <= set(props), f"{name}: {sorted(endpoint.params - set(props))}"
             checked += 1
     assert checked > 25
+
+
+# --- inventory sync ------------------------------------------------------------------------
+
+TAILSCALE = {
+    "Version": "1.76.6",
+    "MagicDNSSuffix": "tail1234.ts.net",
+    "Self": {
+        "HostName": "workstation",
+        "DNSName": "workstation.tail1234.ts.net.",
+        "TailscaleIPs": ["100.64.0.1"],
+        "Online": True,
+        "OS": "linux",
+    },
+    "Peer": {
+        "nodekey:aa": {
+            "HostName": "ai",
+            "DNSName": "ai.tail1234.ts.net.",
+            "TailscaleIPs": ["100.64.0.10"],
+            "Online": True,
+            "OS": "linux",
+            "Tags": ["tag:server"],
+        },
+        "nodekey:bb": {
+            "HostName": "Docker",
+            "DNSName": "docker.tail1234.ts.net.",
+            "TailscaleIPs": ["100.64.0.11"],
+            "Online": False,
+            "OS": "linux",
+        },
+        "nodekey:cc": {
+            "HostName": "pixel",
+            "DNSName": "pixel.tail1234.ts.net.",
+            "TailscaleIPs": ["100.64.0.12"],
+            "Online": True,
+            "OS": "android",
+        },
+    },
+}
+
+
+def test_inventory_sync_from_proxmox_and_tailscale(lab, opskit):
+    import json as _json
+
+    lab.project(POWER)
+    inventory = lab.root / "inventory" / "homelab.yaml"
+    inventory.write_text(
+        "# The homelab (hand-written header survives)\n"
+        + inventory.read_text().replace(
+            "  - {vmid: 110, name: ai, node: pve1, address: 127.0.0.1, tags: [ai]}\n",
+            "  - vmid: 110\n    name: ai\n    node: pve1   # was here once\n    tags: [ai]\n"
+            "    unverified: [node, tailscale]\n"
+            "    services:\n      proxmoxmcp: {port: 8811}\n",
+        )
+        + "hosts:\n  - {name: workstation, unverified: [tailscale]}\n"
+    )
+    lab.pve.add_node("pve2")
+    lab.pve.vm(110).node = "pve2"  # migrated
+    lab.pve.add_vm(120, "grafana", status="running", config={"tags": "web;prod"})
+    status = lab.root / "ts.json"
+    status.write_text(_json.dumps(TAILSCALE))
+    before = inventory.read_text()
+
+    dry = opskit("inventory", "sync", "--dry-run", "--tailscale-json", str(status), cwd=lab.root)
+    assert dry.code == 0, dry.err
+    assert "+    node: pve2" in dry.out and "dry run: nothing written" in dry.out
+    assert "added guest 120 (grafana)" in dry.out
+    assert "Tailscale peer pixel (pixel.tail1234.ts.net) matches no guest or host" in dry.out
+    assert inventory.read_text() == before
+
+    done = opskit("inventory", "sync", "--tailscale-json", str(status), cwd=lab.root)
+    assert done.code == 0, done.err
+    text = inventory.read_text()
+    assert text.startswith("# The homelab (hand-written header survives)")
+    assert "# was here once" in text and "proxmoxmcp: {port: 8811}" in text
+    from opskit.loader import load_inventory
+
+    inv, _ = load_inventory(inventory)
+    ai = inv.by_name()["ai"]
+    assert (ai.node, ai.tailscale, ai.unverified) == ("pve2", "ai.tail1234.ts.net", [])
+    assert inv.by_name()["docker"].tailscale == "docker.tail1234.ts.net"
+    assert inv.by_name()["workstation"].tailscale == "workstation.tail1234.ts.net"
+    grafana = inv.by_name()["grafana"]
+    assert (grafana.vmid, grafana.node, grafana.tags) == (120, "pve1", ["web", "prod"])
+    assert inv.tailnet == "tail1234.ts.net" and inv.proxmox["lab"].nodes == ["pve1", "pve2"]
+    again = opskit("inventory", "sync", "--tailscale-json", str(status), cwd=lab.root)
+    assert again.code == 0 and "already in sync" in again.out
+    added = opskit(
+        "inventory", "sync", "--tailscale-json", str(status), "--add-hosts", cwd=lab.root
+    )
+    assert "added Tailscale host pixel" in added.out
+    assert load_inventory(inventory)[0].by_name()["pixel"].os == "android"

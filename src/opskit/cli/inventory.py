@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -136,3 +137,65 @@ def show(ctx: click.Context, name: str, as_json: bool) -> None:
         echo("  vars:")
         for k, v in record["vars"].items():
             echo(f"    {k}: {v!r}")
+
+
+@inventory.command()
+@click.option("--dry-run", is_flag=True, help="Print the changes as a diff; write nothing.")
+@click.option("--cluster", "clusters", multiple=True, metavar="NAME", help="Only this cluster.")
+@click.option(
+    "--tailscale-json", type=click.Path(path_type=Path), metavar="FILE",
+    help="`tailscale status --json` saved to a file (default: ask the local tailscale CLI).",
+)  # fmt: skip
+@click.option("--add-hosts", is_flag=True, help="Add Tailscale peers that match no entry.")
+@click.option("--no-tailscale", is_flag=True, help="Sync from Proxmox only.")
+@click.pass_context
+def sync(
+    ctx: click.Context,
+    dry_run: bool,
+    clusters: tuple[str, ...],
+    tailscale_json: Path | None,
+    add_hosts: bool,
+    no_tailscale: bool,
+) -> None:
+    """Update the inventory from the live cluster (/cluster/resources) and tailnet.
+
+    Names, nodes, kinds and tags of guests come from Proxmox, MagicDNS names from Tailscale;
+    comments and hand edits survive. Values confirmed this way leave `unverified:`.
+    """
+    from .. import sync as syncing
+    from ..errors import LoadError
+    from ..loader import load_inventory
+
+    ws = workspace(ctx)
+    inv = ws.inventory
+    for name in clusters:
+        if name not in inv.proxmox:
+            raise UsageError(
+                f"no cluster {name!r} in the inventory{did_you_mean(name, inv.proxmox)}"
+            )
+    status = None if no_tailscale else syncing.tailscale_status(tailscale_json)
+    report = syncing.sync(
+        ws.inventory_path, inv, clusters=list(clusters) or None, tailscale=status,
+        add_hosts=add_hosts,
+    )  # fmt: skip
+    if status is None and not no_tailscale:
+        report.notes.append(
+            "tailscale CLI not found: Tailscale names not synced (give --tailscale-json FILE)"
+        )
+    try:
+        load_inventory(ws.inventory_path, text=report.text_after)
+    except LoadError as exc:
+        raise UsageError(
+            "the synced inventory would not be valid, nothing written:\n" + str(exc)
+        ) from None
+    for note in report.notes:
+        echo(note)
+    if not report.changed:
+        echo(f"{ws.inventory_path}: already in sync")
+        return
+    if dry_run:
+        echo(report.diff(str(ws.inventory_path)).rstrip("\n"))
+        echo("dry run: nothing written")
+        return
+    syncing.write(ws.inventory_path, report.text_after)
+    echo(f"{ws.inventory_path}: updated")

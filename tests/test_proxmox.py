@@ -593,3 +593,25 @@ def test_inventory_sync_from_proxmox_and_tailscale(lab, opskit):
     )
     assert "added Tailscale host pixel" in added.out
     assert load_inventory(inventory)[0].by_name()["pixel"].os == "android"
+
+
+def test_shipped_vm_power_runbook(lab):
+    from opskit.errors import GateError
+
+    lab.project("")
+    shipped = Path(__file__).resolve().parent.parent / "runbooks" / "vm-power.yaml"
+    (lab.root / "runbooks" / "rb.yaml").write_text(
+        shipped.read_text().replace("name: vm-power", "name: rb")
+    )
+    req = lab.request()  # no --yes and no terminal: the gated shutdown fails closed
+    loaded, targets, plan = session.make_plan(req, "rb", {"action": "shutdown"}, "vm:100")
+    with pytest.raises(GateError, match="no terminal to ask"):
+        session.execute(req, loaded, targets, plan)
+    assert lab.pve.vm(100).status == "running"
+    for action, state in (("shutdown", "stopped"), ("start", "running"), ("reboot", "running")):
+        req = lab.request(yes=True)
+        loaded, targets, plan = session.make_plan(req, "rb", {"action": action}, "vm:100")
+        result = session.execute(req, loaded, targets, plan)
+        assert result.exit_code == 0, action
+        assert lab.pve.vm(100).status == state
+    assert any(p.endswith("/qemu/100/status/reboot") for p in lab.posts())

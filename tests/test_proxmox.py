@@ -615,3 +615,24 @@ def test_shipped_vm_power_runbook(lab):
         assert result.exit_code == 0, action
         assert lab.pve.vm(100).status == state
     assert any(p.endswith("/qemu/100/status/reboot") for p in lab.posts())
+
+
+def test_a_task_ending_with_warnings_succeeds_and_says_so(lab):
+    import io
+
+    lab.project(POWER)
+    original = lab.pve.task
+
+    async def warned(node, ttype, vmid, user, body, **kw):  # type: ignore[no-untyped-def]
+        upid = await original(node, ttype, vmid, user, body, **kw)
+        lab.pve.tasks[upid]["exitstatus"] = "WARNINGS: 2"
+        return upid
+
+    lab.pve.task = warned
+    out = io.StringIO()
+    req = lab.request(yes=True)
+    req.reporter = Reporter(out=out)
+    loaded, targets, plan = session.make_plan(req, "rb", {}, None)
+    result = session.execute(req, loaded, targets, plan)
+    assert result.exit_code == 0 and lab.pve.vm(110).status == "running"
+    assert "[ai] up: vm 110 (ai): task UPID:" in out.getvalue() and "WARNINGS: 2" in out.getvalue()

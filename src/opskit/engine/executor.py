@@ -568,9 +568,11 @@ class Execution:
         self, tr: TargetRun, section: str, step: Step, item: RenderedStep
     ) -> tuple[Outcome, str]:
         assert item.instance is not None
+        label = f"[{tr.target.name}] {item.id}"
         ctx = ActionContext(
             target=tr.target,
             read_only=False,
+            log=lambda line: self.reporter.emit({"event": "message", "text": f"{label}: {line}"}),
             http_transport=self.settings.http_transport,
             extras=dict(self.settings.extras),
             connections=self.connections,

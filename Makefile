@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the tests and the lab need; installed when running as root and missing.
-DEBIAN_PACKAGES := openssh-server iproute2
+DEBIAN_PACKAGES := openssh-server openssh-client sudo iproute2
 
 .PHONY: demo test lint typecheck pytest bench sysdeps clean
 

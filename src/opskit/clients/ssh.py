@@ -1,0 +1,443 @@
+"""SSH to many hosts: one connection and one persistent shell per host, host keys verified.
+
+sshd charges for every session channel (a fork and a login shell), not for the command; so each
+host gets one connection and on it one `sh` that runs every command in a subshell with stdin
+from /dev/null, framed by a random marker that carries the exit status. Commands that need stdin,
+a terminal or a sudo password get a channel of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shlex
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import OpskitError
+
+if TYPE_CHECKING:
+    import asyncssh
+
+OUTPUT_CAP = 1024 * 1024  # bytes of stdout and of stderr kept per command
+CONNECT_TIMEOUT = 30.0
+
+
+class SSHError(OpskitError):
+    """One clear line naming the host."""
+
+
+class HostKeyError(SSHError):
+    pass
+
+
+class ReadOnlyRefused(OpskitError):
+    """Planning tried to run a command an action did not mark as a probe."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to connect, and as whom. `name` is the inventory's name, for messages."""
+
+    name: str
+    host: str
+    port: int | None = None  # None: ~/.ssh/config, else 22
+    user: str | None = None  # None: ~/.ssh/config, else the local user
+    pinned: str | None = None  # "ssh-ed25519 AAAA..." from the inventory
+    jump: str | None = None  # [user@]host[:port]
+
+    @property
+    def key(self) -> tuple[str, str | None, int | None]:
+        return (self.host, self.user, self.port)
+
+    def where(self) -> str:
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        shown = f"{user}{self.host}{port}"
+        return self.name if shown == self.name else f"{self.name} ({shown})"
+
+
+@dataclass
+class CommandResult:
+    rc: int
+    stdout: str
+    stderr: str
+    duration: float
+    truncated: bool = False
+
+
+# --- host keys ---------------------------------------------------------------------------------
+
+
+def fingerprint(key: asyncssh.SSHKey) -> str:
+    return str(key.get_fingerprint("sha256"))
+
+
+class HostKeys:
+    """Trust: keys pinned in the inventory, the user's known_hosts, opskit's own known_hosts.
+
+    An unknown host is refused unless `tofu` (trust on first use), which records its key in
+    opskit's known_hosts; a key that differs from a known one is always refused."""
+
+    def __init__(
+        self, opskit_file: Path, *, user_files: list[Path] | None = None, tofu: bool = False
+    ) -> None:
+        self.opskit_file = opskit_file
+        self.user_files = (
+            user_files if user_files is not None else [Path("~/.ssh/known_hosts").expanduser()]
+        )
+        self.tofu = tofu
+        self.problems: dict[str, str] = {}
+
+    def _files(self) -> list[str]:
+        return [str(p) for p in [*self.user_files, self.opskit_file] if p.is_file()]
+
+    def known(self, endpoint: Endpoint, addr: str, port: int) -> list[asyncssh.SSHKey]:
+        import asyncssh
+
+        keys: list[asyncssh.SSHKey] = []
+        if endpoint.pinned:
+            keys.append(asyncssh.import_public_key(endpoint.pinned))
+        files = self._files()
+        if files:
+            found = asyncssh.read_known_hosts(files).match(
+                endpoint.host, addr, port if port != 22 else None
+            )
+            keys.extend(found[0])
+        return keys
+
+    def verify(self, endpoint: Endpoint, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        known = self.known(endpoint, addr, port)
+        presented = fingerprint(key)
+        if any(k == key for k in known):
+            return True
+        if known:
+            listed = ", ".join(sorted({fingerprint(k) for k in known}))
+            self.problems[endpoint.name] = (
+                f"{endpoint.where()}: HOST KEY CHANGED: it presents {presented}, but the known"
+                f" key is {listed}. Someone may be intercepting the connection; if the host was"
+                " reinstalled, remove the old key and connect again"
+            )
+            return False
+        if self.tofu:
+            self.record(endpoint, port, key)
+            return True
+        self.problems[endpoint.name] = (
+            f"{endpoint.where()}: unknown host key {presented}: pin it in the inventory"
+            " (ssh.host_key), add it to known_hosts, or connect once with --trust-on-first-use"
+        )
+        return False
+
+    def record(self, endpoint: Endpoint, port: int, key: asyncssh.SSHKey) -> None:
+        self.opskit_file.parent.mkdir(parents=True, exist_ok=True)
+        host = endpoint.host if port == 22 else f"[{endpoint.host}]:{port}"
+        line = f"{host} {key.export_public_key('openssh').decode().strip()}\n"
+        with open(self.opskit_file, "a", encoding="utf-8") as handle:
+            handle.write(line)
+
+
+# --- the persistent shell ---------------------------------------------------------------------
+
+
+class Shell:
+    """One `sh` on one channel; commands run one at a time, each in a subshell."""
+
+    def __init__(self, process: asyncssh.SSHClientProcess[bytes]) -> None:
+        self.process = process
+        self.lock = asyncio.Lock()
+        self.dead = False
+
+    async def run(self, command: str, timeout: float | None) -> CommandResult:
+        marker = "OPSKIT-" + secrets.token_hex(12)
+        script = (
+            f"( {command}\n) </dev/null; printf '\\n{marker} %d\\n' \"$?\";"
+            f" printf '\\n{marker}\\n' >&2\n"
+        )
+        started = time.monotonic()
+        self.process.stdin.write(script.encode())
+        (out, out_cut, rest), (err, err_cut, _) = await asyncio.wait_for(
+            asyncio.gather(
+                _read_until(self.process.stdout, f"\n{marker} ".encode(), b"\n"),
+                _read_until(self.process.stderr, f"\n{marker}\n".encode(), b""),
+            ),
+            timeout,
+        )
+        return CommandResult(
+            rc=int(rest.strip() or -1),
+            stdout=out.decode("utf-8", "replace"),
+            stderr=err.decode("utf-8", "replace"),
+            duration=time.monotonic() - started,
+            truncated=out_cut or err_cut,
+        )
+
+    def close(self) -> None:
+        self.dead = True
+        self.process.close()
+
+
+async def _read_until(
+    stream: asyncssh.SSHReader[bytes], end: bytes, then: bytes
+) -> tuple[bytes, bool, bytes]:
+    """(up to OUTPUT_CAP bytes before `end`, whether more was dropped, what follows `end` up to
+    and including `then`). Reads in chunks, so any amount of output passes through."""
+    kept = bytearray()
+    dropped = False
+    pending = bytearray()
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            raise asyncio.IncompleteReadError(bytes(pending), None)
+        pending += chunk
+        at = pending.find(end)
+        if at >= 0:
+            body, rest = pending[:at], pending[at + len(end) :]
+            while then and then not in rest:
+                more = await stream.read(1024)
+                if not more:
+                    raise asyncio.IncompleteReadError(bytes(rest), None)
+                rest += more
+            room = OUTPUT_CAP - len(kept)
+            kept += body[:room]
+            return bytes(kept), dropped or len(body) > room, bytes(rest)
+        # keep what could be the start of `end`; the rest is output
+        settled = len(pending) - len(end) + 1
+        if settled > 0:
+            room = OUTPUT_CAP - len(kept)
+            kept += pending[: min(settled, max(room, 0))]
+            dropped = dropped or settled > room
+            del pending[:settled]
+
+
+@dataclass
+class Session:
+    endpoint: Endpoint
+    conn: asyncssh.SSHClientConnection
+    shell: Shell | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+# --- the pool ----------------------------------------------------------------------------------
+
+
+class SSHPool:
+    """Connections of one plan or run, one per (host, user, port), opened on first use."""
+
+    def __init__(
+        self,
+        host_keys: HostKeys,
+        *,
+        connect_limit: int = 50,
+        client_keys: list[str] | None = None,
+        passwords: Callable[[Endpoint], str | None] | None = None,
+        config: list[str] | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        self.host_keys = host_keys
+        self.limit = asyncio.Semaphore(connect_limit)
+        self.client_keys = client_keys
+        self.passwords = passwords
+        self.config = config
+        self.connect_timeout = connect_timeout
+        self.sessions: dict[tuple[str, str | None, int | None], Session] = {}
+        self._opening: dict[tuple[str, str | None, int | None], asyncio.Future[Session]] = {}
+        self.channels_opened = 0  # session channels: what sshd charges for
+
+    async def session(self, endpoint: Endpoint) -> Session:
+        key = endpoint.key
+        if key in self.sessions:
+            return self.sessions[key]
+        if key in self._opening:
+            return await asyncio.shield(self._opening[key])
+        future: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
+        self._opening[key] = future
+        try:
+            conn = await self._connect(endpoint)
+            session = Session(endpoint, conn)
+            self.sessions[key] = session
+            future.set_result(session)
+            return session
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: other waiters get it through the shield
+            raise
+        finally:
+            del self._opening[key]
+
+    async def _connect(self, endpoint: Endpoint) -> asyncssh.SSHClientConnection:
+        import asyncssh
+
+        keys = self.host_keys
+        pool = self
+
+        class Client(asyncssh.SSHClient):
+            def validate_host_public_key(
+                self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+            ) -> bool:
+                return keys.verify(endpoint, addr, port, key)
+
+        options: dict[str, Any] = {
+            "known_hosts": ([], [], []),  # every key goes to validate_host_public_key
+            "client_factory": Client,
+            "connect_timeout": self.connect_timeout,
+            "keepalive_interval": 30,
+            "config": self.config if self.config is not None else (),
+        }
+        if endpoint.user:
+            options["username"] = endpoint.user
+        if endpoint.port:
+            options["port"] = endpoint.port
+        if self.client_keys is not None:
+            options["client_keys"] = self.client_keys
+        password = self.passwords(endpoint) if self.passwords else None
+        if password:
+            options["password"] = password
+        if endpoint.jump:
+            options["tunnel"] = await self._jump(endpoint.jump)
+        async with self.limit:
+            try:
+                return await asyncssh.connect(endpoint.host, **options)
+            except asyncssh.HostKeyNotVerifiable:
+                problem = (
+                    keys.problems.get(endpoint.name) or f"{endpoint.where()}: host key not trusted"
+                )
+                raise HostKeyError(problem) from None
+            except asyncssh.PermissionDenied:
+                raise SSHError(
+                    f"{endpoint.where()}: authentication failed (no key or password was accepted)"
+                ) from None
+            except socket.gaierror as exc:
+                raise SSHError(
+                    f"{endpoint.where()}: cannot resolve {endpoint.host}: {exc.strerror}"
+                ) from None
+            except ConnectionRefusedError:
+                raise SSHError(f"{endpoint.where()}: connection refused") from None
+            except TimeoutError:
+                raise SSHError(
+                    f"{endpoint.where()}: no answer within {pool.connect_timeout:g}s"
+                ) from None
+            except (OSError, asyncssh.Error) as exc:
+                raise SSHError(f"{endpoint.where()}: {exc}") from None
+
+    async def _jump(self, spec: str) -> asyncssh.SSHClientConnection:
+        user, _, rest = spec.rpartition("@")
+        host, _, port = rest.partition(":")
+        jump = Endpoint(name=spec, host=host, port=int(port) if port else None, user=user or None)
+        return (await self.session(jump)).conn
+
+    # ----- commands ----------------------------------------------------------------------
+
+    async def run(
+        self,
+        endpoint: Endpoint,
+        command: str,
+        *,
+        timeout: float | None = None,
+        stdin: str | bytes | None = None,
+        pty: bool = False,
+    ) -> CommandResult:
+        """Run a shell command: through the host's persistent shell, or on a channel of its
+        own when it needs stdin or a terminal."""
+        session = await self.session(endpoint)
+        if stdin is not None or pty:
+            return await self._own_channel(session, command, timeout, stdin, pty)
+        async with session.lock:
+            if session.shell is None or session.shell.dead:
+                session.shell = await self._open_shell(session)
+            try:
+                return await session.shell.run(command, timeout)
+            except TimeoutError:
+                session.shell.close()  # the next command gets a fresh shell
+                raise SSHError(
+                    f"{endpoint.where()}: command timed out after {timeout:g}s: {_short(command)}"
+                ) from None
+            except (asyncio.IncompleteReadError, OSError, ValueError) as exc:
+                session.shell.close()
+                raise SSHError(f"{endpoint.where()}: the shell ended while running"
+                               f" {_short(command)}: {exc}") from None  # fmt: skip
+
+    async def _open_shell(self, session: Session) -> Shell:
+        import asyncssh
+
+        try:
+            process = await session.conn.create_process("sh", encoding=None, term_type=None)
+        except asyncssh.Error as exc:
+            raise SSHError(f"{session.endpoint.where()}: cannot open a shell: {exc}") from None
+        self.channels_opened += 1
+        return Shell(process)
+
+    async def _own_channel(
+        self,
+        session: Session,
+        command: str,
+        timeout: float | None,
+        stdin: str | bytes | None,
+        pty: bool,
+    ) -> CommandResult:
+        import asyncssh
+
+        started = time.monotonic()
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        self.channels_opened += 1
+        try:
+            done = await asyncio.wait_for(
+                session.conn.run(command, input=data, encoding=None, check=False,
+                                 term_type="xterm" if pty else None),
+                timeout,
+            )  # fmt: skip
+        except TimeoutError:
+            where = session.endpoint.where()
+            raise SSHError(
+                f"{where}: command timed out after {timeout:g}s: {_short(command)}"
+            ) from None
+        except asyncssh.Error as exc:
+            raise SSHError(f"{session.endpoint.where()}: {exc}") from None
+        out = _bytes(done.stdout)
+        err = _bytes(done.stderr)
+        return CommandResult(
+            rc=done.exit_status if done.exit_status is not None else -1,
+            stdout=out[:OUTPUT_CAP].decode("utf-8", "replace"),
+            stderr=err[:OUTPUT_CAP].decode("utf-8", "replace"),
+            duration=time.monotonic() - started,
+            truncated=len(out) > OUTPUT_CAP or len(err) > OUTPUT_CAP,
+        )
+
+    async def aclose(self) -> None:
+        for session in self.sessions.values():
+            if session.shell is not None:
+                session.shell.close()
+            session.conn.close()
+        for session in self.sessions.values():
+            await session.conn.wait_closed()
+        self.sessions.clear()
+
+
+def _bytes(data: bytes | str | None) -> bytes:
+    if data is None:
+        return b""
+    return data.encode() if isinstance(data, str) else bytes(data)
+
+
+def _short(command: str, limit: int = 80) -> str:
+    one = " ".join(command.split())
+    return repr(one if len(one) <= limit else one[: limit - 3] + "...")
+
+
+def sudo(command: str, *, password: bool = False, user: str = "root") -> str:
+    """The command under sudo: `-n` (never prompt) without a password, `-S` reading it from
+    stdin with an empty prompt otherwise, so the password is in neither argv nor output."""
+    flag = "-S -p ''" if password else "-n"
+    return f"sudo {flag} -u {shlex.quote(user)} -- sh -c {shlex.quote(command)}"
+
+
+def local_user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return os.environ.get("USER", "root")

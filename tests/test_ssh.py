@@ -1,0 +1,180 @@
+"""The SSH client against real OpenSSH sshd on loopback addresses."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from opskit.clients.ssh import Endpoint, HostKeyError, HostKeys, SSHError, SSHPool, sudo
+from sshd import Sshd, keygen
+
+HOSTS = [f"127.0.0.{n}" for n in range(11, 15)]
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    server = Sshd(tmp_path / "sshd", HOSTS).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_agent(monkeypatch):
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+
+
+def pool_for(sshd: Sshd, tmp_path: Path, *, tofu: bool = False, keys=None) -> SSHPool:
+    host_keys = HostKeys(tmp_path / "known_hosts", user_files=[], tofu=tofu)
+    return SSHPool(host_keys, client_keys=keys or [str(sshd.client_key)], config=[],
+                   connect_timeout=5)  # fmt: skip
+
+
+def ep(sshd: Sshd, address: str, *, pinned: bool = True, port: int | None = None) -> Endpoint:
+    return Endpoint(name=f"host-{address.rsplit('.', 1)[1]}", host=address, port=port or sshd.port,
+                    user="root", pinned=sshd.pinned if pinned else None)  # fmt: skip
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_commands_share_one_persistent_shell(sshd, tmp_path):
+    async def go():
+        pool = pool_for(sshd, tmp_path)
+        host = ep(sshd, HOSTS[0])
+        try:
+            results = [
+                await pool.run(host, f"echo out{n}; echo err{n} >&2; exit {n}") for n in range(10)
+            ]
+            assert [(r.rc, r.stdout, r.stderr) for r in results] == [
+                (n, f"out{n}\n", f"err{n}\n") for n in range(10)
+            ]
+            assert (await pool.run(host, "printf 'no newline'")).stdout == "no newline"
+            assert (await pool.run(host, "printf 'a\\n\\n'")).stdout == "a\n\n"
+            await pool.run(host, "cd /tmp; X=1")  # a subshell: nothing leaks into the next
+            after = await pool.run(host, 'pwd; echo "X=${X:-unset}"')
+            assert after.stdout.splitlines()[1] == "X=unset"
+            assert (await pool.run(host, "cat")).stdout == ""  # stdin is /dev/null
+            assert (await pool.run(host, "hostname -I >/dev/null; exit 0")).rc == 0
+            assert pool.channels_opened == 1
+            big = await pool.run(host, "head -c 3000000 /dev/zero | tr '\\0' x")
+            assert big.truncated and len(big.stdout) == 1024 * 1024
+        finally:
+            await pool.aclose()
+
+    run(go())
+
+
+def test_a_command_past_its_timeout_ends_its_shell_which_is_reopened(sshd, tmp_path):
+    async def go():
+        pool = pool_for(sshd, tmp_path)
+        host = ep(sshd, HOSTS[0])
+        try:
+            with pytest.raises(SSHError, match=r"host-11 .*timed out after 0.5s: 'sleep 30'"):
+                await pool.run(host, "sleep 30", timeout=0.5)
+            assert (await pool.run(host, "echo again")).stdout == "again\n"
+            assert pool.channels_opened == 2
+        finally:
+            await pool.aclose()
+
+    run(go())
+
+
+def test_stdin_gets_its_own_channel(sshd, tmp_path):
+    async def go():
+        pool = pool_for(sshd, tmp_path)
+        try:
+            result = await pool.run(ep(sshd, HOSTS[0]), "tr a-z A-Z", stdin="hello")
+            assert result.stdout == "HELLO" and pool.channels_opened == 1
+        finally:
+            await pool.aclose()
+
+    run(go())
+
+
+def test_sudo_never_prompts(sshd, tmp_path):
+    async def go():
+        pool = pool_for(sshd, tmp_path)
+        try:
+            result = await pool.run(ep(sshd, HOSTS[0]), sudo('id -u && echo "$0"'))
+            assert result.rc == 0 and result.stdout.split()[0] == "0"
+        finally:
+            await pool.aclose()
+
+    run(go())
+
+
+def test_unknown_host_is_refused_unless_trust_on_first_use(sshd, tmp_path):
+    async def go():
+        pool = pool_for(sshd, tmp_path)
+        try:
+            with pytest.raises(HostKeyError, match=r"unknown host key SHA256:\S+: pin it"):
+                await pool.run(ep(sshd, HOSTS[0], pinned=False), "true")
+        finally:
+            await pool.aclose()
+        tofu = pool_for(sshd, tmp_path, tofu=True)
+        try:
+            assert (await tofu.run(ep(sshd, HOSTS[0], pinned=False), "echo ok")).stdout == "ok\n"
+        finally:
+            await tofu.aclose()
+        recorded = (tmp_path / "known_hosts").read_text()
+        assert recorded.startswith(f"[{HOSTS[0]}]:{sshd.port} ssh-ed25519 ")
+        later = pool_for(sshd, tmp_path)  # no TOFU: the recorded key is trusted now
+        try:
+            assert (await later.run(ep(sshd, HOSTS[0], pinned=False), "echo ok")).rc == 0
+        finally:
+            await later.aclose()
+
+    run(go())
+
+
+def test_a_changed_host_key_is_a_hard_error(sshd, tmp_path):
+    impostor = Sshd(tmp_path / "impostor", ["127.0.0.20"], client_pub=sshd.host_pub)
+    (tmp_path / "impostor" / "authorized_keys").write_text(
+        Path(str(sshd.client_key) + ".pub").read_text()
+    )
+    impostor.start()
+
+    async def go():
+        pool = pool_for(sshd, tmp_path, tofu=True)  # not even TOFU accepts a changed key
+        try:
+            host = Endpoint(name="ai", host="127.0.0.20", port=impostor.port, user="root",
+                            pinned=sshd.pinned)  # fmt: skip
+            with pytest.raises(HostKeyError) as info:
+                await pool.run(host, "true")
+            message = str(info.value)
+            assert "ai (root@127.0.0.20:" in message and "HOST KEY CHANGED" in message
+            assert message.count("SHA256:") == 2
+        finally:
+            await pool.aclose()
+
+    try:
+        run(go())
+    finally:
+        impostor.stop()
+
+
+def test_unreachable_and_failed_login_are_per_host(sshd, tmp_path):
+    wrong = tmp_path / "wrong_key"
+    keygen(wrong)
+
+    async def go():
+        pool = pool_for(sshd, tmp_path)
+        bad_key = pool_for(sshd, tmp_path, keys=[str(wrong)])
+        try:
+            jobs = [pool.run(ep(sshd, h), "hostname; echo fine") for h in HOSTS[:2]]
+            jobs.append(pool.run(ep(sshd, "127.0.0.30"), "true"))  # nothing listens there
+            jobs.append(bad_key.run(ep(sshd, HOSTS[2]), "true"))
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            assert [r.stdout.endswith("fine\n") for r in results[:2]] == [True, True]
+            assert isinstance(results[2], SSHError) and "connection refused" in str(results[2])
+            assert "host-30" in str(results[2])
+            assert isinstance(results[3], SSHError)
+            assert "host-13" in str(results[3]) and "authentication failed" in str(results[3])
+        finally:
+            await pool.aclose()
+            await bad_key.aclose()
+
+    run(go())

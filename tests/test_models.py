@@ -163,7 +163,7 @@ def test_target_view_merges_vars_and_resolves_address(inv):
     ai = inv.targets("vm:110")[0]
     assert ai.groups == ["lab"]
     assert ai.vars == {"x": 1, "y": 3, "z": 9}  # inventory < group < host
-    assert ai.cluster == "pve" and ai.address == "ai" and ai.ssh_user == "root"
+    assert ai.cluster == "pve" and ai.address == "ai" and ai.ssh_user is None  # ~/.ssh/config
     pve = inv.targets("pve")[0]
     assert pve.address == "pve.tail0000.ts.net"  # MagicDNS trailing dot removed
 

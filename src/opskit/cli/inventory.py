@@ -116,7 +116,7 @@ def show(ctx: click.Context, name: str, as_json: bool) -> None:
             echo(f"  {key + ':':11}{record[key]}")
     ssh = record["ssh"]
     echo(
-        f"  {'ssh:':11}{ssh['user']}@{record['address']}:{ssh['port']}"
+        f"  {'ssh:':11}{ssh['user'] or '(ssh config)'}@{record['address']}:{ssh['port'] or 22}"
         + (" (host key pinned)" if ssh["host_key"] else "")
     )
     if record["tags"]:

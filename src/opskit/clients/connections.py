@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from ..model import Inventory
     from .proxmox import ProxmoxClient
+    from .ssh import Endpoint, SSHPool
 
 
 def _stderr(text: str) -> None:
@@ -37,6 +38,8 @@ class Connections:
         self.on_request = on_request
         self._proxmox: dict[str, ProxmoxClient] = {}
         self._resources: dict[str, list[dict[str, Any]]] = {}
+        self._ssh: SSHPool | None = None
+        self.ssh_options: dict[str, Any] = {}
 
     def cluster_name(self, cluster: str | None) -> str:
         if self.inventory is None or not self.inventory.proxmox:
@@ -95,7 +98,33 @@ class Connections:
     def forget_resources(self) -> None:
         self._resources.clear()
 
+    def ssh(self) -> SSHPool:
+        """The run's SSH pool: opskit's known_hosts in the state dir, `ssh_options` applied
+        (trust_on_first_use, client_keys, config, connect_limit)."""
+        if self._ssh is None:
+            from ..store import state_dir
+            from .ssh import HostKeys, SSHPool
+
+            options = dict(self.ssh_options)
+            host_keys = HostKeys(
+                state_dir() / "known_hosts",
+                user_files=options.pop("known_hosts", None),
+                tofu=options.pop("trust_on_first_use", False),
+            )
+            self._ssh = SSHPool(host_keys, passwords=self._ssh_password, **options)
+        return self._ssh
+
+    def _ssh_password(self, endpoint: Endpoint) -> str | None:
+        if endpoint.password_ref is None:
+            return None
+        from ..secrets import resolve
+
+        return resolve(f"ssh.{endpoint.name}.password", endpoint.password_ref)
+
     async def aclose(self) -> None:
         for client in self._proxmox.values():
             await client.aclose()
         self._proxmox.clear()
+        if self._ssh is not None:
+            await self._ssh.aclose()
+            self._ssh = None

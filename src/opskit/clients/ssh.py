@@ -24,6 +24,8 @@ from ..errors import OpskitError
 if TYPE_CHECKING:
     import asyncssh
 
+    from ..model import Target
+
 OUTPUT_CAP = 1024 * 1024  # bytes of stdout and of stderr kept per command
 CONNECT_TIMEOUT = 30.0
 
@@ -50,6 +52,14 @@ class Endpoint:
     user: str | None = None  # None: ~/.ssh/config, else the local user
     pinned: str | None = None  # "ssh-ed25519 AAAA..." from the inventory
     jump: str | None = None  # [user@]host[:port]
+    password_ref: str | None = None  # secret reference for password login
+
+    @classmethod
+    def of(cls, target: Target) -> Endpoint:
+        return cls(
+            name=target.name, host=target.address, port=target.ssh_port, user=target.ssh_user,
+            pinned=target.host_key, jump=target.jump, password_ref=target.ssh_password,
+        )  # fmt: skip
 
     @property
     def key(self) -> tuple[str, str | None, int | None]:

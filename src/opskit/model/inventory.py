@@ -99,6 +99,7 @@ class SSH(StrictModel):
         description="pinned public host key, 'TYPE BASE64'",
     )
     jump: str | None = Field(None, description="jump host, [user@]host[:port]")
+    password: SecretRef | None = Field(None, description="login password, as a secret reference")
 
 
 class _HostBase(StrictModel):
@@ -144,7 +145,7 @@ class Group(StrictModel):
 
 
 class Defaults(StrictModel):
-    ssh: SSH = Field(default_factory=lambda: SSH(user="root", port=22))
+    ssh: SSH = Field(default_factory=SSH, description="unset user/port: ~/.ssh/config decides")
 
 
 class Inventory(StrictModel):
@@ -215,8 +216,9 @@ class Inventory(StrictModel):
             cluster=self._cluster_of(guest) if guest else None,
             address=host.address or host.tailscale or host.name,
             tailscale=host.tailscale,
-            ssh_user=host.ssh.user or d.user or "root",
-            ssh_port=host.ssh.port or d.port or 22,
+            ssh_user=host.ssh.user or d.user,
+            ssh_port=host.ssh.port or d.port,
+            ssh_password=host.ssh.password or d.password,
             host_key=host.ssh.host_key,
             jump=host.ssh.jump or d.jump,
             tags=list(host.tags),
@@ -306,8 +308,9 @@ class Target(StrictModel):
     cluster: str | None = None
     address: str
     tailscale: str | None = None
-    ssh_user: str = "root"
-    ssh_port: int = 22
+    ssh_user: str | None = None  # None: ~/.ssh/config, else the local user
+    ssh_port: int | None = None  # None: ~/.ssh/config, else 22
+    ssh_password: str | None = None  # a secret reference, resolved when connecting
     host_key: str | None = None
     jump: str | None = None
     tags: list[str] = Field(default_factory=list)

@@ -61,6 +61,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/validate_speed.py
 	$(BIN)/python bench/engine_scale.py
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/proxmox_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

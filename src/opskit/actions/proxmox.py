@@ -101,6 +101,10 @@ def _locked(g: Guest, summary: str) -> Change | None:
     return None
 
 
+# A probe's reading is reused by the apply that follows it within this many seconds.
+FRESH = 2.0
+
+
 class GuestArgs(ActionArgs):
     vmid: int | None = Field(None, ge=100, description="default: the target's vmid")
     timeout: Duration = Field(300.0, description="how long to wait for the Proxmox task")
@@ -136,15 +140,24 @@ class Power(Action[GuestArgs]):
     def params(self) -> dict[str, Any]:
         return {}
 
+    _seen: tuple[float, Guest] | None = None
+
     async def probe(self, ctx: ActionContext) -> Change:
         g = await guest(ctx, _vmid(self.args, ctx))
+        self._seen = (time.monotonic(), g)
         change = self.wanted(g)
         if change.kind is not ChangeKind.NONE:
             return _locked(g, change.summary) or change
         return change
 
+    async def _current(self, ctx: ActionContext) -> Guest:
+        """The guest as the engine's probe read it a moment ago, or as it is now."""
+        if self._seen is not None and time.monotonic() - self._seen[0] < FRESH:
+            return self._seen[1]
+        return await guest(ctx, _vmid(self.args, ctx))
+
     async def apply(self, ctx: ActionContext) -> Outcome:
-        g = await guest(ctx, _vmid(self.args, ctx))
+        g = await self._current(ctx)
         change = self.wanted(g)
         if change.kind is ChangeKind.NONE:
             return Outcome(ok=True, summary=change.summary)

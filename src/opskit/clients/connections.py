@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,8 @@ class Connections:
         self._resources: dict[str, list[dict[str, Any]]] = {}
         self._ssh: SSHPool | None = None
         self.ssh_options: dict[str, Any] = {}
+        # Many probes ask for the same client at once: one of them makes it, all share it.
+        self._lock = asyncio.Lock()
 
     def cluster_name(self, cluster: str | None) -> str:
         if self.inventory is None or not self.inventory.proxmox:
@@ -53,14 +56,21 @@ class Connections:
         return cluster
 
     async def proxmox(self, cluster: str | None = None) -> ProxmoxClient:
-        from ..secrets import resolve
-        from .proxmox import Credentials, ProxmoxClient
-        from .tls import ssl_context
 
         name = self.cluster_name(cluster)
         client = self._proxmox.get(name)
         if client is not None:
             return client
+        async with self._lock:
+            if name not in self._proxmox:
+                self._proxmox[name] = await self._make_proxmox(name)
+        return self._proxmox[name]
+
+    async def _make_proxmox(self, name: str) -> ProxmoxClient:
+        from ..secrets import resolve
+        from .proxmox import Credentials, ProxmoxClient
+        from .tls import ssl_context
+
         assert self.inventory is not None
         spec = self.inventory.proxmox[name]
         url = urlsplit(spec.api_url)
@@ -78,7 +88,7 @@ class Connections:
             user=spec.user,
             password=resolve(f"proxmox.{name}.password", spec.password) if spec.password else None,
         )
-        client = ProxmoxClient(
+        return ProxmoxClient(
             spec.api_url,
             credentials,
             verify=verify,
@@ -86,13 +96,13 @@ class Connections:
             transport=self.transport,
             on_request=self.on_request,
         )
-        self._proxmox[name] = client
-        return client
 
     async def resources(self, client: ProxmoxClient, cluster: str) -> list[dict[str, Any]]:
         """The cluster's guests (/cluster/resources?type=vm), asked once per plan or run."""
         if cluster not in self._resources:
-            self._resources[cluster] = await client.call("resources", {"type": "vm"}) or []
+            async with self._lock:
+                if cluster not in self._resources:
+                    self._resources[cluster] = await client.call("resources", {"type": "vm"}) or []
         return self._resources[cluster]
 
     def forget_resources(self) -> None:

@@ -89,7 +89,9 @@ class Sshd:
                 except OSError:
                     if time.monotonic() > deadline:
                         self.stop()
-                        raise RuntimeError(f"sshd did not listen on {address}:{self.port}")
+                        raise RuntimeError(
+                            f"sshd did not listen on {address}:{self.port}"
+                        ) from None
                     time.sleep(0.05)
         return self
 

@@ -34,6 +34,9 @@ class ProbeSettings:
     extras: dict[str, Any] = field(default_factory=dict)
     # Test seam: sees every Proxmox request (method, path, params) before it is sent.
     on_proxmox_request: Callable[[str, str, Mapping[str, Any]], None] | None = None
+    # SSH: trust_on_first_use, client_keys, config, known_hosts (see clients.ssh.SSHPool)
+    ssh_options: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None  # the project's root, for local files runbooks name
 
     def connections(
         self, inventory: Inventory | None, say: Callable[[str], None] | None = None
@@ -41,7 +44,9 @@ class ProbeSettings:
         kw: dict[str, Any] = {"on_request": self.on_proxmox_request}
         if say is not None:
             kw["say"] = say
-        return Connections(inventory, **kw)
+        connections = Connections(inventory, **kw)
+        connections.ssh_options = dict(self.ssh_options)
+        return connections
 
 
 async def probe_step(
@@ -62,6 +67,7 @@ async def probe_step(
         http_transport=settings.http_transport,
         extras=dict(settings.extras),
         connections=connections,
+        root=settings.root,
     )
     try:
         return await rendered.instance.probe(ctx)

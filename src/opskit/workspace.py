@@ -58,6 +58,11 @@ class Workspace:
     # ----- the parts ---------------------------------------------------------------------
 
     @property
+    def root(self) -> Path:
+        """The project: where runbooks/ (and deploy/) live."""
+        return self.runbooks_dir.resolve().parent
+
+    @property
     def catalog(self) -> dict[str, type[Action[Any]]]:
         if self._catalog is None:
             from .actions import catalog

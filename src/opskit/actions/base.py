@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -14,6 +15,7 @@ from ..model import Change, Outcome, Risk, StrictModel, Target
 if TYPE_CHECKING:
     from ..clients.connections import Connections
     from ..clients.proxmox import ProxmoxClient
+    from ..clients.ssh import HostShell
 
 A = TypeVar("A", bound=BaseModel)
 
@@ -34,6 +36,7 @@ class ActionContext:
     http_transport: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
     connections: Connections | None = None
+    root: Path | None = None  # the project (runbooks/, deploy/): local paths are relative to it
 
     async def proxmox(self) -> ProxmoxClient:
         """The Proxmox client of the target's cluster; read-only while planning."""
@@ -41,6 +44,19 @@ class ActionContext:
             raise OpskitError("no Proxmox connection in this context")
         client = await self.connections.proxmox(self.target.cluster)
         return client.read_only() if self.read_only else client
+
+    def shell(self) -> HostShell:
+        """The target over SSH; while planning it runs only commands marked as probes."""
+        from ..clients.ssh import Endpoint, HostShell
+
+        if self.connections is None:
+            raise OpskitError("no SSH connection in this context")
+        return HostShell(self.connections.ssh(), Endpoint.of(self.target), self.read_only)
+
+    def path(self, name: str) -> Path:
+        """A local file named in a runbook: relative to the project's root."""
+        path = Path(name).expanduser()
+        return path if path.is_absolute() or self.root is None else self.root / path
 
 
 class Action(Generic[A]):

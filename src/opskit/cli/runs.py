@@ -31,11 +31,21 @@ def _duration(value: str | None) -> float:
         raise UsageError(f"bad duration {value!r} (e.g. 30s, 5m)") from None
 
 
-def _request(**kw: Any) -> Request:
+def _request(*, tofu: bool = False, **kw: Any) -> Request:
     from ..engine.session import Request, interactive
 
     ctx = click.get_current_context()
-    return Request(workspace=workspace(ctx), interactive=interactive(), **kw)
+    req = Request(workspace=workspace(ctx), interactive=interactive(), **kw)
+    req.settings.ssh_options["trust_on_first_use"] = tofu
+    return req
+
+
+tofu_option = click.option(
+    "--trust-on-first-use",
+    "tofu",
+    is_flag=True,
+    help="Accept (and record) the SSH host key of hosts seen for the first time.",
+)
 
 
 def executes(func: Callable[..., None]) -> Callable[..., None]:
@@ -49,11 +59,12 @@ def executes(func: Callable[..., None]) -> Callable[..., None]:
         as_json: bool,
         lock_wait: str | None,
         grace: str,
+        tofu: bool,
         **kwargs: Any,
     ) -> None:
         req = _request(
             yes=yes, approve=approve, as_json=as_json, lock_wait=_duration(lock_wait),
-            grace=_duration(grace),
+            grace=_duration(grace), tofu=tofu,
         )  # fmt: skip
         func(*args, req=req, **kwargs)
 
@@ -77,6 +88,7 @@ def executes(func: Callable[..., None]) -> Callable[..., None]:
             show_default=True,
             help="After Ctrl-C, how long running steps may finish.",
         ),
+        tofu_option,
     ]
     decorated: Callable[..., None] = wrapper
     for option in reversed(options):
@@ -136,15 +148,16 @@ def run(
     "--format", "fmt", type=click.Choice(["text", "md", "json"]), default="text",
     show_default=True, help="How to print the plan.",
 )  # fmt: skip
+@tofu_option
 def plan(
-    runbook: str, params: tuple[str, ...], limit: str | None, out: Path | None, fmt: str
+    runbook: str, params: tuple[str, ...], limit: str | None, out: Path | None, fmt: str, tofu: bool
 ) -> None:
     """Plan RUNBOOK and print it for review; -o saves it for `opskit apply`."""
     from ..engine.session import make_plan
     from ..report.plan import render_plan
     from ..workspace import parse_param_args
 
-    _, _, made = make_plan(_request(), runbook, parse_param_args(params), limit)
+    _, _, made = make_plan(_request(tofu=tofu), runbook, parse_param_args(params), limit)
     if out is not None:
         out.write_text(render_plan(made, "json"), encoding="utf-8")
     echo(render_plan(made, fmt).rstrip("\n"))

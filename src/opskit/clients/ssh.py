@@ -228,6 +228,7 @@ class Session:
     endpoint: Endpoint
     conn: asyncssh.SSHClientConnection
     shell: Shell | None = None
+    sftp: asyncssh.SFTPClient | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -424,6 +425,47 @@ class SSHPool:
         for session in self.sessions.values():
             await session.conn.wait_closed()
         self.sessions.clear()
+
+
+class HostShell:
+    """One target over SSH, as actions see it. Read-only (planning) runs only probes."""
+
+    def __init__(self, pool: SSHPool, endpoint: Endpoint, read_only: bool) -> None:
+        self.pool, self.endpoint, self.read_only = pool, endpoint, read_only
+
+    async def run(
+        self,
+        command: str,
+        *,
+        probe: bool = False,
+        timeout: float | None = None,
+        stdin: str | bytes | None = None,
+        pty: bool = False,
+    ) -> CommandResult:
+        if self.read_only and not probe:
+            raise ReadOnlyRefused(
+                f"planning is read-only: refused to run {_short(command)} on {self.endpoint.name}"
+            )
+        return await self.pool.run(self.endpoint, command, timeout=timeout, stdin=stdin, pty=pty)
+
+    async def put(self, data: bytes, path: str, mode: int) -> None:
+        """Write a file atomically over SFTP: a temporary file beside it, then a rename."""
+        import asyncssh
+
+        if self.read_only:
+            raise ReadOnlyRefused(f"planning is read-only: refused to write {path}")
+        session = await self.pool.session(self.endpoint)
+        temporary = f"{path}.opskit-{secrets.token_hex(4)}"
+        try:
+            if session.sftp is None:
+                session.sftp = await session.conn.start_sftp_client()
+                self.pool.channels_opened += 1
+            async with session.sftp.open(temporary, "wb") as handle:
+                await handle.write(data)
+            await session.sftp.chmod(temporary, mode)
+            await session.sftp.posix_rename(temporary, path)
+        except (asyncssh.Error, OSError) as exc:
+            raise SSHError(f"{self.endpoint.where()}: cannot write {path}: {exc}") from None
 
 
 def _bytes(data: bytes | str | None) -> bytes:

@@ -576,6 +576,7 @@ class Execution:
             http_transport=self.settings.http_transport,
             extras=dict(self.settings.extras),
             connections=self.connections,
+            root=self.settings.root,
         )
         work = item.instance.apply(ctx)
         if step.timeout:

@@ -68,6 +68,8 @@ def make_plan(
     req: Request, runbook: str, given: Mapping[str, Any], limit: str | None
 ) -> tuple[LoadedRunbook, list[Target], Plan]:
     ws = req.workspace
+    if req.settings.root is None:
+        req.settings.root = ws.root
     loaded = ws.load(runbook)
     loaded.path = _relative(loaded.path)
     params = resolve_params(loaded.runbook, given)

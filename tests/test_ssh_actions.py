@@ -1,0 +1,220 @@
+"""SSH step kinds through the whole engine, against real OpenSSH sshd on loopback."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from opskit.engine import session
+from opskit.engine.session import Request
+from opskit.report.progress import Reporter
+from opskit.store import Journal
+from opskit.workspace import Workspace
+from sshd import Sshd
+
+HOSTS = [f"127.0.0.{n}" for n in range(41, 44)]
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    server = Sshd(tmp_path / "sshd", HOSTS).start()
+    yield server
+    server.stop()
+
+
+class Project:
+    def __init__(self, root: Path, sshd: Sshd, extra_hosts: str = "") -> None:
+        self.root, self.sshd = root, sshd
+        self.work = root / "work"  # what the "hosts" write (they share this machine's disk)
+        self.work.mkdir()
+        (root / "runbooks").mkdir()
+        (root / "inventory").mkdir()
+        hosts = "".join(
+            f"  - {{name: h{n}, address: {a}, tags: [web], ssh: {{user: root, port: {sshd.port},"
+            f' host_key: "{sshd.pinned}"}}}}\n'
+            for n, a in enumerate(HOSTS)
+        )
+        (root / "inventory" / "homelab.yaml").write_text("hosts:\n" + hosts + extra_hosts)
+
+    def runbook(self, text: str) -> None:
+        text = textwrap.dedent(text).lstrip().replace("WORK", str(self.work))
+        (self.root / "runbooks" / "rb.yaml").write_text(text)
+
+    def request(self, **kw) -> Request:
+        req = Request(
+            workspace=Workspace(self.root / "runbooks", self.root / "inventory" / "homelab.yaml"),
+            reporter=Reporter(out=open(os.devnull, "w")),  # noqa: SIM115
+            journal=Journal(self.root / "state" / "journal.db"),
+            **kw,
+        )
+        req.settings.ssh_options.update(
+            client_keys=[str(self.sshd.client_key)], config=[], known_hosts=[]
+        )
+        return req
+
+    def plan(self, **params):
+        return session.make_plan(self.request(), "rb", params, None)[2]
+
+    def run(self, **params):
+        req = self.request(yes=True)
+        loaded, targets, plan = session.make_plan(req, "rb", params, None)
+        return plan, session.execute(req, loaded, targets, plan)
+
+    def steps(self, run_id: str):
+        j = Journal(self.root / "state" / "journal.db")
+        try:
+            return {(s.target, s.step_id): s for s in j.steps(run_id)}
+        finally:
+            j.close()
+
+
+@pytest.fixture
+def project(tmp_path, sshd, monkeypatch):
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.setenv("OPSKIT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    return Project(tmp_path, sshd)
+
+
+def kinds(plan) -> list[list[str]]:
+    return [[s.change.kind.value for s in t.steps] for t in plan.targets]
+
+
+def test_guarded_commands_are_idempotent_and_probes_run_only_guards(project):
+    project.runbook(
+        """
+        name: rb
+        targets: tag:web
+        steps:
+          - id: make
+            ssh.run: {cmd: "mkdir -p WORK/{{ target.name }} && date > WORK/{{ target.name }}/made",
+                      creates: "WORK/{{ target.name }}/made"}
+          - id: once
+            ssh.run:
+              cmd: "echo x >> WORK/{{ target.name }}/log"
+              unless: "test -s WORK/{{ target.name }}/log"
+          - id: always
+            ssh.run: {cmd: "echo hello {{ target.name }}"}
+            register: said
+          - id: use
+            check.command: {cmd: "test {{ said.stdout | trim }} = 'hello {{ target.name }}'"}
+        """
+    )
+    plan = project.plan()
+    assert kinds(plan) == [["create", "update", "unknown", "unknown"]] * 3
+    assert not any(project.work.iterdir())  # planning ran guards only
+    _, result = project.run()
+    assert result.exit_code == 0
+    for n in range(3):
+        assert (project.work / f"h{n}" / "made").exists()
+        assert (project.work / f"h{n}" / "log").read_text() == "x\n"
+    plan, result = project.run()
+    assert kinds(plan) == [["none", "none", "unknown", "unknown"]] * 3
+    assert result.exit_code == 0
+    assert all((project.work / f"h{n}" / "log").read_text() == "x\n" for n in range(3))
+
+
+def test_a_param_stays_one_literal_argument_on_the_host(project):
+    project.runbook(
+        """
+        name: rb
+        targets: h0
+        params:
+          name: {type: str}
+        steps:
+          - id: say
+            ssh.run: {cmd: "printf '%s' {{ params.name }} > WORK/said"}
+        """
+    )
+    evil = f"x; touch {project.work}/pwned"
+    _, result = project.run(name=evil)
+    assert result.exit_code == 0
+    assert (project.work / "said").read_text() == evil
+    assert not (project.work / "pwned").exists()
+
+
+def test_upload_create_update_then_no_change(project):
+    (project.root / "files").mkdir()
+    (project.root / "files" / "motd").write_text("hello\n")
+    project.runbook(
+        """
+        name: rb
+        targets: h0
+        params:
+          mode: {default: "0644"}
+        steps:
+          - id: motd
+            ssh.upload: {src: files/motd, dest: WORK/motd, mode: "{{ params.mode }}", owner: root}
+        """
+    )
+    plan, result = project.run()
+    assert kinds(plan) == [["create"]] and result.exit_code == 0
+    dest = project.work / "motd"
+    assert dest.read_text() == "hello\n" and oct(dest.stat().st_mode & 0o777) == "0o644"
+    plan, _ = project.run(mode="0600")
+    assert kinds(plan) == [["update"]] and "(mode)" in plan.targets[0].steps[0].change.summary
+    assert oct(dest.stat().st_mode & 0o777) == "0o600"
+    (project.root / "files" / "motd").write_text("changed\n")
+    plan, _ = project.run(mode="0600")
+    assert "(sha256)" in plan.targets[0].steps[0].change.summary and dest.read_text() == "changed\n"
+    plan, _ = project.run(mode="0600")
+    assert kinds(plan) == [["none"]]
+    assert not [p for p in project.work.iterdir() if ".opskit-" in p.name]  # no temp files left
+
+
+def test_script_with_arguments_and_become(project):
+    (project.root / "scripts").mkdir()
+    (project.root / "scripts" / "hello.sh").write_text('echo "$# args: $1|$2" > "$3"\n')
+    project.runbook(
+        """
+        name: rb
+        targets: h1
+        steps:
+          - id: hello
+            ssh.script: {script: scripts/hello.sh, args: ["a b", "c;d", "WORK/out"]}
+          - id: whoami
+            ssh.run: {cmd: "id -u", become: true}
+            register: me
+          - id: root
+            check.command: {cmd: "test {{ me.stdout | trim }} -eq 0"}
+          - id: ssh
+            check.ssh: {}
+        """
+    )
+    _, result = project.run()
+    assert result.exit_code == 0
+    assert (project.work / "out").read_text() == "3 args: a b|c;d\n"
+
+
+def test_a_failing_command_and_an_unreachable_host_fail_alone(tmp_path, sshd, monkeypatch):
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.setenv("OPSKIT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    gone = (
+        "  - {name: gone, address: 127.0.0.49, tags: [web],"
+        f" ssh: {{user: root, port: {sshd.port}}}}}\n"
+    )
+    project = Project(tmp_path, sshd, extra_hosts=gone)
+    project.runbook(
+        """
+        name: rb
+        targets: tag:web
+        steps:
+          - id: work
+            ssh.run: {cmd: "test {{ target.name }} != h1 && echo done {{ target.name }}"}
+        """
+    )
+    plan = project.plan()
+    assert [s.change.kind.value for t in plan.targets for s in t.steps] == ["unknown"] * 4
+    _, result = project.run()
+    assert result.exit_code == 1
+    steps = project.steps(result.run_id)
+    assert [steps[(f"h{n}", "work")].status for n in (0, 2)] == ["succeeded", "succeeded"]
+    assert steps[("h1", "work")].status == "failed"
+    assert "exit code 1, expected 0" in steps[("h1", "work")].error
+    assert steps[("gone", "work")].status == "failed"
+    assert "gone (root@127.0.0.49:" in steps[("gone", "work")].error
+    assert "connection refused" in steps[("gone", "work")].error

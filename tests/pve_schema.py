@@ -8,7 +8,18 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-SCHEMA = Path(__file__).resolve().parent.parent.parent / "shared" / "pve" / "apischema.json"
+
+def _find_schema() -> Path:
+    """../shared/pve/apischema.json beside the repository (CI puts shared/ there)."""
+    here = Path(__file__).resolve().parent
+    for directory in here.parents:
+        candidate = directory / "shared" / "pve" / "apischema.json"
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("shared/pve/apischema.json not found beside the repository")
+
+
+SCHEMA = _find_schema()
 
 
 @cache

@@ -178,3 +178,73 @@ def test_unreachable_and_failed_login_are_per_host(sshd, tmp_path):
             await bad_key.aclose()
 
     run(go())
+
+
+def test_ssh_config_is_honoured(sshd, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host ai\n  HostName {HOSTS[1]}\n  User root\n  Port {sshd.port}\n"
+        f"  IdentityFile {sshd.client_key}\n"
+    )
+    monkeypatch.setenv("HOME", str(home))
+
+    async def go():
+        host_keys = HostKeys(tmp_path / "known_hosts", user_files=[])
+        pool = SSHPool(host_keys, connect_timeout=5)  # no keys, no port, no user: the config's
+        try:
+            result = await pool.run(Endpoint(name="ai", host="ai", pinned=sshd.pinned), "id -un")
+            assert result.stdout == "root\n"
+        finally:
+            await pool.aclose()
+
+    run(go())
+
+
+def test_through_a_jump_host(sshd, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[{HOSTS[2]}]:{sshd.port} {sshd.pinned}\n")  # the jump host is known too
+
+    async def go():
+        keys = HostKeys(tmp_path / "opskit_known_hosts", user_files=[known])
+        pool = SSHPool(keys, client_keys=[str(sshd.client_key)], config=[], connect_timeout=5)
+        target = Endpoint(name="inner", host=HOSTS[0], port=sshd.port, user="root",
+                          pinned=sshd.pinned, jump=f"root@{HOSTS[2]}:{sshd.port}")  # fmt: skip
+        try:
+            result = await pool.run(target, "echo inside")
+            assert result.stdout == "inside\n"
+            # one connection to the jump host, the target's tunnelled through it
+            assert set(pool.sessions) == {
+                (HOSTS[0], "root", sshd.port),
+                (HOSTS[2], "root", sshd.port),
+            }
+            # a tunnelled connection has no socket of its own (a direct one shows its peer)
+            assert (
+                pool.sessions[(HOSTS[0], "root", sshd.port)].conn.get_extra_info("peername")[0]
+                == ""
+            )
+            assert (
+                pool.sessions[(HOSTS[2], "root", sshd.port)].conn.get_extra_info("peername")[0]
+                == HOSTS[2]
+            )
+        finally:
+            await pool.aclose()
+
+    run(go())
+
+
+def test_sudo_password_goes_on_stdin_only(sshd, tmp_path):
+    password = "pw-" + "x" * 12
+    command = sudo("id -u; cat", password=True)
+    assert password not in command and "sudo -S -p '' -v" in command
+
+    async def go():
+        pool = pool_for(sshd, tmp_path)
+        try:
+            result = await pool.run(ep(sshd, HOSTS[0]), command, stdin=password + "\n")
+            # root: sudo asks nothing; the command's stdin is /dev/null, never the password
+            assert result.rc == 0 and result.stdout == "0\n"
+        finally:
+            await pool.aclose()
+
+    run(go())

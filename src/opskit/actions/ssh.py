@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 
 from ..errors import OpskitError
 from ..model import Change, ChangeKind, Duration, Outcome, Risk
-from ..render import SHELL
+from ..render import SECRET, SHELL
 from .base import Action, ActionArgs, ActionContext, Check
 
 OUTPUT_CAP = 64 * 1024  # characters of stdout/stderr registered per step
@@ -31,6 +31,9 @@ class CommandArgs(Guards):
     expect: list[int] = Field(default_factory=lambda: [0], description="accepted exit codes")
     become: bool = Field(False, description="run through sudo (-n: never prompt)")
     become_user: str = "root"
+    become_password: Annotated[str | None, SECRET] = Field(
+        None, description="sudo password: '{{ secrets.NAME }}', fed on stdin"
+    )
     env: dict[str, str] = Field(default_factory=dict, description="exported for the command")
     chdir: str | None = None
     timeout: Duration | None = None
@@ -87,10 +90,15 @@ def _outcome(args: CommandArgs, result: Any, summary: str) -> Outcome:
     return Outcome(ok=True, changed=True, summary=text, outputs=outputs)
 
 
-def _become(args: CommandArgs, command: str) -> str:
+def _become(args: CommandArgs, command: str) -> tuple[str, str | None]:
+    """(the command to send, what to feed on its stdin)."""
     from ..clients.ssh import sudo
 
-    return sudo(command, user=args.become_user) if args.become else command
+    if not args.become:
+        return command, None
+    if args.become_password:
+        return sudo(command, user=args.become_user, password=True), args.become_password + "\n"
+    return sudo(command, user=args.become_user), None
 
 
 class RunArgs(CommandArgs):
@@ -114,8 +122,11 @@ class Run(Action[RunArgs]):
 
     async def apply(self, ctx: ActionContext) -> Outcome:
         a = self.args
-        command = _become(a, _prefix(a) + a.cmd)
-        result = await ctx.shell().run(command, timeout=a.timeout, stdin=a.stdin, pty=a.pty)
+        if a.stdin is not None and a.become_password:
+            raise OpskitError("ssh.run: stdin and become_password both need stdin: use one")
+        command, feed = _become(a, _prefix(a) + a.cmd)
+        stdin = feed if feed is not None else a.stdin
+        result = await ctx.shell().run(command, timeout=a.timeout, stdin=stdin, pty=a.pty)
         return _outcome(a, result, f"run {_short(a.cmd)}")
 
 
@@ -148,8 +159,10 @@ class Script(Action[ScriptArgs]):
 
     async def apply(self, ctx: ActionContext) -> Outcome:
         a = self.args
+        if a.become_password:
+            raise OpskitError("ssh.script sends the script on stdin: use become without a password")
         argv = " ".join(shlex.quote(x) for x in a.args)
-        command = _become(a, _prefix(a) + f"{a.interpreter} -s -- {argv}".rstrip())
+        command, _ = _become(a, _prefix(a) + f"{a.interpreter} -s -- {argv}".rstrip())
         result = await ctx.shell().run(command, timeout=a.timeout, stdin=self._read(ctx))
         return _outcome(a, result, f"script {a.script}")
 

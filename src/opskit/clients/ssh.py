@@ -480,10 +480,13 @@ def _short(command: str, limit: int = 80) -> str:
 
 
 def sudo(command: str, *, password: bool = False, user: str = "root") -> str:
-    """The command under sudo: `-n` (never prompt) without a password, `-S` reading it from
-    stdin with an empty prompt otherwise, so the password is in neither argv nor output."""
-    flag = "-S -p ''" if password else "-n"
-    return f"sudo {flag} -u {shlex.quote(user)} -- sh -c {shlex.quote(command)}"
+    """The command under sudo, never prompting. With `password`, the caller feeds it on stdin:
+    `sudo -S -v` reads it (empty prompt) to validate, then the command runs under `sudo -n`
+    with stdin from /dev/null, so the password is in no argv, no output, no command's stdin."""
+    run = f"sudo -n -u {shlex.quote(user)} -- sh -c {shlex.quote(command)}"
+    if password:
+        return f"sudo -S -p '' -v && {run} </dev/null"
+    return run
 
 
 def local_user() -> str:

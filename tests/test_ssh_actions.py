@@ -218,3 +218,20 @@ def test_a_failing_command_and_an_unreachable_host_fail_alone(tmp_path, sshd, mo
     assert steps[("gone", "work")].status == "failed"
     assert "gone (root@127.0.0.49:" in steps[("gone", "work")].error
     assert "connection refused" in steps[("gone", "work")].error
+
+
+def test_each_host_gets_a_log_of_its_output(project):
+    project.runbook(
+        """
+        name: rb
+        targets: tag:web
+        steps:
+          - id: say
+            ssh.run: {cmd: "echo to-out {{ target.name }}; echo to-err >&2"}
+        """
+    )
+    _, result = project.run()
+    assert result.exit_code == 0
+    log = project.root / "state" / "logs" / result.run_id / "h2.log"
+    text = log.read_text()
+    assert "say: succeeded" in text and "to-out h2" in text and "-- stderr\nto-err" in text

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..actions import Action, ActionContext
@@ -52,6 +53,7 @@ class RunOptions:
     resume: Mapping[tuple[str, str], str] = field(default_factory=dict)
     resume_outputs: Mapping[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     resumed_from: str | None = None
+    host_logs: Path | None = None  # a directory: one log per target with every step's output
 
 
 @dataclass
@@ -552,12 +554,30 @@ class Execution:
             "changed": outcome.changed,
             "summary": outcome.summary,
         }
+        self._host_log(tr, item.id, status, outcome)
         self._finish(
             tr, item.id, status, summary=outcome.summary,
             error=None if outcome.ok else outcome.error, outputs=outputs,
             duration=time.monotonic() - started,
         )  # fmt: skip
         return ItemResult(status, outputs)
+
+    def _host_log(self, tr: TargetRun, step_id: str, status: str, outcome: Outcome) -> None:
+        """The step's output in the target's own log, redacted like every other sink."""
+        if self.options.host_logs is None:
+            return
+        from ..secrets import redactor
+
+        lines = [f"== {time.strftime('%H:%M:%S')} {step_id}: {status}: {outcome.summary}"]
+        for stream in ("stdout", "stderr"):
+            text = outcome.outputs.get(stream)
+            if isinstance(text, str) and text:
+                lines += [f"-- {stream}", text.rstrip("\n")]
+        if outcome.error:
+            lines.append(f"-- error: {outcome.error}")
+        self.options.host_logs.mkdir(parents=True, exist_ok=True)
+        with open(self.options.host_logs / f"{tr.target.name}.log", "a", encoding="utf-8") as log:
+            log.write(redactor.redact("\n".join(lines)) + "\n")
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake at once when the run is interrupted."""

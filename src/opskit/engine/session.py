@@ -249,6 +249,7 @@ def execute(
                 resume=resume or {},
                 resume_outputs=resume_outputs or {},
                 resumed_from=resumed_from,
+                host_logs=state_dir() / "logs" / run_id,
             ),
             settings=req.settings,
             inventory=inventory or req.workspace.inventory,

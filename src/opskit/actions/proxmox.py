@@ -6,7 +6,6 @@ QEMU VMs and LXC containers alike; where a guest runs (its node) and what it is 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -89,6 +88,12 @@ async def guest(ctx: ActionContext, vmid: int) -> Guest:
         agent=bool(data.get("agent")),
         raw=data,
     )
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio  # not at the top: `opskit validate` imports this module and needs no loop
+
+    await asyncio.sleep(seconds)
 
 
 def _blocked(g: Guest, summary: str, reason: str) -> Change:
@@ -543,7 +548,7 @@ class WaitFor(Check[WaitArgs]):
                     summary=problems[0],
                     error=f"after {format_duration(a.timeout)}: " + "; ".join(problems),
                 )
-            await asyncio.sleep(min(a.interval, max(0.0, deadline - time.monotonic())))
+            await _sleep(min(a.interval, max(0.0, deadline - time.monotonic())))
 
 
 class CheckArgs(GuestArgs):
@@ -621,7 +626,7 @@ class AgentExec(Action[ExecArgs]):
                     summary="timed out",
                     error=f"command (pid {pid}) still running after {format_duration(a.timeout)}",
                 )
-            await asyncio.sleep(delay)
+            await _sleep(delay)
             delay = min(delay * 1.5, 2.0)
         rc = int(status.get("exitcode", -1))
         outputs = {

@@ -1,0 +1,772 @@
+"""Benchmark: 10 commands on each of 50 real sshd hosts: opskit against its peers and the floor.
+
+Targets: `opskit run` (journal on) within 1.5x of the handshake floor, at least 5x faster than
+pyinfra and than one channel per command, at least 8x faster than Ansible's fastest variant.
+
+Method. Real OpenSSH sshd (tests/sshd.py: 15 loopback addresses per sshd process, one port, a
+throwaway host key and an authorized client key) serves the `--hosts` addresses 127.0.0.101 and
+up; nothing but loopback is contacted. Every tool logs in as root with that client key and checks
+the host key against one known_hosts file holding `[127.0.0.N]:PORT` for every host (no tool may
+skip the check). The children run with HOME set to a temporary home whose .ssh/ holds the key
+(under a name no tool looks for by itself), known_hosts and a config naming both, with no
+ssh-agent (SSH_AUTH_SOCK unset) and stdout and stderr captured. Each peer runs the same commands
+(COMMANDS) on every host:
+
+    floor          a bare asyncssh script: connect to each host, run one command (one channel)
+    opskit         opskit run fan --yes: a runbook of 10 ssh.run steps, targets all, concurrency
+                   50, the inventory pinning the host key; a fresh $OPSKIT_STATE_DIR per run (the
+                   journal on); opskit finds the key through ~/.ssh/config (IdentityFile)
+    asyncssh/chan  a bare asyncssh script: one connection per host, the 10 commands one after
+                   another, each conn.run() on a channel of its own; all hosts at once
+    pyinfra        pyinfra -y --parallel 50 INVENTORY.py DEPLOY.py: 10 server.shell operations
+    ansible raw    ansible-playbook of 10 raw tasks; forks 50, gathering explicit, the default
+                   ssh_args (ControlPersist 60s), a fresh control_path_dir per run
+    ansible cmd    the same with 10 command tasks (python on the target; no shell, so
+                   `echo $((6*7))` prints its argument as it is)
+
+Each is a subprocess (the bare scripts as `python -c CODE`), timed from start to exit, and must
+exit 0 having run every command on every host (opskit: the journal holds every step, succeeded;
+Ansible: the recap; the bare scripts count their exit statuses). The peers run in turns, one
+round after another, so that background noise falls on all alike; the slow peers run fewer
+times (--quick, --ansible-command-runs). After Ansible, its ControlPersist masters are told to
+exit (`ssh -O exit`) before the next run. One untimed warm-up round of the floor and opskit
+comes first (it also checks that opskit finds the key through ~/.ssh/config).
+
+The table gives the median, min and max wall time, each median over the floor's, opskit's
+speed-up over it (its median / opskit's), and two CPU figures in seconds (medians): `client` is
+the child's CPU and that of the descendants it waited for (Ansible's detached ControlPersist
+masters are not counted), `all cpu` the whole machine's busy time during the run (/proc/stat,
+every CPU): the client plus sshd, whose new connections and new session channels are what
+costs. Between runs the benchmark waits until sshd has no connection left. Exit code 0 when
+every target is met, 1 when one is missed, 2 when a tool fails.
+
+    python bench/fanout.py                          all peers, 3 runs (Ansible command tasks 1)
+    python bench/fanout.py --quick                  1 run of the slow peers
+    python bench/fanout.py --skip-ansible-command   without the 5-minute peer
+    python bench/fanout.py --json                   the same figures as JSON
+    python bench/fanout.py --profile                also `opskit run` once under cProfile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pstats
+import re
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from sshd import Sshd
+
+FLOOR_RATIO = 1.5  # opskit / floor, at most
+PYINFRA_SPEEDUP = 5.0  # pyinfra / opskit, at least
+CHANNEL_SPEEDUP = 5.0  # one channel per command / opskit, at least
+ANSIBLE_SPEEDUP = 8.0  # Ansible's fastest variant / opskit, at least
+FIRST_HOST = 101
+MAX_HOSTS = 50
+CONCURRENCY = 50
+RUNBOOK = "fan"
+COMMANDS = [
+    "uname -a",
+    "id -u",
+    "hostname",
+    "cat /etc/os-release",
+    "ls /",
+    "uptime",
+    "df -h /",
+    "echo $((6*7))",
+    "date",
+    "true",
+]
+FLOOR_COMMAND = "uname -a"
+KEY_NAME = "fanout_ed25519"  # not a default name: found only through IdentityFile
+# Variables that would make the children use other files or an agent, or time something else.
+_SCRUBBED_ENV = (
+    "SSH_AUTH_SOCK",
+    "SSH_AGENT_PID",
+    "OPSKIT_RUNBOOKS",
+    "OPSKIT_INVENTORY",
+    "OPSKIT_STATE_DIR",
+    "XDG_STATE_HOME",
+    "XDG_CONFIG_HOME",
+    "PYTHONPROFILEIMPORTTIME",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONTRACEMALLOC",
+    "PYTHONPYCACHEPREFIX",
+)
+
+# One connection per host; COMMANDS one after another, each on a channel of its own.
+# argv: hosts (comma-separated), port, key, known_hosts, commands (JSON). Prints "ok N".
+_ASYNCSSH_CHILD = """\
+import asyncio, json, sys
+import asyncssh
+hosts, port, key, known = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+commands = json.loads(sys.argv[5])
+
+async def host(address):
+    async with asyncssh.connect(address, port=port, username="root", client_keys=[key],
+                                known_hosts=known, agent_path=None, config=[]) as conn:
+        ok = 0
+        for command in commands:
+            done = await conn.run(command, check=False)
+            ok += done.exit_status == 0
+        return ok
+
+async def main():
+    results = await asyncio.gather(*(host(a) for a in hosts), return_exceptions=True)
+    errors = [f"{a}: {r!r}" for a, r in zip(hosts, results) if isinstance(r, BaseException)]
+    print("ok", sum(r for r in results if isinstance(r, int)))
+    for error in errors:
+        print(error, file=sys.stderr)
+    return 1 if errors else 0
+
+sys.exit(asyncio.run(main()))
+"""
+
+_PROFILE_CHILD = """\
+import cProfile, sys
+sys.argv = {argv!r}
+profiler = cProfile.Profile()
+code = 0
+profiler.enable()
+try:
+    from opskit.cli import main
+    main()
+except SystemExit as exc:
+    code = exc.code
+finally:
+    profiler.disable()
+    profiler.dump_stats({out!r})
+sys.exit(code)
+"""
+
+
+def fail(message: str) -> NoReturn:
+    """A tool that should work did not: nothing meaningful to time (exit 2)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+# ----- the lab -------------------------------------------------------------------------------
+
+
+@dataclass
+class Lab:
+    root: Path
+    hosts: list[str]
+    port: int
+    pinned: str  # "TYPE BASE64" of the host key
+    home: Path
+    key: Path
+    known_hosts: Path
+    ssh_config: Path
+    env: dict[str, str]
+    sshd_pids: list[int]
+    counter: int = 0
+
+    def fresh(self, kind: str) -> Path:
+        """A new, empty directory, short enough for a ControlPath socket inside it."""
+        self.counter += 1
+        path = self.root / f"{kind}{self.counter}"
+        path.mkdir()
+        return path
+
+
+def make_lab(root: Path, sshd: Sshd) -> Lab:
+    home = root / "home"
+    dot_ssh = home / ".ssh"
+    dot_ssh.mkdir(parents=True, mode=0o700)
+    key = dot_ssh / KEY_NAME
+    assert sshd.client_key is not None
+    shutil.copyfile(sshd.client_key, key)
+    os.chmod(key, 0o600)
+    shutil.copyfile(str(sshd.client_key) + ".pub", str(key) + ".pub")
+    known_hosts = dot_ssh / "known_hosts"
+    known_hosts.write_text("".join(f"[{a}]:{sshd.port} {sshd.pinned}\n" for a in sshd.addresses))
+    ssh_config = dot_ssh / "config"
+    ssh_config.write_text(
+        "Host 127.0.0.*\n"
+        f"    IdentityFile {key}\n"
+        f"    UserKnownHostsFile {known_hosts}\n"
+        "    StrictHostKeyChecking yes\n"
+    )
+    env = dict(os.environ)
+    for name in _SCRUBBED_ENV:
+        env.pop(name, None)
+    for name in [n for n in env if n.startswith("ANSIBLE_")]:
+        env.pop(name)
+    env["HOME"] = str(home)
+    env.setdefault("LANG", "C.UTF-8")  # Ansible refuses a locale that is not UTF-8
+    if "UTF-8" not in env.get("LC_ALL", "UTF-8").upper():
+        env["LC_ALL"] = "C.UTF-8"
+    pids = [p.pid for p in sshd.processes]
+    return Lab(root, sshd.addresses, sshd.port, sshd.pinned, home, key, known_hosts, ssh_config,
+               env, pids)  # fmt: skip
+
+
+# ----- the peers -----------------------------------------------------------------------------
+
+
+# One run of a peer: argv, extra environment, a check of its output (stdout and stderr) that
+# returns a problem or None, and a clean-up called after the run, outside the timing.
+RunSpec = tuple[list[str], dict[str, str], Callable[[str], str | None], Callable[[], None]]
+
+
+@dataclass
+class Peer:
+    name: str
+    label: str  # what runs, for the table
+    runs: int
+    start: Callable[[], RunSpec]  # called before each run
+    samples_s: list[float] = field(default_factory=list)
+    client_cpu_s: list[float] = field(default_factory=list)
+    machine_cpu_s: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples_s)
+
+
+def _nothing() -> None:
+    return None
+
+
+def asyncssh_peer(lab: Lab, name: str, label: str, commands: list[str], runs: int) -> Peer:
+    argv = [sys.executable, "-c", _ASYNCSSH_CHILD, ",".join(lab.hosts), str(lab.port),
+            str(lab.key), str(lab.known_hosts), json.dumps(commands)]  # fmt: skip
+    expected = len(lab.hosts) * len(commands)
+
+    def check(output: str) -> str | None:
+        found = re.search(r"^ok (\d+)$", output, re.MULTILINE)
+        if found is None or int(found.group(1)) != expected:
+            return f"expected ok {expected} (commands that exited 0)"
+        return None
+
+    return Peer(name, label, runs, lambda: (argv, {}, check, _nothing))
+
+
+def opskit_command() -> list[str]:
+    """The console script next to the interpreter, else the same entry point through -c."""
+    bindir = Path(sys.executable).parent
+    for script in (bindir / "opskit", bindir / "opskit.exe"):
+        if script.is_file() and os.access(script, os.X_OK):
+            return [str(script)]
+    return [sys.executable, "-c", "from opskit.cli import main; main()"]
+
+
+def write_opskit_project(lab: Lab) -> tuple[Path, Path]:
+    project = lab.root / "opskit"
+    runbooks = project / "runbooks"
+    runbooks.mkdir(parents=True)
+    inventory = project / "inventory.yaml"
+    lines = ["# opskit fanout benchmark: loopback sshd hosts only", "version: 1", "hosts:"]
+    for address in lab.hosts:
+        name = "h" + address.rsplit(".", 1)[1]
+        lines.append(
+            f"  - {{name: {name}, address: {address},"
+            f' ssh: {{user: root, port: {lab.port}, host_key: "{lab.pinned}"}}}}'
+        )
+    inventory.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    steps = [
+        f"  - id: c{i:02d}\n    ssh.run: {{cmd: {json.dumps(c)}}}"
+        for i, c in enumerate(COMMANDS, 1)
+    ]
+    runbooks.joinpath(f"{RUNBOOK}.yaml").write_text(
+        f"name: {RUNBOOK}\n"
+        f"description: {len(COMMANDS)} commands on every host (fanout benchmark)\n"
+        f"targets: all\nconcurrency: {CONCURRENCY}\nsteps:\n" + "\n".join(steps) + "\n",
+        encoding="utf-8",
+    )
+    return runbooks, inventory
+
+
+def opskit_args(runbooks: Path, inventory: Path) -> list[str]:
+    return ["--runbooks", str(runbooks), "--inventory", str(inventory), "run", RUNBOOK, "--yes"]
+
+
+def journal_counts(state: Path) -> dict[str, int]:
+    db = sqlite3.connect(f"file:{state / 'journal.db'}?mode=ro", uri=True)
+    try:
+        counts = {"steps": db.execute("SELECT count(*) FROM steps").fetchone()[0]}
+        for status, n in db.execute("SELECT status, count(*) FROM steps GROUP BY status"):
+            counts[f"steps {status}"] = n
+        return counts
+    finally:
+        db.close()
+
+
+def opskit_peer(lab: Lab, runs: int) -> Peer:
+    runbooks, inventory = write_opskit_project(lab)
+    argv = [*opskit_command(), *opskit_args(runbooks, inventory)]
+    expected = len(lab.hosts) * len(COMMANDS)
+
+    def start() -> RunSpec:
+        state = lab.fresh("state")
+
+        def check(output: str) -> str | None:
+            counts = journal_counts(state)
+            if counts["steps"] != expected or counts.get("steps succeeded") != expected:
+                return f"the journal holds {counts}, not {expected} steps succeeded"
+            return None
+
+        return argv, {"OPSKIT_STATE_DIR": str(state)}, check, lambda: shutil.rmtree(state)
+
+    return Peer("opskit", "opskit run fan --yes (journal on)", runs, start)
+
+
+def pyinfra_peer(lab: Lab, runs: int) -> Peer:
+    work = lab.root / "pyinfra"
+    work.mkdir()
+    data = {
+        "ssh_port": lab.port,
+        "ssh_user": "root",
+        "ssh_key": str(lab.key),
+        "ssh_known_hosts_file": str(lab.known_hosts),
+        "ssh_strict_host_key_checking": "yes",
+        "ssh_allow_agent": False,
+        "ssh_look_for_keys": False,
+    }
+    hosts = ",\n".join(f"    ({a!r}, {data!r})" for a in lab.hosts)
+    (work / "inventory.py").write_text(f"hosts = [\n{hosts},\n]\n")
+    ops = "".join(
+        f"server.shell(name={f'c{i:02d}'!r}, commands=[{c!r}])\n" for i, c in enumerate(COMMANDS, 1)
+    )
+    (work / "deploy.py").write_text(f"from pyinfra.operations import server\n\n{ops}")
+    pyinfra = Path(sys.executable).parent / "pyinfra"
+    if not pyinfra.is_file():
+        fail(f"{pyinfra} is missing: pip install pyinfra")
+    argv = [str(pyinfra), "-y", "--parallel", str(CONCURRENCY), str(work / "inventory.py"),
+            str(work / "deploy.py")]  # fmt: skip
+
+    expected = len(lab.hosts) * len(COMMANDS)
+
+    def check(output: str) -> str | None:
+        total = re.search(r"Grand total\s+(\d+)\s+(\d+)\s+-", output)
+        if total is None or total.groups() != (str(expected), str(expected)):
+            return f"its results do not show {expected} operations, all a success, none an error"
+        return None
+
+    return Peer("pyinfra", "pyinfra deploy: 10 server.shell ops", runs,
+                lambda: (argv, {}, check, _nothing))  # fmt: skip
+
+
+def ansible_peer(lab: Lab, module: str, runs: int) -> Peer:
+    work = lab.root / "ansible"
+    work.mkdir(exist_ok=True)
+    inventory = work / "inventory.yml"
+    if not inventory.exists():
+        common = f"-o UserKnownHostsFile={lab.known_hosts} -o StrictHostKeyChecking=yes"
+        inventory.write_text(
+            json.dumps(
+                {
+                    "all": {
+                        "vars": {
+                            "ansible_user": "root",
+                            "ansible_port": lab.port,
+                            "ansible_ssh_private_key_file": str(lab.key),
+                            "ansible_ssh_common_args": common,
+                        },
+                        "hosts": {
+                            "h" + a.rsplit(".", 1)[1]: {"ansible_host": a} for a in lab.hosts
+                        },
+                    }
+                },
+                indent=1,
+            )
+        )
+        (work / "ansible.cfg").write_text(
+            "[defaults]\n"
+            f"inventory = {inventory}\n"
+            f"forks = {CONCURRENCY}\n"
+            "gathering = explicit\n"
+            "host_key_checking = True\n"
+            "interpreter_python = /usr/bin/python3\n"
+            "retry_files_enabled = False\n"
+            "[ssh_connection]\n"
+            f"control_path_dir = {lab.root}/cp\n"  # replaced per run through the environment
+        )
+    tasks = "".join(
+        f"    - name: c{i:02d}\n      ansible.builtin.{module}: {json.dumps(c)}\n"
+        for i, c in enumerate(COMMANDS, 1)
+    )
+    playbook = work / f"{module}.yml"
+    playbook.write_text(f"- hosts: all\n  gather_facts: false\n  tasks:\n{tasks}")
+    program = Path(sys.executable).parent / "ansible-playbook"
+    if not program.is_file():
+        fail(f"{program} is missing: pip install ansible-core (the bench extra)")
+    argv = [str(program), str(playbook)]
+    expected = len(lab.hosts)
+
+    def start() -> RunSpec:
+        control = lab.fresh("cp")  # no master of an earlier run is reused
+
+        def check(output: str) -> str | None:
+            recap = re.findall(r"ok=(\d+)\s+changed=\d+\s+unreachable=(\d+)\s+failed=(\d+)", output)
+            good = [r for r in recap if r == (str(len(COMMANDS)), "0", "0")]
+            if len(good) != expected:
+                return f"the recap shows {len(good)} of {expected} hosts with every task ok"
+            return None
+
+        env = {"ANSIBLE_CONFIG": str(work / "ansible.cfg"),
+               "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control)}  # fmt: skip
+        return argv, env, check, lambda: exit_masters(control)
+
+    return Peer(f"ansible {module}", f"ansible-playbook: 10 {module} tasks", runs, start)
+
+
+def exit_masters(control: Path) -> None:
+    """Ask every ControlPersist master of one Ansible run to exit (they outlive the run)."""
+    for socket_path in control.iterdir():
+        subprocess.run(
+            ["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", "fanout-bench"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=10,
+            check=False,
+        )
+    deadline = time.monotonic() + 10
+    while any(control.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+# ----- running -------------------------------------------------------------------------------
+
+
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has been busy (all CPUs), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def sessions(pids: list[int]) -> int:
+    """Connection processes the sshd processes have not reaped yet."""
+    return sum(len(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()) for pid in pids)
+
+
+def settle(pids: list[int]) -> None:
+    """Wait until every connection of the last run has ended, so that runs do not overlap."""
+    deadline = time.monotonic() + 10
+    while sessions(pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def run_once(peer: Peer, lab: Lab, timed: bool) -> None:
+    argv, extra_env, check, cleanup = peer.start()
+    try:
+        with tempfile.TemporaryFile(mode="w+", dir=lab.root) as out:
+            busy = machine_cpu()
+            started = time.perf_counter()
+            proc = subprocess.Popen(
+                argv,
+                cwd=lab.root,
+                env={**lab.env, **extra_env},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+            _, status, usage = os.wait4(proc.pid, 0)
+            elapsed = time.perf_counter() - started
+            busy = machine_cpu() - busy
+            proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+            out.seek(0)
+            output = out.read()
+        problem = f"exited {proc.returncode}" if proc.returncode != 0 else check(output)
+        if problem is not None:
+            sys.stderr.write(output[-4000:])
+            hint = ""
+            if peer.name == "opskit" and "authentication failed" in output:
+                hint = f" (did it read the IdentityFile of {lab.ssh_config}?)"
+            fail(f"{peer.name}: {problem}{hint}")
+    finally:
+        cleanup()
+    settle(lab.sshd_pids)
+    if timed:
+        peer.samples_s.append(elapsed)
+        peer.client_cpu_s.append(usage.ru_utime + usage.ru_stime)
+        peer.machine_cpu_s.append(busy)
+
+
+def measure(peers: list[Peer], warm: list[Peer], lab: Lab, warmup: int, say: Any) -> None:
+    for round_ in range(warmup):
+        for peer in warm:
+            say(f"warm-up {round_ + 1}: {peer.name}")
+            run_once(peer, lab, timed=False)
+    for round_ in range(max(p.runs for p in peers)):
+        for peer in peers:
+            if round_ < peer.runs:
+                say(f"run {round_ + 1}/{peer.runs}: {peer.name}")
+                run_once(peer, lab, timed=True)
+                say(f"  {peer.samples_s[-1]:.2f} s")
+
+
+# ----- profile -------------------------------------------------------------------------------
+
+
+@dataclass
+class ProfileRow:
+    function: str
+    ncalls: int
+    tottime: float
+    cumtime: float
+
+
+def profile_opskit(lab: Lab) -> tuple[float, list[Any]]:
+    """`opskit run` once under cProfile, in a fresh state dir: (wall s, pstats rows)."""
+    runbooks = lab.root / "opskit" / "runbooks"
+    inventory = lab.root / "opskit" / "inventory.yaml"
+    out = lab.root / "run.prof"
+    code = _PROFILE_CHILD.format(argv=["opskit", *opskit_args(runbooks, inventory)], out=str(out))
+    state = lab.fresh("state")
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=lab.root,
+        env={**lab.env, "OPSKIT_STATE_DIR": str(state)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.stderr.write((done.stdout + done.stderr)[-4000:])
+        fail(f"the profiled run exited {done.returncode}")
+    return elapsed, list(pstats.Stats(str(out)).stats.items())  # type: ignore[attr-defined]
+
+
+def profile_rows(raw: list[Any], key: str, top: int) -> list[ProfileRow]:
+    rows = []
+    for (filename, line, func), (_, ncalls, tottime, cumtime, _) in raw:
+        rows.append(ProfileRow(_where(filename, line, func), ncalls, tottime, cumtime))
+    rows.sort(key=lambda r: -getattr(r, key))
+    return rows[:top]
+
+
+def _where(filename: str, line: int, func: str) -> str:
+    if filename == "~":
+        return func  # a built-in
+    parts = Path(filename).parts
+    for anchor in ("site-packages", "src", "lib"):
+        if anchor in parts:
+            i = len(parts) - 1 - parts[::-1].index(anchor)
+            filename = "/".join(parts[i + 1 :])
+            break
+    return f"{filename}:{line}({func})"
+
+
+def print_profile(title: str, rows: list[ProfileRow]) -> None:
+    print(f"\n{title}")
+    print(f"{'ncalls':>9} {'tottime':>8} {'cumtime':>8}  function")
+    for r in rows:
+        print(f"{r.ncalls:>9} {r.tottime:>8.3f} {r.cumtime:>8.3f}  {r.function}")
+
+
+# ----- report --------------------------------------------------------------------------------
+
+
+def verdicts(by: dict[str, Peer]) -> list[dict[str, Any]]:
+    opskit = by["opskit"].median
+    found: list[dict[str, Any]] = [
+        {
+            "name": "opskit within 1.5x of the handshake floor",
+            "value": opskit / by["floor"].median,
+            "target": f"<= {FLOOR_RATIO:g}x",
+            "pass": opskit <= FLOOR_RATIO * by["floor"].median,
+        }
+    ]
+    faster = [("pyinfra", "pyinfra", PYINFRA_SPEEDUP),
+              ("one channel per command", "asyncssh/chan", CHANNEL_SPEEDUP)]  # fmt: skip
+    ansible = [p for name, p in by.items() if name.startswith("ansible")]
+    for title, name, speedup in faster:
+        found.append(
+            {
+                "name": f"opskit at least {speedup:g}x faster than {title}",
+                "value": by[name].median / opskit,
+                "target": f">= {speedup:g}x",
+                "pass": by[name].median >= speedup * opskit,
+            }
+        )
+    if ansible:
+        best = min(ansible, key=lambda p: p.median)
+        found.append(
+            {
+                "name": f"opskit at least {ANSIBLE_SPEEDUP:g}x faster than Ansible's fastest"
+                f" ({best.name}, of {', '.join(p.name for p in ansible)})",
+                "value": best.median / opskit,
+                "target": f">= {ANSIBLE_SPEEDUP:g}x",
+                "pass": best.median >= ANSIBLE_SPEEDUP * opskit,
+            }
+        )
+    for v in found:
+        v["value"] = round(v["value"], 2)
+    return found
+
+
+def print_table(peers: list[Peer], by: dict[str, Peer]) -> None:
+    floor, opskit = by["floor"].median, by["opskit"].median
+    print(
+        f"{'name':<15} {'runs':>4} {'median s':>9} {'min':>7} {'max':>7} {'x floor':>8}"
+        f" {'opskit x':>9} {'client cpu':>10} {'all cpu':>8}  what"
+    )
+    for p in peers:
+        print(
+            f"{p.name:<15} {len(p.samples_s):>4} {p.median:>9.2f} {min(p.samples_s):>7.2f}"
+            f" {max(p.samples_s):>7.2f} {p.median / floor:>8.2f} {p.median / opskit:>9.2f}"
+            f" {statistics.median(p.client_cpu_s):>10.2f}"
+            f" {statistics.median(p.machine_cpu_s):>8.2f}  {p.label}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per peer (3)")
+    parser.add_argument(
+        "--ansible-command-runs",
+        type=int,
+        default=1,
+        help="timed runs of the Ansible command tasks, about 5 minutes each (1)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 run of the slow peers (pyinfra, one channel per command, Ansible)",
+    )
+    parser.add_argument(
+        "--skip-ansible-command", action="store_true", help="leave out the Ansible command tasks"
+    )
+    parser.add_argument("--skip-ansible", action="store_true", help="leave out Ansible altogether")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds of floor+opskit (1)")
+    parser.add_argument("--hosts", type=int, default=MAX_HOSTS, help="hosts (50)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--profile", action="store_true", help="also run `opskit run` once under cProfile"
+    )
+    parser.add_argument("--top", type=int, default=30, help="rows of the profile (30)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.ansible_command_runs < 1 or args.warmup < 0 or args.top < 1:
+        parser.error("--runs, --ansible-command-runs and --top must be at least 1")
+    if not 1 <= args.hosts <= MAX_HOSTS:
+        parser.error(f"--hosts must be 1..{MAX_HOSTS}")
+
+    root = Path(tempfile.mkdtemp(prefix="fanout-", dir="/tmp"))  # short: ControlPath sockets
+    hosts = [f"127.0.0.{n}" for n in range(FIRST_HOST, FIRST_HOST + args.hosts)]
+    sshd = Sshd(root / "sshd", hosts)
+    try:
+        sshd.start()
+        return bench_all(args, make_lab(root, sshd))
+    finally:
+        sshd.stop()
+        if args.keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_all(args: argparse.Namespace, lab: Lab) -> int:
+    slow = 1 if args.quick else args.runs
+    floor = asyncssh_peer(lab, "floor", "asyncssh: connect, run 1 command", [FLOOR_COMMAND],
+                          args.runs)  # fmt: skip
+    opskit = opskit_peer(lab, args.runs)
+    peers = [
+        floor,
+        opskit,
+        asyncssh_peer(
+            lab, "asyncssh/chan", "asyncssh: 10 conn.run(), a channel each", COMMANDS, slow
+        ),
+        pyinfra_peer(lab, slow),
+    ]
+    if not args.skip_ansible:
+        peers.append(ansible_peer(lab, "raw", slow))
+        if not args.skip_ansible_command:
+            peers.append(ansible_peer(lab, "command", min(args.ansible_command_runs, slow)))
+
+    def say(text: str) -> None:
+        if not args.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    # The warm-up also checks that opskit finds the key through ~/.ssh/config: at least once.
+    measure(peers, [floor, opskit], lab, max(args.warmup, 1), say)
+    by = {p.name: p for p in peers}
+    found = verdicts(by)
+    passed = all(v["pass"] for v in found)
+    profile = profile_opskit(lab) if args.profile else None
+    setup = (
+        f"{len(lab.hosts)} loopback sshd hosts x {len(COMMANDS)} commands"
+        f" ({len(lab.sshd_pids)} sshd processes, port {lab.port}), concurrency {CONCURRENCY},"
+        f" {os.cpu_count()} CPUs, {sys.executable}"
+    )
+    if args.json:
+        report: dict[str, Any] = {
+            "setup": setup,
+            "hosts": len(lab.hosts),
+            "commands": COMMANDS,
+            "floor_command": FLOOR_COMMAND,
+            "cpus": os.cpu_count(),
+            "results": [
+                {
+                    "name": p.name,
+                    "what": p.label,
+                    "runs": len(p.samples_s),
+                    "median_s": round(p.median, 3),
+                    "min_s": round(min(p.samples_s), 3),
+                    "max_s": round(max(p.samples_s), 3),
+                    "x_floor": round(p.median / floor.median, 2),
+                    "opskit_speedup": round(p.median / opskit.median, 2),
+                    "samples_s": [round(s, 3) for s in p.samples_s],
+                    "client_cpu_s": [round(s, 2) for s in p.client_cpu_s],
+                    "machine_cpu_s": [round(s, 2) for s in p.machine_cpu_s],
+                }
+                for p in peers
+            ],
+            "verdicts": found,
+            "pass": passed,
+        }
+        if profile is not None:
+            report["profile"] = {
+                "wall_s": round(profile[0], 3),
+                "top_cumulative": [vars(r) for r in profile_rows(profile[1], "cumtime", args.top)],
+                "top_tottime": [vars(r) for r in profile_rows(profile[1], "tottime", args.top)],
+            }
+        print(json.dumps(report, indent=2))
+    else:
+        print(setup)
+        print_table(peers, by)
+        if profile is not None:
+            wall, raw = profile
+            total = sum(tt for _, (_, _, tt, _, _) in raw)
+            print(
+                f"\nprofile of `opskit run {RUNBOOK} --yes` (cProfile, one run):"
+                f" {wall:.2f} s wall under the profiler, {total:.2f} s profiled"
+            )
+            print_profile(
+                f"top {args.top} by cumulative time:", profile_rows(raw, "cumtime", args.top)
+            )
+            print_profile(f"top {args.top} by own time:", profile_rows(raw, "tottime", args.top))
+    # With --json the verdicts go to stderr, so that stdout stays one JSON document.
+    out = sys.stderr if args.json else sys.stdout
+    for v in found:
+        print(
+            f"{v['name']}: {v['value']:.2f}x: {'PASS' if v['pass'] else 'FAIL'}"
+            f" (target {v['target']})",
+            file=out,
+        )
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

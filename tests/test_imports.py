@@ -102,3 +102,15 @@ def test_model_all_is_sorted_and_exists():
     assert len(set(names)) == len(names), "opskit.model.__all__ has duplicates"
     missing = [n for n in names if not hasattr(opskit.model, n)]
     assert not missing, f"opskit.model.__all__ names what the module lacks: {missing}"
+
+
+def test_shipped_files_take_the_fast_yaml_path():
+    """libyaml must accept every shipped file: the pure-Python fallback costs ~20 ms each
+    (write flow-sequence items with a colon quoted: ["kind:qemu"])."""
+    from ruamel.yaml import YAML
+
+    files = [*(REPO_ROOT / "runbooks").glob("*.yaml"), REPO_ROOT / "inventory" / "homelab.yaml"]
+    for path in files:
+        yaml = YAML(typ="safe", pure=False)
+        assert yaml.Parser.__name__ == "CParser", "libyaml (ruamel.yaml.clib) is missing"
+        yaml.compose(path.read_text())  # raises if libyaml objects

@@ -40,7 +40,7 @@ class Workspace:
 
     runbooks_dir: Path
     inventory_path: Path
-    _catalog: dict[str, type[Action[Any]]] | None = field(default=None, repr=False)
+    _catalog: Mapping[str, type[Action[Any]]] | None = field(default=None, repr=False)
 
     @classmethod
     def discover(
@@ -63,7 +63,7 @@ class Workspace:
         return self.runbooks_dir.resolve().parent
 
     @property
-    def catalog(self) -> dict[str, type[Action[Any]]]:
+    def catalog(self) -> Mapping[str, type[Action[Any]]]:
         if self._catalog is None:
             from .actions import catalog
 

@@ -1,12 +1,19 @@
-"""The action registry: step kinds found through the `opskit.actions` entry points."""
+"""The action registry: step kinds found through the `opskit.actions` entry points.
+
+Kinds are imported when first looked up, so validating a runbook loads only the kinds it uses.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import OpskitError
 from .base import Action, ActionArgs, ActionContext, Check
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 __all__ = ["Action", "ActionArgs", "ActionContext", "Check", "catalog", "get", "register"]
 
@@ -15,24 +22,47 @@ ENTRY_POINT_GROUP = "opskit.actions"
 
 
 @cache
-def _from_entry_points() -> dict[str, type[Action[Any]]]:
+def _entry_points() -> dict[str, EntryPoint]:
     from importlib.metadata import entry_points
 
-    found: dict[str, type[Action[Any]]] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            cls = ep.load()
-        except Exception as exc:  # a broken plugin must not take opskit down
-            raise OpskitError(f"action {ep.name!r} from {ep.value} failed to load: {exc}") from None
-        if getattr(cls, "name", None) != ep.name:
-            raise OpskitError(f"entry point {ep.name!r} loads {ep.value}, whose name differs")
-        found[ep.name] = cls
-    return found
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def catalog() -> dict[str, type[Action[Any]]]:
+@cache
+def _load(name: str) -> type[Action[Any]]:
+    ep = _entry_points()[name]
+    try:
+        cls: type[Action[Any]] = ep.load()
+    except Exception as exc:  # a broken plugin must not take opskit down
+        raise OpskitError(f"action {ep.name!r} from {ep.value} failed to load: {exc}") from None
+    if getattr(cls, "name", None) != ep.name:
+        raise OpskitError(f"entry point {ep.name!r} loads {ep.value}, whose name differs")
+    return cls
+
+
+class Catalog(Mapping[str, type[Action[Any]]]):
+    """Every registered kind by name; a kind's module is imported when it is looked up."""
+
+    def __getitem__(self, name: str) -> type[Action[Any]]:
+        if name in _added:
+            return _added[name]
+        if name in _entry_points():
+            return _load(name)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**dict.fromkeys(_entry_points()), **dict.fromkeys(_added)})
+
+    def __len__(self) -> int:
+        return len(set(_entry_points()) | set(_added))
+
+    def __contains__(self, name: object) -> bool:
+        return name in _added or name in _entry_points()
+
+
+def catalog() -> Catalog:
     """Every registered step kind by name."""
-    return {**_from_entry_points(), **_added}
+    return Catalog()
 
 
 def get(name: str) -> type[Action[Any]]:

@@ -21,7 +21,10 @@ A = TypeVar("A", bound=BaseModel)
 
 
 class ActionArgs(StrictModel):
-    """Base of every action's Args: unknown arguments are errors naming the closest one."""
+    """Base of every action's Args: unknown arguments are errors naming the closest one.
+
+    Built on first use (StrictModel defers): `opskit validate` pays only for the kinds a
+    runbook uses."""
 
 
 @dataclass

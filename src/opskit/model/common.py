@@ -34,7 +34,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 class StrictModel(BaseModel):
     """A model whose unknown keys are errors that name the closest known key."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # Built on first validation, not at import: a command pays only for the models it uses.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
     # Keys a subclass accepts besides its fields (none by default).
     _extra_keys: ClassVar[frozenset[str]] = frozenset()

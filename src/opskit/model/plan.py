@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Risk(StrEnum):
@@ -35,7 +35,13 @@ _MARKS = {
 }
 
 
-class Change(BaseModel):
+class _Lazy(BaseModel):
+    """Built on first use: commands that never plan (validate, list) do not pay for these."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class Change(_Lazy):
     """A probe's answer: what applying the step would change, read-only."""
 
     kind: ChangeKind
@@ -55,7 +61,7 @@ class Change(BaseModel):
         return cls(kind=ChangeKind.UNKNOWN, summary=summary, **kw)
 
 
-class Outcome(BaseModel):
+class Outcome(_Lazy):
     """What apply did. `outputs` become the step's registered value."""
 
     ok: bool
@@ -65,7 +71,7 @@ class Outcome(BaseModel):
     error: str | None = None
 
 
-class PlannedStep(BaseModel):
+class PlannedStep(_Lazy):
     """One step for one target, as reviewed: rendered args (secrets as references) and change."""
 
     section: str
@@ -82,18 +88,18 @@ class PlannedStep(BaseModel):
     deferred: bool = Field(False, description="args depend on an earlier step's outputs")
 
 
-class TargetPlan(BaseModel):
+class TargetPlan(_Lazy):
     target: str
     label: str
     steps: list[PlannedStep]
 
 
-class FileRef(BaseModel):
+class FileRef(_Lazy):
     path: str
     sha256: str
 
 
-class Plan(BaseModel):
+class Plan(_Lazy):
     """What a run would do, reviewable and replayable. The fingerprint covers everything
     but itself and `created_at`."""
 

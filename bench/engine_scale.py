@@ -42,31 +42,40 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pstats
 import shutil
-import sqlite3
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
+
+from _common import (
+    SCRUBBED_ENV,
+    Child,
+    Profile,
+    StateDirs,
+    fail,
+    journal_counts,
+    load_profile,
+    opskit_command,
+    pass_fail,
+    print_profile_report,
+    print_table,
+    profile_command,
+    profile_json,
+    run_child,
+    scratch_dir,
+    scrubbed_env,
+    spread,
+    verdict_stream,
+)
 
 TARGET_S = 5.0
 TARGET_MB = 300.0
 RUNBOOK = "bench"
 CONCURRENCY = 100
 # Variables that would make the runs use other files, or time something else.
-_SCRUBBED_ENV = (
-    "OPSKIT_RUNBOOKS",
-    "OPSKIT_INVENTORY",
-    "OPSKIT_STATE_DIR",
-    "PYTHONPROFILEIMPORTTIME",
-    "PYTHONDONTWRITEBYTECODE",
-    "PYTHONTRACEMALLOC",
-)
+_SCRUBBED_ENV = (*SCRUBBED_ENV, "OPSKIT_STATE_DIR", "PYTHONTRACEMALLOC")
 
 
 @dataclass
@@ -87,34 +96,12 @@ class Bench:
 
 
 @dataclass
-class Workdir:
+class Workdir(StateDirs):
     root: Path
     runbooks: Path
     inventory: Path
     env: dict[str, str]
     states: int = 0
-
-    def fresh_state(self) -> Path:
-        self.states += 1
-        path = self.root / "state" / f"{self.states:04d}"
-        path.mkdir(parents=True)
-        return path
-
-
-def fail(message: str) -> NoReturn:
-    """A command that should work did not: nothing meaningful to time (exit 2)."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def opskit_command(python: str) -> list[str]:
-    """The console script next to the interpreter, else the same entry point through -c."""
-    bindir = Path(python).parent
-    for name in ("opskit", "opskit.exe"):
-        script = bindir / name
-        if script.is_file() and os.access(script, os.X_OK):
-            return [str(script)]
-    return [python, "-c", "from opskit.cli import main; main()"]
 
 
 # ----- the workload ------------------------------------------------------------------------
@@ -145,50 +132,31 @@ def make_workdir(root: Path, targets: int, steps: int) -> Workdir:
     inventory = root / "inventory.yaml"
     write_inventory(inventory, targets)
     write_runbook(runbooks / f"{RUNBOOK}.yaml", steps)
-    env = dict(os.environ)
-    for name in _SCRUBBED_ENV:
-        env.pop(name, None)
     pycache = root / "pycache"
     pycache.mkdir()
-    env["PYTHONPYCACHEPREFIX"] = str(pycache)
-    return Workdir(root, runbooks, inventory, env)
+    return Workdir(root, runbooks, inventory, scrubbed_env(_SCRUBBED_ENV, pycache))
 
 
 # ----- running -----------------------------------------------------------------------------
 
 
-def run_child(cmd: list[str], work: Workdir, state: Path) -> tuple[float, int, int, str]:
-    """(wall s, peak RSS KiB, exit code, stderr) of one child, reaped with os.wait4."""
-    env = dict(work.env, OPSKIT_STATE_DIR=str(state))
-    with tempfile.TemporaryFile(mode="w+", dir=work.root) as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd,
-            cwd=work.root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-        err.seek(0)
-        return elapsed, usage.ru_maxrss, proc.returncode, err.read()
+def run_in_state(cmd: list[str], work: Workdir, state: Path) -> Child:
+    """One child in `state` as its $OPSKIT_STATE_DIR, stdout to /dev/null."""
+    return run_child(cmd, work.root, dict(work.env, OPSKIT_STATE_DIR=str(state)))
 
 
 def run_bench(bench: Bench, base: list[str], work: Workdir, timed: bool) -> None:
     state = work.fresh_state()
-    elapsed, peak, code, err = run_child([*base, *bench.args], work, state)
-    if code != 0:
-        sys.stderr.write(err[-4000:])
-        fail(f"{bench.name}: opskit {' '.join(bench.args)} exited {code}")
+    child = run_in_state([*base, *bench.args], work, state)
+    if child.returncode != 0:
+        sys.stderr.write(child.output[-4000:])
+        fail(f"{bench.name}: opskit {' '.join(bench.args)} exited {child.returncode}")
     if bench.last_state is not None:
         shutil.rmtree(bench.last_state, ignore_errors=True)
     bench.last_state = state
     if timed:
-        bench.samples_s.append(elapsed)
-        bench.peaks_kib.append(peak)
+        bench.samples_s.append(child.elapsed)
+        bench.peaks_kib.append(child.peak_kib)
 
 
 def measure(benches: list[Bench], base: list[str], work: Workdir, runs: int, warmup: int) -> None:
@@ -197,85 +165,17 @@ def measure(benches: list[Bench], base: list[str], work: Workdir, runs: int, war
             run_bench(bench, base, work, timed=round_ >= warmup)
 
 
-def journal_counts(state: Path) -> dict[str, int]:
-    """Rows of the journal's steps table by status, and the attempts, of one run's state."""
-    db = sqlite3.connect(f"file:{state / 'journal.db'}?mode=ro", uri=True)
-    try:
-        counts = {"steps": db.execute("SELECT count(*) FROM steps").fetchone()[0]}
-        for status, n in db.execute("SELECT status, count(*) FROM steps GROUP BY status"):
-            counts[f"steps {status}"] = n
-        counts["attempts"] = db.execute("SELECT count(*) FROM attempts").fetchone()[0]
-        counts["runs"] = db.execute("SELECT count(*) FROM runs").fetchone()[0]
-        return counts
-    finally:
-        db.close()
-
-
 # ----- profile -----------------------------------------------------------------------------
 
-_PROFILE_CHILD = """\
-import cProfile, sys
-sys.argv = {argv!r}
-profiler = cProfile.Profile()
-code = 0
-profiler.enable()
-try:
-    from opskit.cli import main
-    main()
-except SystemExit as exc:
-    code = exc.code
-finally:
-    profiler.disable()
-    profiler.dump_stats({out!r})
-sys.exit(code)
-"""
 
-
-@dataclass
-class ProfileRow:
-    function: str
-    ncalls: int
-    tottime: float
-    cumtime: float
-
-
-def profile_run(python: str, work: Workdir, opskit_args: list[str]) -> tuple[float, list[Any]]:
+def profile_run(python: str, work: Workdir, opskit_args: list[str]) -> Profile:
     """One opskit command under cProfile, in a fresh state dir: (wall s, pstats rows)."""
     out = work.root / "run.prof"
-    code = _PROFILE_CHILD.format(argv=["opskit", *opskit_args], out=str(out))
-    elapsed, _, rc, err = run_child([python, "-c", code], work, work.fresh_state())
-    if rc != 0:
-        sys.stderr.write(err[-4000:])
-        fail(f"the profiled run exited {rc}")
-    stats = pstats.Stats(str(out))
-    return elapsed, list(stats.stats.items())  # type: ignore[attr-defined]
-
-
-def profile_rows(raw: list[Any], key: str, top: int) -> list[ProfileRow]:
-    rows = []
-    for (filename, line, func), (_, ncalls, tottime, cumtime, _) in raw:
-        rows.append(ProfileRow(_where(filename, line, func), ncalls, tottime, cumtime))
-    rows.sort(key=lambda r: -getattr(r, key))
-    return rows[:top]
-
-
-def _where(filename: str, line: int, func: str) -> str:
-    if filename == "~":
-        return func  # a built-in
-    parts = Path(filename).parts
-    for anchor in ("site-packages", "src", "lib"):
-        if anchor in parts:
-            i = len(parts) - 1 - parts[::-1].index(anchor)
-            filename = "/".join(parts[i + 1 :])
-            break
-    return f"{filename}:{line}({func})"
-
-
-def print_profile(title: str, rows: list[ProfileRow]) -> None:
-    print(f"\n{title}")
-    print(f"{'ncalls':>9} {'tottime':>8} {'cumtime':>8}  function")
-    for r in rows:
-        print(f"{r.ncalls:>9} {r.tottime:>8.3f} {r.cumtime:>8.3f}  {r.function}")
+    child = run_in_state(profile_command(python, opskit_args, out), work, work.fresh_state())
+    if child.returncode != 0:
+        sys.stderr.write(child.output[-4000:])
+        fail(f"the profiled run exited {child.returncode}")
+    return load_profile(child.elapsed, out)
 
 
 # ----- report ------------------------------------------------------------------------------
@@ -303,13 +203,20 @@ def verdicts(by: dict[str, Bench]) -> list[dict[str, Any]]:
     ]
 
 
-def print_table(benches: list[Bench]) -> None:
-    print(f"{'name':<8} {'median s':>9} {'min':>7} {'max':>7} {'peak MB':>8}  command")
-    for b in benches:
-        print(
-            f"{b.name:<8} {b.median:>9.3f} {min(b.samples_s):>7.3f} {max(b.samples_s):>7.3f}"
-            f" {b.peak_mb:>8.1f}  opskit {' '.join(b.args)}"
-        )
+def print_benches(benches: list[Bench]) -> None:
+    columns = [("name", 8, ""), ("median s", 9, ".3f"), ("min", 7, ".3f"), ("max", 7, ".3f")]
+    rows = [
+        [
+            b.name,
+            b.median,
+            min(b.samples_s),
+            max(b.samples_s),
+            b.peak_mb,
+            f"opskit {' '.join(b.args)}",
+        ]
+        for b in benches
+    ]
+    print_table([*columns, ("peak MB", 8, ".1f")], "command", rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,14 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.targets <= 9999 or not 1 <= args.steps <= 99:
         parser.error("--targets must be 1..9999 and --steps 1..99")
 
-    root = Path(tempfile.mkdtemp(prefix="opskit-engine-scale-"))
-    try:
+    with scratch_dir("opskit-engine-scale-", args.keep) as root:
         return bench_all(args, sys.executable, make_workdir(root, args.targets, args.steps))
-    finally:
-        if args.keep:
-            print(f"kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def bench_all(args: argparse.Namespace, python: str, work: Workdir) -> int:
@@ -365,7 +266,7 @@ def bench_all(args: argparse.Namespace, python: str, work: Workdir) -> int:
     }
     found = verdicts(by)
     passed = all(v["pass"] for v in found)
-    profile: tuple[float, list[Any]] | None = None
+    profile: Profile | None = None
     profiled = by[args.profile_command]
     if args.profile:  # after the timed runs: apply's plan.json is there
         profile = profile_run(python, work, [*global_opts, *profiled.args])
@@ -385,9 +286,7 @@ def bench_all(args: argparse.Namespace, python: str, work: Workdir) -> int:
                 {
                     "name": b.name,
                     "cmd": ["opskit", *b.args],
-                    "median_s": round(b.median, 3),
-                    "min_s": round(min(b.samples_s), 3),
-                    "max_s": round(max(b.samples_s), 3),
+                    **spread(b.samples_s),
                     "peak_mb": round(b.peak_mb, 1),
                     "samples_s": [round(s, 3) for s in b.samples_s],
                     "peaks_kib": b.peaks_kib,
@@ -399,12 +298,7 @@ def bench_all(args: argparse.Namespace, python: str, work: Workdir) -> int:
             "pass": passed,
         }
         if profile is not None:
-            report["profile"] = {
-                "cmd": ["opskit", *profiled.args],
-                "wall_s": round(profile[0], 3),
-                "top_cumulative": [vars(r) for r in profile_rows(profile[1], "cumtime", args.top)],
-                "top_tottime": [vars(r) for r in profile_rows(profile[1], "tottime", args.top)],
-            }
+            report["profile"] = profile_json(profile, args.top, ["opskit", *profiled.args])
         print(json.dumps(report, indent=2))
     else:
         print(
@@ -412,27 +306,17 @@ def bench_all(args: argparse.Namespace, python: str, work: Workdir) -> int:
             f" {CONCURRENCY}; {args.runs} runs each after {args.warmup} warm-up,"
             f" fresh state dir per run, {os.cpu_count()} CPUs, {python}"
         )
-        print_table(benches)
+        print_benches(benches)
         for name, counts in journal.items():
             shown = ", ".join(f"{k} {v}" for k, v in counts.items())
             print(f"journal of the last {name}: {shown}")
         if profile is not None:
-            wall, raw = profile
-            total = sum(tt for _, (_, _, tt, _, _) in raw)
-            print(
-                f"\nprofile of `opskit {' '.join(profiled.args)}` (cProfile, one run):"
-                f" {wall:.2f} s wall under the profiler, {total:.2f} s profiled"
-            )
-            print_profile(
-                f"top {args.top} by cumulative time:", profile_rows(raw, "cumtime", args.top)
-            )
-            print_profile(f"top {args.top} by own time:", profile_rows(raw, "tottime", args.top))
-    # With --json the verdicts go to stderr, so that stdout stays one JSON document.
-    out = sys.stderr if args.json else sys.stdout
+            print_profile_report(" ".join(profiled.args), profile, args.top)
+    out = verdict_stream(args.json)
     for v in found:
         print(
             f"{v['name']}: {v['wall_s']:.2f} s, {v['peak_mb']:.0f} MB:"
-            f" {'PASS' if v['pass'] else 'FAIL'} (target {TARGET_S:.0f} s, {TARGET_MB:.0f} MB)",
+            f" {pass_fail(v['pass'])} (target {TARGET_S:.0f} s, {TARGET_MB:.0f} MB)",
             file=out,
         )
     for name, counts in journal.items():

@@ -52,19 +52,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pstats
 import re
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
+
+from _common import (
+    SCRUBBED_ENV,
+    Profile,
+    fail,
+    journal_counts,
+    load_profile,
+    opskit_command,
+    pass_fail,
+    print_profile_report,
+    print_table,
+    profile_command,
+    profile_json,
+    run_child,
+    scratch_dir,
+    scrubbed_env,
+    spread,
+    verdict_stream,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from sshd import Sshd
@@ -93,15 +109,12 @@ FLOOR_COMMAND = "uname -a"
 KEY_NAME = "fanout_ed25519"  # not a default name: found only through IdentityFile
 # Variables that would make the children use other files or an agent, or time something else.
 _SCRUBBED_ENV = (
+    *SCRUBBED_ENV,
     "SSH_AUTH_SOCK",
     "SSH_AGENT_PID",
-    "OPSKIT_RUNBOOKS",
-    "OPSKIT_INVENTORY",
     "OPSKIT_STATE_DIR",
     "XDG_STATE_HOME",
     "XDG_CONFIG_HOME",
-    "PYTHONPROFILEIMPORTTIME",
-    "PYTHONDONTWRITEBYTECODE",
     "PYTHONTRACEMALLOC",
     "PYTHONPYCACHEPREFIX",
 )
@@ -133,30 +146,6 @@ async def main():
 
 sys.exit(asyncio.run(main()))
 """
-
-_PROFILE_CHILD = """\
-import cProfile, sys
-sys.argv = {argv!r}
-profiler = cProfile.Profile()
-code = 0
-profiler.enable()
-try:
-    from opskit.cli import main
-    main()
-except SystemExit as exc:
-    code = exc.code
-finally:
-    profiler.disable()
-    profiler.dump_stats({out!r})
-sys.exit(code)
-"""
-
-
-def fail(message: str) -> NoReturn:
-    """A tool that should work did not: nothing meaningful to time (exit 2)."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
 
 # ----- the lab -------------------------------------------------------------------------------
 
@@ -201,9 +190,7 @@ def make_lab(root: Path, sshd: Sshd) -> Lab:
         f"    UserKnownHostsFile {known_hosts}\n"
         "    StrictHostKeyChecking yes\n"
     )
-    env = dict(os.environ)
-    for name in _SCRUBBED_ENV:
-        env.pop(name, None)
+    env = scrubbed_env(_SCRUBBED_ENV)
     for name in [n for n in env if n.startswith("ANSIBLE_")]:
         env.pop(name)
     env["HOME"] = str(home)
@@ -256,15 +243,6 @@ def asyncssh_peer(lab: Lab, name: str, label: str, commands: list[str], runs: in
     return Peer(name, label, runs, lambda: (argv, {}, check, _nothing))
 
 
-def opskit_command() -> list[str]:
-    """The console script next to the interpreter, else the same entry point through -c."""
-    bindir = Path(sys.executable).parent
-    for script in (bindir / "opskit", bindir / "opskit.exe"):
-        if script.is_file() and os.access(script, os.X_OK):
-            return [str(script)]
-    return [sys.executable, "-c", "from opskit.cli import main; main()"]
-
-
 def write_opskit_project(lab: Lab) -> tuple[Path, Path]:
     project = lab.root / "opskit"
     runbooks = project / "runbooks"
@@ -295,20 +273,9 @@ def opskit_args(runbooks: Path, inventory: Path) -> list[str]:
     return ["--runbooks", str(runbooks), "--inventory", str(inventory), "run", RUNBOOK, "--yes"]
 
 
-def journal_counts(state: Path) -> dict[str, int]:
-    db = sqlite3.connect(f"file:{state / 'journal.db'}?mode=ro", uri=True)
-    try:
-        counts = {"steps": db.execute("SELECT count(*) FROM steps").fetchone()[0]}
-        for status, n in db.execute("SELECT status, count(*) FROM steps GROUP BY status"):
-            counts[f"steps {status}"] = n
-        return counts
-    finally:
-        db.close()
-
-
 def opskit_peer(lab: Lab, runs: int) -> Peer:
     runbooks, inventory = write_opskit_project(lab)
-    argv = [*opskit_command(), *opskit_args(runbooks, inventory)]
+    argv = [*opskit_command(sys.executable), *opskit_args(runbooks, inventory)]
     expected = len(lab.hosts) * len(COMMANDS)
 
     def start() -> RunSpec:
@@ -466,24 +433,11 @@ def settle(pids: list[int]) -> None:
 def run_once(peer: Peer, lab: Lab, timed: bool) -> None:
     argv, extra_env, check, cleanup = peer.start()
     try:
-        with tempfile.TemporaryFile(mode="w+", dir=lab.root) as out:
-            busy = machine_cpu()
-            started = time.perf_counter()
-            proc = subprocess.Popen(
-                argv,
-                cwd=lab.root,
-                env={**lab.env, **extra_env},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-            _, status, usage = os.wait4(proc.pid, 0)
-            elapsed = time.perf_counter() - started
-            busy = machine_cpu() - busy
-            proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-            out.seek(0)
-            output = out.read()
-        problem = f"exited {proc.returncode}" if proc.returncode != 0 else check(output)
+        busy = machine_cpu()
+        child = run_child(argv, lab.root, {**lab.env, **extra_env}, merge_output=True)
+        busy = machine_cpu() - busy
+        output = child.output
+        problem = f"exited {child.returncode}" if child.returncode != 0 else check(output)
         if problem is not None:
             sys.stderr.write(output[-4000:])
             hint = ""
@@ -494,8 +448,8 @@ def run_once(peer: Peer, lab: Lab, timed: bool) -> None:
         cleanup()
     settle(lab.sshd_pids)
     if timed:
-        peer.samples_s.append(elapsed)
-        peer.client_cpu_s.append(usage.ru_utime + usage.ru_stime)
+        peer.samples_s.append(child.elapsed)
+        peer.client_cpu_s.append(child.cpu)
         peer.machine_cpu_s.append(busy)
 
 
@@ -515,63 +469,19 @@ def measure(peers: list[Peer], warm: list[Peer], lab: Lab, warmup: int, say: Any
 # ----- profile -------------------------------------------------------------------------------
 
 
-@dataclass
-class ProfileRow:
-    function: str
-    ncalls: int
-    tottime: float
-    cumtime: float
-
-
-def profile_opskit(lab: Lab) -> tuple[float, list[Any]]:
+def profile_opskit(lab: Lab) -> Profile:
     """`opskit run` once under cProfile, in a fresh state dir: (wall s, pstats rows)."""
     runbooks = lab.root / "opskit" / "runbooks"
     inventory = lab.root / "opskit" / "inventory.yaml"
     out = lab.root / "run.prof"
-    code = _PROFILE_CHILD.format(argv=["opskit", *opskit_args(runbooks, inventory)], out=str(out))
+    cmd = profile_command(sys.executable, opskit_args(runbooks, inventory), out)
     state = lab.fresh("state")
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=lab.root,
-        env={**lab.env, "OPSKIT_STATE_DIR": str(state)},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.stderr.write((done.stdout + done.stderr)[-4000:])
-        fail(f"the profiled run exited {done.returncode}")
-    return elapsed, list(pstats.Stats(str(out)).stats.items())  # type: ignore[attr-defined]
-
-
-def profile_rows(raw: list[Any], key: str, top: int) -> list[ProfileRow]:
-    rows = []
-    for (filename, line, func), (_, ncalls, tottime, cumtime, _) in raw:
-        rows.append(ProfileRow(_where(filename, line, func), ncalls, tottime, cumtime))
-    rows.sort(key=lambda r: -getattr(r, key))
-    return rows[:top]
-
-
-def _where(filename: str, line: int, func: str) -> str:
-    if filename == "~":
-        return func  # a built-in
-    parts = Path(filename).parts
-    for anchor in ("site-packages", "src", "lib"):
-        if anchor in parts:
-            i = len(parts) - 1 - parts[::-1].index(anchor)
-            filename = "/".join(parts[i + 1 :])
-            break
-    return f"{filename}:{line}({func})"
-
-
-def print_profile(title: str, rows: list[ProfileRow]) -> None:
-    print(f"\n{title}")
-    print(f"{'ncalls':>9} {'tottime':>8} {'cumtime':>8}  function")
-    for r in rows:
-        print(f"{r.ncalls:>9} {r.tottime:>8.3f} {r.cumtime:>8.3f}  {r.function}")
+    env = {**lab.env, "OPSKIT_STATE_DIR": str(state)}
+    child = run_child(cmd, lab.root, env, merge_output=True)
+    if child.returncode != 0:
+        sys.stderr.write(child.output[-4000:])
+        fail(f"the profiled run exited {child.returncode}")
+    return load_profile(child.elapsed, out)
 
 
 # ----- report --------------------------------------------------------------------------------
@@ -615,19 +525,18 @@ def verdicts(by: dict[str, Peer]) -> list[dict[str, Any]]:
     return found
 
 
-def print_table(peers: list[Peer], by: dict[str, Peer]) -> None:
+def print_peers(peers: list[Peer], by: dict[str, Peer]) -> None:
     floor, opskit = by["floor"].median, by["opskit"].median
-    print(
-        f"{'name':<15} {'runs':>4} {'median s':>9} {'min':>7} {'max':>7} {'x floor':>8}"
-        f" {'opskit x':>9} {'client cpu':>10} {'all cpu':>8}  what"
-    )
-    for p in peers:
-        print(
-            f"{p.name:<15} {len(p.samples_s):>4} {p.median:>9.2f} {min(p.samples_s):>7.2f}"
-            f" {max(p.samples_s):>7.2f} {p.median / floor:>8.2f} {p.median / opskit:>9.2f}"
-            f" {statistics.median(p.client_cpu_s):>10.2f}"
-            f" {statistics.median(p.machine_cpu_s):>8.2f}  {p.label}"
-        )
+    columns = [("name", 15, ""), ("runs", 4, ""), ("median s", 9, ".2f"), ("min", 7, ".2f")]
+    columns += [("max", 7, ".2f"), ("x floor", 8, ".2f"), ("opskit x", 9, ".2f")]
+    columns += [("client cpu", 10, ".2f"), ("all cpu", 8, ".2f")]
+
+    def row(p: Peer) -> list[Any]:
+        cpu, busy = statistics.median(p.client_cpu_s), statistics.median(p.machine_cpu_s)
+        shown = [p.name, len(p.samples_s), p.median, min(p.samples_s), max(p.samples_s)]
+        return [*shown, p.median / floor, p.median / opskit, cpu, busy, p.label]
+
+    print_table(columns, "what", [row(p) for p in peers])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -663,18 +572,14 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.hosts <= MAX_HOSTS:
         parser.error(f"--hosts must be 1..{MAX_HOSTS}")
 
-    root = Path(tempfile.mkdtemp(prefix="fanout-", dir="/tmp"))  # short: ControlPath sockets
     hosts = [f"127.0.0.{n}" for n in range(FIRST_HOST, FIRST_HOST + args.hosts)]
-    sshd = Sshd(root / "sshd", hosts)
-    try:
-        sshd.start()
-        return bench_all(args, make_lab(root, sshd))
-    finally:
-        sshd.stop()
-        if args.keep:
-            print(f"kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    with scratch_dir("fanout-", args.keep, "/tmp") as root:  # short: ControlPath sockets
+        sshd = Sshd(root / "sshd", hosts)
+        try:
+            sshd.start()
+            return bench_all(args, make_lab(root, sshd))
+        finally:
+            sshd.stop()
 
 
 def bench_all(args: argparse.Namespace, lab: Lab) -> int:
@@ -722,9 +627,7 @@ def bench_all(args: argparse.Namespace, lab: Lab) -> int:
                     "name": p.name,
                     "what": p.label,
                     "runs": len(p.samples_s),
-                    "median_s": round(p.median, 3),
-                    "min_s": round(min(p.samples_s), 3),
-                    "max_s": round(max(p.samples_s), 3),
+                    **spread(p.samples_s),
                     "x_floor": round(p.median / floor.median, 2),
                     "opskit_speedup": round(p.median / opskit.median, 2),
                     "samples_s": [round(s, 3) for s in p.samples_s],
@@ -737,32 +640,17 @@ def bench_all(args: argparse.Namespace, lab: Lab) -> int:
             "pass": passed,
         }
         if profile is not None:
-            report["profile"] = {
-                "wall_s": round(profile[0], 3),
-                "top_cumulative": [vars(r) for r in profile_rows(profile[1], "cumtime", args.top)],
-                "top_tottime": [vars(r) for r in profile_rows(profile[1], "tottime", args.top)],
-            }
+            report["profile"] = profile_json(profile, args.top)
         print(json.dumps(report, indent=2))
     else:
         print(setup)
-        print_table(peers, by)
+        print_peers(peers, by)
         if profile is not None:
-            wall, raw = profile
-            total = sum(tt for _, (_, _, tt, _, _) in raw)
-            print(
-                f"\nprofile of `opskit run {RUNBOOK} --yes` (cProfile, one run):"
-                f" {wall:.2f} s wall under the profiler, {total:.2f} s profiled"
-            )
-            print_profile(
-                f"top {args.top} by cumulative time:", profile_rows(raw, "cumtime", args.top)
-            )
-            print_profile(f"top {args.top} by own time:", profile_rows(raw, "tottime", args.top))
-    # With --json the verdicts go to stderr, so that stdout stays one JSON document.
-    out = sys.stderr if args.json else sys.stdout
+            print_profile_report(f"run {RUNBOOK} --yes", profile, args.top)
+    out = verdict_stream(args.json)
     for v in found:
         print(
-            f"{v['name']}: {v['value']:.2f}x: {'PASS' if v['pass'] else 'FAIL'}"
-            f" (target {v['target']})",
+            f"{v['name']}: {v['value']:.2f}x: {pass_fail(v['pass'])} (target {v['target']})",
             file=out,
         )
     return 0 if passed else 1

@@ -73,13 +73,10 @@ import argparse
 import hashlib
 import json
 import os
-import pstats
 import re
 import secrets
 import select
-import shutil
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -89,6 +86,26 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
+
+from _common import (
+    SCRUBBED_ENV,
+    Profile,
+    StateDirs,
+    fail,
+    journal_db,
+    load_profile,
+    opskit_command,
+    pass_fail,
+    print_profile_report,
+    print_table,
+    profile_command,
+    profile_json,
+    run_child,
+    scratch_dir,
+    scrubbed_env,
+    spread,
+    verdict_stream,
+)
 
 TARGET_PLAN_S = 2.0
 TARGET_RATIO = 5.0
@@ -101,16 +118,7 @@ BATCH_TAG = "batch"
 PASSWORD_ENV = "OPSKIT_BENCH_PVE_PASSWORD"
 FAKE_START_TIMEOUT = 30.0
 # Variables that would make the runs use other files, time something else, or leave loopback.
-_SCRUBBED_ENV = (
-    "OPSKIT_RUNBOOKS",
-    "OPSKIT_INVENTORY",
-    "OPSKIT_STATE_DIR",
-    "PYTHONPROFILEIMPORTTIME",
-    "PYTHONDONTWRITEBYTECODE",
-    "PYTHONTRACEMALLOC",
-    "PVE_USER",
-    "PVE_PASS",
-)
+_SCRUBBED_ENV = (*SCRUBBED_ENV, "OPSKIT_STATE_DIR", "PYTHONTRACEMALLOC", "PVE_USER", "PVE_PASS")
 _PROXY_ENV = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 
@@ -142,7 +150,7 @@ class Bench:
 
 
 @dataclass
-class Workdir:
+class Workdir(StateDirs):
     root: Path
     runbooks: Path
     inventory: Path
@@ -155,18 +163,6 @@ class Workdir:
     vmids: list[int]
     batch: list[int]
     states: int = 0
-
-    def fresh_state(self) -> Path:
-        self.states += 1
-        path = self.root / "state" / f"{self.states:04d}"
-        path.mkdir(parents=True)
-        return path
-
-
-def fail(message: str) -> NoReturn:
-    """A command that should work did not: nothing meaningful to time (exit 2)."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def need_packages() -> None:
@@ -183,16 +179,6 @@ def need_packages() -> None:
         import fakepve  # noqa: F401
     except ImportError as exc:
         fail(f"{exc.name} is not installed: fakepve[crypto] comes with pip install -e '.[test]'")
-
-
-def opskit_command(python: str) -> list[str]:
-    """The console script next to the interpreter, else the same entry point through -c."""
-    bindir = Path(python).parent
-    for name in ("opskit", "opskit.exe"):
-        script = bindir / name
-        if script.is_file() and os.access(script, os.X_OK):
-            return [str(script)]
-    return [python, "-c", "from opskit.cli import main; main()"]
 
 
 def free_port() -> int:
@@ -270,12 +256,9 @@ def make_workdir(root: Path, args: argparse.Namespace) -> Workdir:
     write_inventory(inventory, port, pin, vmids, set(batch))
     write_runbook(runbooks / f"{RUNBOOK}.yaml", args.concurrency)
     password = "bench-" + secrets.token_hex(12)
-    env = dict(os.environ)
-    for name in _SCRUBBED_ENV:
-        env.pop(name, None)
     pycache = root / "pycache"
     pycache.mkdir()
-    env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    env = scrubbed_env(_SCRUBBED_ENV, pycache)
     env[PASSWORD_ENV] = password
     return Workdir(
         root, runbooks, inventory, guests_json, Path(certfile), Path(keyfile), port, password,
@@ -419,23 +402,11 @@ class ChildRun:
 def run_opskit(base: list[str], args: list[str], work: Workdir) -> ChildRun:
     """One opskit command in a fresh state dir; fails (exit 2) unless it exits 0."""
     state = work.fresh_state()
-    env = dict(work.env, OPSKIT_STATE_DIR=str(state))
-    with tempfile.TemporaryFile(mode="w+", dir=work.root) as err:
-        spawned = time.time()
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            [*base, *args], cwd=work.root, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=err,
-        )  # fmt: skip
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - start
-        exited = time.time()
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-        if proc.returncode != 0:
-            err.seek(0)
-            sys.stderr.write(err.read()[-4000:])
-            fail(f"opskit {' '.join(args)} exited {proc.returncode}")
-    return ChildRun(elapsed, usage.ru_utime + usage.ru_stime, spawned, exited, state)
+    child = run_child([*base, *args], work.root, dict(work.env, OPSKIT_STATE_DIR=str(state)))
+    if child.returncode != 0:
+        sys.stderr.write(child.output[-4000:])
+        fail(f"opskit {' '.join(args)} exited {child.returncode}")
+    return ChildRun(child.elapsed, child.cpu, child.spawned, child.exited, state)
 
 
 def check_plan(path: Path, guests: int) -> None:
@@ -492,7 +463,7 @@ class Phases:
 
 
 def phases(run: ChildRun) -> Phases:
-    db = sqlite3.connect(f"file:{run.state / 'journal.db'}?mode=ro", uri=True)
+    db = journal_db(run.state)
     try:
         (started,) = db.execute("SELECT started_at FROM runs").fetchone()
         steps = db.execute(
@@ -575,79 +546,24 @@ def opskit_requests(work: Workdir, limit: str | None, execute: bool) -> Counter[
 
 # ----- profile -----------------------------------------------------------------------------
 
-_PROFILE_CHILD = """\
-import cProfile, sys
-sys.argv = {argv!r}
-profiler = cProfile.Profile()
-code = 0
-profiler.enable()
-try:
-    from opskit.cli import main
-    main()
-except SystemExit as exc:
-    code = exc.code
-finally:
-    profiler.disable()
-    profiler.dump_stats({out!r})
-sys.exit(code)
-"""
 
-
-@dataclass
-class ProfileRow:
-    function: str
-    ncalls: int
-    tottime: float
-    cumtime: float
-
-
-def profile_run(python: str, work: Workdir, opskit_args: list[str]) -> tuple[float, list[Any]]:
+def profile_run(python: str, work: Workdir, opskit_args: list[str]) -> Profile:
     """One opskit command under cProfile, in a fresh state dir: (wall s, pstats rows)."""
     out = work.root / "run.prof"
-    code = _PROFILE_CHILD.format(argv=["opskit", *opskit_args], out=str(out))
-    run = run_opskit([python, "-c", code], [], work)
-    stats = pstats.Stats(str(out))
-    return run.elapsed, list(stats.stats.items())  # type: ignore[attr-defined]
-
-
-def profile_rows(raw: list[Any], key: str, top: int) -> list[ProfileRow]:
-    rows = []
-    for (filename, line, func), (_, ncalls, tottime, cumtime, _) in raw:
-        rows.append(ProfileRow(_where(filename, line, func), ncalls, tottime, cumtime))
-    rows.sort(key=lambda r: -getattr(r, key))
-    return rows[:top]
-
-
-def _where(filename: str, line: int, func: str) -> str:
-    if filename == "~":
-        return func  # a built-in
-    parts = Path(filename).parts
-    for anchor in ("site-packages", "src", "lib"):
-        if anchor in parts:
-            i = len(parts) - 1 - parts[::-1].index(anchor)
-            filename = "/".join(parts[i + 1 :])
-            break
-    return f"{filename}:{line}({func})"
-
-
-def print_profile(title: str, rows: list[ProfileRow]) -> None:
-    print(f"\n{title}")
-    print(f"{'ncalls':>9} {'tottime':>8} {'cumtime':>8}  function")
-    for r in rows:
-        print(f"{r.ncalls:>9} {r.tottime:>8.3f} {r.cumtime:>8.3f}  {r.function}")
+    run = run_opskit(profile_command(python, opskit_args, out), [], work)
+    return load_profile(run.elapsed, out)
 
 
 # ----- report ------------------------------------------------------------------------------
 
 
-def print_table(benches: list[Bench]) -> None:
-    print(f"{'name':<10} {'median s':>9} {'min':>7} {'max':>7} {'cpu s':>7} {'fake cpu':>8}  what")
-    for b in benches:
-        fake_cpu = "-" if b.fake_cpu is None else f"{b.fake_cpu:.3f}"
-        print(
-            f"{b.name:<10} {b.median:>9.3f} {min(b.samples_s):>7.3f} {max(b.samples_s):>7.3f}"
-            f" {b.cpu:>7.3f} {fake_cpu:>8}  {b.what}"
-        )
+def print_benches(benches: list[Bench]) -> None:
+    columns = [("name", 10, ""), ("median s", 9, ".3f"), ("min", 7, ".3f"), ("max", 7, ".3f")]
+    rows = [
+        [b.name, b.median, min(b.samples_s), max(b.samples_s), b.cpu, b.fake_cpu, b.what]
+        for b in benches
+    ]
+    print_table([*columns, ("cpu s", 7, ".3f"), ("fake cpu", 8, ".3f")], "what", rows)
 
 
 def print_requests(title: str, sent: Counter[str]) -> None:
@@ -700,14 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in _PROXY_ENV:  # requests would honour them: loopback only, never a proxy
         os.environ.pop(name, None)
 
-    root = Path(tempfile.mkdtemp(prefix="opskit-proxmox-scale-"))
-    try:
+    with scratch_dir("opskit-proxmox-scale-", args.keep) as root:
         return bench_all(args, sys.executable, make_workdir(root, args))
-    finally:
-        if args.keep:
-            print(f"kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def bench_all(args: argparse.Namespace, python: str, work: Workdir) -> int:
@@ -765,7 +675,7 @@ def bench_all(args: argparse.Namespace, python: str, work: Workdir) -> int:
         fake.restart()
         run_sent = opskit_requests(work, f"tag:{BATCH_TAG}", execute=True)
         check_fake(work, work.batch)
-        profile: tuple[float, list[Any]] | None = None
+        profile: Profile | None = None
         profiled = run_args if args.profile_command == "run" else plan_args
         if args.profile:
             fake.restart()
@@ -815,9 +725,7 @@ def bench_all(args: argparse.Namespace, python: str, work: Workdir) -> int:
                 {
                     "name": b.name,
                     "what": b.what,
-                    "median_s": round(b.median, 3),
-                    "min_s": round(min(b.samples_s), 3),
-                    "max_s": round(max(b.samples_s), 3),
+                    **spread(b.samples_s),
                     "samples_s": [round(s, 3) for s in b.samples_s],
                     "cpu_median_s": round(b.cpu, 3),
                     "fake_cpu_median_s": None if b.fake_cpu is None else round(b.fake_cpu, 3),
@@ -836,19 +744,14 @@ def bench_all(args: argparse.Namespace, python: str, work: Workdir) -> int:
             "pass": passed,
         }
         if profile is not None:
-            report["profile"] = {
-                "cmd": ["opskit", *profiled],
-                "wall_s": round(profile[0], 3),
-                "top_cumulative": [vars(r) for r in profile_rows(profile[1], "cumtime", args.top)],
-                "top_tottime": [vars(r) for r in profile_rows(profile[1], "tottime", args.top)],
-            }
+            report["profile"] = profile_json(profile, args.top, ["opskit", *profiled])
         print(json.dumps(report, indent=2))
     else:
         print(
             f"{setting}; {args.runs} runs each after {args.warmup} warm-up, fresh state dir"
             f" per opskit run, fresh fake per start run; {os.cpu_count()} CPUs, {python}"
         )
-        print_table(benches)
+        print_benches(benches)
         print(
             "opskit's time is the whole command: interpreter start-up, imports, plan, gate,"
             " journal and the starts; proxmoxer's is its loop in a warm process. cpu s: the"
@@ -868,27 +771,17 @@ def bench_all(args: argparse.Namespace, python: str, work: Workdir) -> int:
             f" ({loop_polls:.2f} task polls per VM)"
         )
         if profile is not None:
-            wall, raw = profile
-            total = sum(tt for _, (_, _, tt, _, _) in raw)
-            print(
-                f"\nprofile of `opskit {' '.join(profiled)}` (cProfile, one run):"
-                f" {wall:.2f} s wall under the profiler, {total:.2f} s profiled"
-            )
-            print_profile(
-                f"top {args.top} by cumulative time:", profile_rows(raw, "cumtime", args.top)
-            )
-            print_profile(f"top {args.top} by own time:", profile_rows(raw, "tottime", args.top))
-    # With --json the verdicts go to stderr, so that stdout stays one JSON document.
-    out = sys.stderr if args.json else sys.stdout
+            print_profile_report(" ".join(profiled), profile, args.top)
+    out = verdict_stream(args.json)
     print(
         f"plan {args.guests} guests: median {plan.median:.2f} s:"
-        f" {'PASS' if found[0]['pass'] else 'FAIL'} (target {TARGET_PLAN_S:g} s)",
+        f" {pass_fail(found[0]['pass'])} (target {TARGET_PLAN_S:g} s)",
         file=out,
     )
     print(
         f"start {args.start} VMs: opskit {opskit.median:.2f} s, proxmoxer"
         f" {proxmoxer.median:.2f} s, {ratio:.1f}x faster:"
-        f" {'PASS' if found[1]['pass'] else 'FAIL'} (target {TARGET_RATIO:g}x)",
+        f" {pass_fail(found[1]['pass'])} (target {TARGET_RATIO:g}x)",
         file=out,
     )
     return 0 if passed else 1

@@ -37,17 +37,20 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+
+from _common import (
+    SCRUBBED_ENV,
+    fail,
+    opskit_command,
+    pass_fail,
+    print_table,
+    scrubbed_env,
+    spread,
+    verdict_stream,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TARGET_MS = 300.0
-# Variables that would make the runs validate something else, or time something else.
-_SCRUBBED_ENV = (
-    "OPSKIT_RUNBOOKS",
-    "OPSKIT_INVENTORY",
-    "PYTHONPROFILEIMPORTTIME",
-    "PYTHONDONTWRITEBYTECODE",
-)
 
 
 @dataclass
@@ -59,31 +62,6 @@ class Bench:
     @property
     def median(self) -> float:
         return statistics.median(self.samples_ms)
-
-
-def validate_command(python: str) -> list[str]:
-    """The console script next to the interpreter, else the same entry point through -c."""
-    bindir = Path(python).parent
-    for name in ("opskit", "opskit.exe"):
-        script = bindir / name
-        if script.is_file() and os.access(script, os.X_OK):
-            return [str(script), "validate"]
-    return [python, "-c", "from opskit.cli import main; main()", "validate"]
-
-
-def fail(message: str) -> NoReturn:
-    """A command that should work did not: nothing meaningful to time (exit 2)."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def bench_env(pycache: str) -> dict[str, str]:
-    """This environment, less what would change the outcome, with its own bytecode cache."""
-    env = dict(os.environ)
-    for name in _SCRUBBED_ENV:
-        env.pop(name, None)
-    env["PYTHONPYCACHEPREFIX"] = pycache
-    return env
 
 
 def run_once(cmd: list[str], env: dict[str, str]) -> float:
@@ -177,13 +155,13 @@ def by_package(rows: list[ImportRow]) -> list[tuple[str, int, int]]:
     return sorted(((p, t, n) for p, (t, n) in totals.items()), key=lambda x: -x[1])
 
 
-def print_table(benches: list[Bench], floor: float) -> None:
-    print(f"{'name':<10} {'median ms':>10} {'min':>8} {'max':>8} {'x floor':>8}  command")
-    for b in benches:
-        print(
-            f"{b.name:<10} {b.median:>10.1f} {min(b.samples_ms):>8.1f} {max(b.samples_ms):>8.1f}"
-            f" {b.median / floor:>8.2f}  {' '.join(_short(c) for c in b.cmd)}"
-        )
+def print_benches(benches: list[Bench], floor: float) -> None:
+    columns = [("name", 10, ""), ("median ms", 10, ".1f"), ("min", 8, ".1f"), ("max", 8, ".1f")]
+    rows = [
+        [b.name, b.median, min(b.samples_ms), max(b.samples_ms), b.median / floor, _shown(b.cmd)]
+        for b in benches
+    ]
+    print_table([*columns, ("x floor", 8, ".2f")], "command", rows)
 
 
 def print_profile(rows: list[ImportRow], top: int) -> None:
@@ -199,6 +177,10 @@ def print_profile(rows: list[ImportRow], top: int) -> None:
     print(f"{'self ms':>9} {'modules':>8}  package")
     for package, self_us, count in by_package(rows)[:top]:
         print(f"{self_us / 1000:>9.1f} {count:>8}  {package}")
+
+
+def _shown(cmd: list[str]) -> str:
+    return " ".join(_short(c) for c in cmd)
 
 
 def _short(arg: str) -> str:
@@ -224,14 +206,14 @@ def main(argv: list[str] | None = None) -> int:
 
     python = sys.executable
     with tempfile.TemporaryDirectory(prefix="opskit-bench-pycache-") as pycache:
-        return run_bench(args, python, bench_env(pycache))
+        return run_bench(args, python, scrubbed_env(SCRUBBED_ENV, pycache))
 
 
 def run_bench(args: argparse.Namespace, python: str, env: dict[str, str]) -> int:
     benches = [
         Bench("floor", [python, "-c", "pass"]),
         Bench("import", [python, "-c", "import opskit.cli"]),
-        Bench("validate", validate_command(python)),
+        Bench("validate", [*opskit_command(python), "validate"]),
     ]
     measure(benches, args.runs, args.warmup, env)
     floor = benches[0].median
@@ -251,9 +233,7 @@ def run_bench(args: argparse.Namespace, python: str, env: dict[str, str]) -> int
                 {
                     "name": b.name,
                     "cmd": b.cmd,
-                    "median_ms": round(b.median, 2),
-                    "min_ms": round(min(b.samples_ms), 2),
-                    "max_ms": round(max(b.samples_ms), 2),
+                    **spread(b.samples_ms, "ms", 2),
                     "ratio_to_floor": round(b.median / floor, 3),
                     "samples_ms": [round(s, 2) for s in b.samples_ms],
                 }
@@ -285,14 +265,12 @@ def run_bench(args: argparse.Namespace, python: str, env: dict[str, str]) -> int
             f"{args.runs} runs each after {args.warmup} warm-up, bytecode cached, "
             f"cwd {REPO_ROOT}, {os.cpu_count()} CPUs, {python}"
         )
-        print_table(benches, floor)
+        print_benches(benches, floor)
         if rows is not None:
             print_profile(rows, args.top)
-    # With --json the verdict goes to stderr, so that stdout stays one JSON document.
-    verdict = "PASS" if passed else "FAIL"
     print(
-        f"validate median {validate:.0f} ms: {verdict} (target {TARGET_MS:.0f} ms)",
-        file=sys.stderr if args.json else sys.stdout,
+        f"validate median {validate:.0f} ms: {pass_fail(passed)} (target {TARGET_MS:.0f} ms)",
+        file=verdict_stream(args.json),
     )
     return 0 if passed else 1
 

@@ -564,15 +564,18 @@ class Execution:
 
     def _host_log(self, tr: TargetRun, step_id: str, status: str, outcome: Outcome) -> None:
         """The step's output in the target's own log, redacted like every other sink."""
-        if self.options.host_logs is None:
-            return
+        streams: list[tuple[str, str]] = []
+        for name in ("stdout", "stderr"):
+            text = outcome.outputs.get(name)
+            if isinstance(text, str) and text:
+                streams.append((name, text))
+        if self.options.host_logs is None or not (streams or outcome.error):
+            return  # the journal has every step; this log is for what steps printed
         from ..secrets import redactor
 
         lines = [f"== {time.strftime('%H:%M:%S')} {step_id}: {status}: {outcome.summary}"]
-        for stream in ("stdout", "stderr"):
-            text = outcome.outputs.get(stream)
-            if isinstance(text, str) and text:
-                lines += [f"-- {stream}", text.rstrip("\n")]
+        for stream, text in streams:
+            lines += [f"-- {stream}", text.rstrip("\n")]
         if outcome.error:
             lines.append(f"-- error: {outcome.error}")
         self.options.host_logs.mkdir(parents=True, exist_ok=True)

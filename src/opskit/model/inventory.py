@@ -98,6 +98,29 @@ class SSH(StrictModel):
         pattern=r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+$",
         description="pinned public host key, 'TYPE BASE64'",
     )
+
+    @field_validator("host_key")
+    @classmethod
+    def _key_blob(cls, value: str | None) -> str | None:
+        """The base64 must hold a key of the type it names (as OpenSSH's blob starts)."""
+        if value is None:
+            return value
+        import base64
+        import binascii
+
+        kind, _, data = value.partition(" ")
+        try:
+            blob = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"{data[:20]}... is not valid base64") from None
+        size = int.from_bytes(blob[:4], "big") if len(blob) >= 4 else -1
+        if blob[4 : 4 + size] != kind.encode() or len(blob) <= 4 + size:
+            raise ValueError(
+                f"not a {kind} public key (copy the line from"
+                " /etc/ssh/ssh_host_*_key.pub or ssh-keyscan)"
+            )
+        return value
+
     jump: str | None = Field(None, description="jump host, [user@]host[:port]")
     password: SecretRef | None = Field(None, description="login password, as a secret reference")
 

@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	    rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); \
 	  else echo "python3 -m venv failed: install python3-venv" >&2; exit 1; fi; }
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,dev,lab]'
 	@# Bytecode up front: the CLI starts ~30 ms faster where Python may not write its cache.
 	@$(BIN)/python -m compileall -q src >/dev/null
 	@touch $(STAMP)

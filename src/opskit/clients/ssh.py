@@ -53,12 +53,14 @@ class Endpoint:
     pinned: str | None = None  # "ssh-ed25519 AAAA..." from the inventory
     jump: str | None = None  # [user@]host[:port]
     password_ref: str | None = None  # secret reference for password login
+    identity: str | None = None  # private key file; None: the pool's keys, config, agent
 
     @classmethod
     def of(cls, target: Target) -> Endpoint:
         return cls(
             name=target.name, host=target.address, port=target.ssh_port, user=target.ssh_user,
             pinned=target.host_key, jump=target.jump, password_ref=target.ssh_password,
+            identity=target.ssh_identity,
         )  # fmt: skip
 
     @property
@@ -302,7 +304,9 @@ class SSHPool:
             options["username"] = endpoint.user
         if endpoint.port:
             options["port"] = endpoint.port
-        if self.client_keys is not None:
+        if endpoint.identity is not None:
+            options["client_keys"] = [os.path.expanduser(endpoint.identity)]
+        elif self.client_keys is not None:
             options["client_keys"] = self.client_keys
         password = self.passwords(endpoint) if self.passwords else None
         if password:

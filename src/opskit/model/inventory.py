@@ -123,6 +123,9 @@ class SSH(StrictModel):
 
     jump: str | None = Field(None, description="jump host, [user@]host[:port]")
     password: SecretRef | None = Field(None, description="login password, as a secret reference")
+    identity: str | None = Field(
+        None, description="private key file for this host (default: ~/.ssh/config and agent)"
+    )
 
 
 class _HostBase(StrictModel):
@@ -242,6 +245,7 @@ class Inventory(StrictModel):
             ssh_user=host.ssh.user or d.user,
             ssh_port=host.ssh.port or d.port,
             ssh_password=host.ssh.password or d.password,
+            ssh_identity=host.ssh.identity or d.identity,
             host_key=host.ssh.host_key,
             jump=host.ssh.jump or d.jump,
             tags=list(host.tags),
@@ -334,6 +338,7 @@ class Target(StrictModel):
     ssh_user: str | None = None  # None: ~/.ssh/config, else the local user
     ssh_port: int | None = None  # None: ~/.ssh/config, else 22
     ssh_password: str | None = None  # a secret reference, resolved when connecting
+    ssh_identity: str | None = None  # a private key file
     host_key: str | None = None
     jump: str | None = None
     tags: list[str] = Field(default_factory=list)

@@ -49,6 +49,7 @@ class LazyGroup(click.Group):
         "history": "opskit.cli.history.history",
         "show-run": "opskit.cli.history.show_run",
         "unlock": "opskit.cli.history.unlock",
+        "lab": "opskit.cli.lab.lab",
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     try:
+        if _wants_lab(sys.argv[1:] if argv is None else argv):
+            from ..lab.enter import run_in_lab
+
+            return run_in_lab(sys.argv[1:] if argv is None else argv, replace=argv is None)
         # Without standalone mode click returns ctx.exit()'s code instead of raising it.
         code = cli.main(args=argv, prog_name="opskit", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -117,6 +122,12 @@ def run(argv: list[str] | None = None) -> int:
         )
         return EXIT_INTERNAL
     return code if isinstance(code, int) else 0
+
+
+def _wants_lab(argv: list[str]) -> bool:
+    """`--lab` among the options (not after `--`), and not already inside the lab."""
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    return "--lab" in options and not os.environ.get("OPSKIT_LAB_ACTIVE")
 
 
 def _redact(text: str) -> str:

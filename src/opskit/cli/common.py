@@ -14,3 +14,21 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 def workspace(ctx: click.Context) -> Workspace:
     obj: dict[str, Any] = ctx.find_root().obj or {}
     return Workspace.discover(obj.get("runbooks"), obj.get("inventory"))
+
+
+def _inside_lab(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """`--lab` is handled before parsing (opskit.cli.run re-runs the command inside the lab);
+    reaching a command with it means that did not happen."""
+    import os
+
+    if value and not os.environ.get("OPSKIT_LAB_ACTIVE"):
+        raise click.UsageError("--lab works from the opskit command line (see `opskit lab up`)")
+
+
+lab_option = click.option(
+    "--lab",
+    is_flag=True,
+    expose_value=False,
+    callback=_inside_lab,
+    help="Run inside the lab (`opskit lab up`): its inventory, secrets, state and network.",
+)

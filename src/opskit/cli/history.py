@@ -7,7 +7,7 @@ import time
 import click
 
 from ..errors import UsageError
-from .common import json_option
+from .common import json_option, lab_option
 from .output import echo, emit_json, table
 
 
@@ -22,6 +22,7 @@ def _took(start: float, end: float | None) -> str:
 @click.command()
 @click.argument("runbook", required=False)
 @click.option("-n", "--last", default=20, show_default=True, help="How many runs.")
+@lab_option
 @json_option
 def history(runbook: str | None, last: int, as_json: bool) -> None:
     """Recent runs (of RUNBOOK), newest first."""
@@ -63,6 +64,7 @@ def _counts(journal, run_id: str) -> dict[str, int]:  # type: ignore[no-untyped-
 
 @click.command("show-run")
 @click.argument("run_id")
+@lab_option
 @json_option
 def show_run(run_id: str, as_json: bool) -> None:
     """One run: its steps on each target, with status, attempts and errors."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import EXIT_OK
-from .common import json_option, workspace
+from .common import json_option, lab_option, workspace
 from .output import echo
 
 if TYPE_CHECKING:
@@ -89,6 +89,7 @@ def executes(func: Callable[..., None]) -> Callable[..., None]:
             help="After Ctrl-C, how long running steps may finish.",
         ),
         tofu_option,
+        lab_option,
     ]
     decorated: Callable[..., None] = wrapper
     for option in reversed(options):
@@ -149,6 +150,7 @@ def run(
     show_default=True, help="How to print the plan.",
 )  # fmt: skip
 @tofu_option
+@lab_option
 def plan(
     runbook: str, params: tuple[str, ...], limit: str | None, out: Path | None, fmt: str, tofu: bool
 ) -> None:

@@ -1,0 +1,104 @@
+"""`opskit lab`: the simulated homelab (up, status, down, demo)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from .common import json_option, workspace
+from .output import echo
+
+DEMO_RUNBOOKS = ("deploy-proxmoxmcp", "install-beszel-agents", "vm-power")
+
+
+def _lab(with_inventory: bool = False):  # type: ignore[no-untyped-def]
+    from ..lab.core import Lab, lab_dir
+
+    if not with_inventory:
+        return Lab(lab_dir())
+    ws = workspace(click.get_current_context())
+    return Lab(lab_dir(), ws.inventory, ws.inventory_path)
+
+
+@click.group()
+def lab() -> None:
+    """The homelab of the inventory, simulated on this machine (needs root).
+
+    Every guest and Tailscale host becomes a real sshd in its own namespaces on a private
+    network; Proxmox is fakepve, the Beszel hub a real PocketBase. Then run any runbook
+    against it with --lab:  opskit run deploy-proxmoxmcp --lab
+    """
+
+
+@lab.command()
+@click.option(
+    "--range", "network_range", default="198.51.100.0/24", show_default=True,
+    help="The lab's private IPv4 range (refused if the machine routes it).",
+)  # fmt: skip
+def up(network_range: str) -> None:
+    """Build the lab from the inventory (harmless when it is already up)."""
+    _lab(with_inventory=True).up(network_range, say=echo)
+    echo("next: opskit lab status | opskit run <runbook> --lab | opskit lab down")
+
+
+@lab.command()
+@json_option
+def status(as_json: bool) -> None:
+    """What runs in the lab, and whether it answers."""
+    report = _lab().status()
+    if as_json:
+        echo(json.dumps(report, indent=2))
+        return
+    if "hosts" not in report:
+        echo(f"the lab is not up ({report['dir']})")
+        click.get_current_context().exit(1)
+    echo(f"lab {'up' if report['up'] else 'DEGRADED'}: {report['network']}, "
+         f"controller {report['controller']}  (SIMULATION)")  # fmt: skip
+    for h in report["hosts"]:
+        mark = "ok" if h["ssh"] else "DOWN"
+        echo(f"  host {h['name']:<16} {h['address']:<16} ssh {mark}")
+    for s in report["services"]:
+        mark = "ok" if s["answers"] else "DOWN"
+        echo(f"  {s['name']:<21} {s['url']:<30} {mark}")
+    echo(f"  inventory: {report['inventory']}")
+    for problem in report["problems"]:
+        echo(f"  problem: {problem}")
+    if not report["up"]:
+        click.get_current_context().exit(1)
+
+
+@lab.command()
+def down() -> None:
+    """Remove every namespace, process and file of the lab (also after a crash)."""
+    _lab().down(say=echo)
+
+
+@lab.command()
+@click.option("--runbook", help="Run this runbook instead of the richest shipped one.")
+def demo(runbook: str | None) -> None:
+    """Bring the lab up and run the main job in it, end to end."""
+    ws = workspace(click.get_current_context())
+    lab_ = _lab(with_inventory=True)
+    lab_.up(say=echo)
+    names = {p.stem for p in Path(ws.runbooks_dir).glob("*.yaml")}
+    chosen = runbook or next((n for n in DEMO_RUNBOOKS if n in names), None)
+    if chosen is None:
+        raise click.UsageError("no runbook to demonstrate")
+    opskit = shutil.which("opskit") or sys.argv[0]
+    command = [opskit, "run", chosen, "--lab", "--yes"]
+    echo(f"\n== {' '.join(['opskit', *command[1:]])}")
+    code = subprocess.call(command)
+    echo(
+        "\nwhere to look next:\n"
+        "  opskit lab status                     what runs in the lab\n"
+        "  opskit history --lab                  the run just made, and its steps\n"
+        f"  opskit run {chosen} --lab --dry-run   a second run plans no change\n"
+        f"  {lab_.root}/inventory.yaml   the lab's inventory (addresses, pinned keys)\n"
+        "  opskit lab down                       remove it all"
+    )
+    click.get_current_context().exit(code)

@@ -1,0 +1,643 @@
+"""`opskit lab up | status | down`: build, inspect and remove the simulated homelab.
+
+Layout of the lab directory (default /tmp/opskit-lab, or $OPSKIT_LAB_DIR):
+
+    lab.json            what `up` built: hosts, addresses, processes, services
+    inventory.yaml      the inventory overlay: lab addresses, pinned keys, lab secrets
+    secrets/            generated secrets, 0600 (Proxmox token, hub credentials, keys)
+    ssh/                the controller's client key
+    hosts/NAME/upper    each host's copy-on-write layer (what runbooks change lands here)
+    pve/ hub/ mirror/   fakepve's certificate, PocketBase's data, the release mirror
+    bin/                stand-ins the controller uses inside the lab (tailscale)
+    state/              opskit's journal and known_hosts for lab runs
+    logs/               each process's output
+
+Nothing lives in the machine's own network namespace, and nothing of a host's changes lands on
+the machine: /etc, /opt, /usr, /var, /srv, /root and /home are overlays, /tmp and /run private.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import UsageError
+from ..model import Inventory
+from . import network
+from .network import LabError
+from .network import controller as controller_ns
+
+DEFAULT_DIR = Path("/tmp/opskit-lab")
+DEFAULT_RANGE = "198.51.100.0/24"
+OVERLAID = ("etc", "opt", "usr", "var", "srv", "root", "home")
+MIRROR_PORT = 8088
+TOKEN_ID = "root@pam!opskit"
+MARKER = ".opskit-lab"  # `down` removes only a directory that carries it
+BESZEL_VERSIONS = ("0.16.1", "0.16.0")
+ENV_SECRETS = {  # environment variable -> secret file: what a --lab run exports
+    "PROXMOX_TOKEN": "proxmox-token",
+    "PROXMOX_PASSWORD": "proxmox-password",
+    "PROXMOXMCP_API_KEY": "proxmoxmcp-api-key",
+    "BESZEL_HUB_EMAIL": "hub-email",
+    "BESZEL_HUB_PASSWORD": "hub-password",
+    "BESZEL_HUB_KEY": "hub-key.pub",
+    "BESZEL_AGENT_TOKEN": "agent-token",
+}
+
+
+def lab_dir() -> Path:
+    """$OPSKIT_LAB_DIR, else /tmp/opskit-lab (or /tmp/opskit-lab-NAME for a named lab)."""
+    name = os.environ.get("OPSKIT_LAB_NAME")
+    default = DEFAULT_DIR.with_name(f"opskit-lab-{name}") if name else DEFAULT_DIR
+    return Path(os.environ.get("OPSKIT_LAB_DIR") or default)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise UsageError(
+            "the lab needs root (it creates network and mount namespaces): run it with sudo"
+        )
+    for tool in ("ip", "unshare", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            raise UsageError(f"the lab needs {tool!r} (Debian: iproute2, util-linux, openssh)")
+    if not Path("/usr/sbin/sshd").exists():
+        raise UsageError("the lab needs OpenSSH's sshd (Debian: openssh-server)")
+
+
+@dataclass
+class LabHost:
+    name: str
+    address: str
+    netns: str
+    tailscale: str | None = None
+    host_key: str = ""  # "ssh-ed25519 AAAA..."
+    pid: int | None = None
+
+
+@dataclass
+class LabService:
+    name: str
+    address: str
+    port: int
+    netns: str
+    pid: int | None = None
+    url: str = ""
+
+
+@dataclass
+class LabState:
+    root: str
+    network: str
+    controller: str
+    hosts: list[LabHost] = field(default_factory=list)
+    services: list[LabService] = field(default_factory=list)
+    started: float = 0.0
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> LabState:
+        raw = json.loads(path.read_text())
+        raw["hosts"] = [LabHost(**h) for h in raw.get("hosts", [])]
+        raw["services"] = [LabService(**s) for s in raw.get("services", [])]
+        return cls(**raw)
+
+    def host(self, name: str) -> LabHost:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+
+Say = Callable[[str], None]
+
+
+class Lab:
+    """The lab in `root`, built from `inventory` (its file at `inventory_path`)."""
+
+    def __init__(self, root: Path, inventory: Inventory | None = None,
+                 inventory_path: Path | None = None) -> None:  # fmt: skip
+        self.root = root
+        self._inventory = inventory
+        self.inventory_path = inventory_path or Path("inventory.yaml")
+
+    @property
+    def inventory(self) -> Inventory:
+        if self._inventory is None:
+            raise LabError("building the lab needs the homelab's inventory")
+        return self._inventory
+
+    # ----- paths --------------------------------------------------------------------------
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "lab.json"
+
+    def secret(self, name: str) -> Path:
+        return self.root / "secrets" / name
+
+    def state(self) -> LabState | None:
+        try:
+            return LabState.load(self.state_file)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    # ----- up -----------------------------------------------------------------------------
+
+    def up(self, network_range: str = DEFAULT_RANGE, say: Say = print) -> LabState:
+        require_root()
+        try:
+            net = ipaddress.IPv4Network(network_range)
+        except ValueError as exc:
+            raise UsageError(f"bad lab range {network_range!r}: {exc}") from None
+        current = self.state()
+        if current is not None and network.lab_namespaces():
+            problems = self.problems(current)
+            if not problems and current.network == str(net):
+                say(f"the lab is already up ({len(current.hosts)} hosts on {current.network})")
+                return current
+            say("the lab is partly up (" + "; ".join(problems or ["other range"]) + "): rebuilding")
+        if network.lab_namespaces() or self.root.exists():
+            self.down(say=lambda line: None)
+        network.check_range(net)
+        started = time.monotonic()
+        addresses = iter(net.hosts())
+        controller = str(next(addresses))
+        for _ in range(8):  # .2 to .9 stay free for later lab services
+            next(addresses)
+        hosts = [
+            LabHost(
+                name=h.name,
+                address=str(next(addresses)),
+                netns=f"{network.prefix()}{h.name}",
+                tailscale=h.tailscale,
+            )
+            for h in self.inventory.all_hosts()
+        ]
+        state = LabState(root=str(self.root), network=str(net), controller=controller, hosts=hosts)
+        self._prepare_dirs()
+        self._make_secrets()
+        say(f"network: {net}, switch {network.switch()}, controller {controller}")
+        network.build(net, [(controller_ns(), controller), *((h.netns, h.address) for h in hosts)])
+        self._hosts_files(state)
+        pve = self._pve_site(state)
+        cert_fp = self._pve_cert(pve)
+        for host in hosts:
+            self._prepare_host(state, host)
+            host.pid = self._start_host(host)
+        say(
+            f"hosts: {len(hosts)} sshd in their own namespaces ({', '.join(h.name for h in hosts)})"
+        )
+        state.services.append(self._start_pve(state, pve))
+        hub = self._start_hub(state)
+        if hub is not None:
+            state.services.append(hub)
+        state.services.append(self._start_mirror(state))
+        self._tailscale(state)
+        self._overlay(state, cert_fp)
+        state.started = time.time()
+        state.save(self.state_file)
+        (self.root / MARKER).touch()
+        self._wait(state, say)
+        took = time.monotonic() - started
+        say(f"the lab is up in {took:.1f}s: SIMULATION of {self.inventory_path}")
+        return state
+
+    def _prepare_dirs(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        (self.root / MARKER).touch()
+        for sub in ("secrets", "ssh", "hosts", "pve", "hub", "mirror", "bin", "state", "logs"):
+            (self.root / sub).mkdir(exist_ok=True)
+        os.chmod(self.root / "secrets", 0o700)
+
+    def _write_secret(self, name: str, value: str) -> None:
+        path = self.secret(name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(value + "\n")
+
+    def _make_secrets(self) -> None:
+        for name in ("proxmox-token", "proxmox-password", "proxmoxmcp-api-key", "hub-password",
+                     "user-password", "agent-token"):  # fmt: skip
+            self._write_secret(name, secrets.token_urlsafe(24))
+        self._write_secret("hub-email", "opskit@lab.invalid")
+        self._write_secret("user-email", "operator@lab.invalid")
+        keygen(self.secret("hub-key"), "opskit-lab-hub")
+        keygen(self.root / "ssh" / "id_ed25519", "opskit-lab-controller")
+
+    def _hosts_files(self, state: LabState) -> None:
+        """/etc/hosts of the lab: MagicDNS names resolve to lab addresses, inside the lab."""
+        lines = ["127.0.0.1 localhost", f"{state.controller} controller.lab"]
+        for h in state.hosts:
+            lines.append(" ".join([h.address, h.name, *([h.tailscale] if h.tailscale else [])]))
+        text = "\n".join(lines) + "\n"
+        (self.root / "hosts.txt").write_text(text)
+        # `ip netns exec` binds /etc/netns/NS/hosts over /etc/hosts for the controller.
+        etc = Path("/etc/netns") / controller_ns()
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "hosts").write_text(text)
+
+    # ----- hosts --------------------------------------------------------------------------
+
+    def _host_dir(self, host: LabHost) -> Path:
+        return self.root / "hosts" / host.name
+
+    def _prepare_host(self, state: LabState, host: LabHost) -> None:
+        """The host's own files, written into its upper layers before it boots."""
+        base = self._host_dir(host)
+        for d in OVERLAID:
+            (base / "upper" / d).mkdir(parents=True, exist_ok=True)
+            (base / "work" / d).mkdir(parents=True, exist_ok=True)
+            mirror_mode(Path("/") / d, base / "upper" / d)
+        upper = base / "upper"
+        key = upper_path(upper, "etc/ssh/ssh_host_ed25519_key")
+        key.unlink(missing_ok=True)
+        Path(str(key) + ".pub").unlink(missing_ok=True)
+        public = keygen(key, f"root@{host.name}")
+        kind, blob, *_ = public.split()
+        host.host_key = f"{kind} {blob}"
+        upper_path(upper, "etc/ssh/opskit-lab-sshd_config").write_text(
+            f"# opskit lab: sshd of {host.name}\n"
+            f"ListenAddress {host.address}\nPort 22\n"
+            "HostKey /etc/ssh/ssh_host_ed25519_key\nPidFile /run/sshd.pid\n"
+            "PermitRootLogin prohibit-password\nPasswordAuthentication yes\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+            "MaxSessions 100\nMaxStartups 200\nLogLevel ERROR\n"
+            "Subsystem sftp internal-sftp\nAcceptEnv LANG LC_*\n"
+        )
+        authorized = upper_path(upper, "root/.ssh/authorized_keys")
+        os.chmod(authorized.parent, 0o700)
+        authorized.write_text((self.root / "ssh" / "id_ed25519.pub").read_text())
+        os.chmod(authorized, 0o600)
+        upper_path(upper, "etc/hostname").write_text(host.name + "\n")
+        upper_path(upper, "etc/hosts").write_text((self.root / "hosts.txt").read_text())
+        # The hosts trust the lab's Proxmox certificate, as a homelab adds its PVE CA.
+        cert = (self.root / "pve" / "pve.crt").read_text()
+        upper_path(upper, "usr/local/share/ca-certificates/opskit-lab-pve.crt").write_text(cert)
+        system = Path("/etc/ssl/certs/ca-certificates.crt")
+        bundle = system.read_text() if system.exists() else ""
+        upper_path(upper, "etc/ssl/certs/ca-certificates.crt").write_text(bundle + cert)
+        stand_in = Path(__file__).with_name("systemctl.py")
+        if stand_in.exists():
+            target = upper_path(upper, "usr/bin/systemctl")
+            text = stand_in.read_text()
+            if not text.startswith("#!"):
+                text = "#!/usr/bin/python3\n" + text
+            target.write_text(text)
+            os.chmod(target, 0o755)
+
+    def _start_host(self, host: LabHost) -> int:
+        upper, work = self._host_dir(host) / "upper", self._host_dir(host) / "work"
+        mounts = "".join(
+            f"mount -t overlay overlay -o lowerdir=/{d},upperdir={upper}/{d},workdir={work}/{d}"
+            f" /{d}\n"
+            for d in OVERLAID
+            if Path("/", d).is_dir()
+        )
+        script = (
+            "set -e\n"
+            f"{mounts}"
+            "mount -t tmpfs -o mode=1777 tmpfs /tmp\n"
+            "mount -t tmpfs -o mode=755 tmpfs /run\n"
+            "mkdir -p /run/sshd\n"
+            f"hostname {host.name}\n"
+            "if [ -x /usr/bin/systemctl ]; then /usr/bin/systemctl --lab-boot || true; fi\n"
+            "exec /usr/sbin/sshd -D -e -f /etc/ssh/opskit-lab-sshd_config\n"
+        )
+        unshare = ["unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc",
+                   "--propagation", "private"]  # fmt: skip
+        command = ["ip", "netns", "exec", host.netns, *unshare, "sh", "-c", script]
+        return self._spawn(command, f"host-{host.name}")
+
+    def _spawn(self, command: list[str], log: str, env: dict[str, str] | None = None) -> int:
+        out = open(self.root / "logs" / f"{log}.log", "ab")  # noqa: SIM115 - the child keeps it
+        try:
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, env=env,
+            )  # fmt: skip
+        finally:
+            out.close()
+        return process.pid
+
+    def _in_lab(self, netns: str, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", netns, *args]
+
+    # ----- services -----------------------------------------------------------------------
+
+    def _site(self, state: LabState, service: str) -> tuple[str, str, int | None]:
+        """(address, netns, port) of the lab host that runs `service` per the inventory."""
+        for h in self.inventory.all_hosts():
+            if service in h.services:
+                lab_host = state.host(h.name)
+                return lab_host.address, lab_host.netns, h.services[service].port
+        return state.controller, controller_ns(), None
+
+    def _pve_site(self, state: LabState) -> tuple[str, str, int]:
+        address, netns, port = self._site(state, "proxmox-api")
+        if port is None:
+            clusters = list(self.inventory.proxmox.values())
+            port = (urlsplit(clusters[0].api_url).port if clusters else None) or 8006
+        return address, netns, port
+
+    def _pve_cert(self, pve: tuple[str, str, int]) -> str:
+        from fakepve.certs import make_cert
+
+        names = [pve[0]] + [h.tailscale for h in self.inventory.hosts if h.tailscale]
+        _, _, der = make_cert(str(self.root / "pve"), name="pve", hosts=tuple(names))
+        digest = hashlib.sha256(der).hexdigest().upper()
+        return ":".join(digest[i : i + 2] for i in range(0, 64, 2))
+
+    def _start_pve(self, state: LabState, pve: tuple[str, str, int]) -> LabService:
+        address, netns, port = pve
+        nodes = sorted({n for c in self.inventory.proxmox.values() for n in c.nodes}
+                       | {g.node for g in self.inventory.guests if g.node})  # fmt: skip
+        spec = {
+            "address": address, "port": port, "time_scale": 0.05, "token_id": TOKEN_ID,
+            "token_file": str(self.secret("proxmox-token")),
+            "password_file": str(self.secret("proxmox-password")),
+            "certfile": str(self.root / "pve" / "pve.crt"),
+            "keyfile": str(self.root / "pve" / "pve.key"),
+            "nodes": nodes or ["pve"],
+            "guests": [
+                {"vmid": g.vmid, "name": g.name, "kind": g.kind, "status": "running",
+                 "node": g.node or (nodes or ["pve"])[0]}
+                for g in self.inventory.guests
+            ],
+        }  # fmt: skip
+        spec_file = self.root / "pve" / "spec.json"
+        spec_file.write_text(json.dumps(spec, indent=2))
+        pid = self._spawn(
+            self._in_lab(netns, sys.executable, "-m", "opskit.lab.pve", str(spec_file)), "fakepve"
+        )
+        return LabService("proxmox", address, port, netns, pid, f"https://{address}:{port}")
+
+    def _start_hub(self, state: LabState) -> LabService | None:
+        hub = _optional("opskit.lab.hub")
+        if hub is None:
+            return None
+        address, netns, port = self._site(state, "beszel-hub")
+        port = port or 8090
+        data = self.root / "hub" / "data"
+        hub.bootstrap_hub(
+            data,
+            self.secret("hub-email").read_text().strip(),
+            self.secret("hub-password").read_text().strip(),
+            self.secret("user-email").read_text().strip(),
+            self.secret("user-password").read_text().strip(),
+        )
+        pid = self._spawn(self._in_lab(netns, *hub.serve_command(data, address, port)), "hub")
+        return LabService("beszel-hub", address, port, netns, pid, f"http://{address}:{port}")
+
+    def _start_mirror(self, state: LabState) -> LabService:
+        mirror = self.root / "mirror"
+        releases = _optional("opskit.lab.releases")
+        if releases is not None:
+            releases.build_mirror(mirror / "beszel", list(BESZEL_VERSIONS))
+        address = state.controller
+        pid = self._spawn(
+            self._in_lab(controller_ns(), sys.executable, "-m", "http.server", "--bind", address,
+                         "--directory", str(mirror), str(MIRROR_PORT)),
+            "mirror",
+        )  # fmt: skip
+        return LabService("mirror", address, MIRROR_PORT, controller_ns(), pid,
+                          f"http://{address}:{MIRROR_PORT}")  # fmt: skip
+
+    def _tailscale(self, state: LabState) -> None:
+        """A `tailscale` on the lab's PATH whose `status --json` describes the lab hosts."""
+        from .tailscale import status_json, write_stand_in
+
+        status = status_json(self.inventory.tailnet or "lab.ts.net", state.hosts, state.controller)
+        (self.root / "tailscale-status.json").write_text(json.dumps(status, indent=2) + "\n")
+        write_stand_in(self.root / "bin" / "tailscale", self.root / "tailscale-status.json")
+
+    def _overlay(self, state: LabState, cert_fp: str) -> None:
+        from .overlay import write_overlay
+
+        write_overlay(
+            source=self.inventory_path,
+            dest=self.root / "inventory.yaml",
+            hosts={h.name: (h.address, h.host_key) for h in state.hosts},
+            api_url=next(s.url for s in state.services if s.name == "proxmox") + "/api2/json",
+            fingerprint=cert_fp,
+            token_file=self.secret("proxmox-token"),
+            identity=self.root / "ssh" / "id_ed25519",
+            lab_vars={
+                "lab": True,
+                "beszel": {"release_url": f"http://{state.controller}:{MIRROR_PORT}/beszel"},
+                "ca_bundle": "/etc/ssl/certs/ca-certificates.crt",
+            },
+        )
+
+    def _wait(self, state: LabState, say: Say, timeout: float = 30.0) -> None:
+        endpoints = self.endpoints(state)
+        answers = self.probe(endpoints, wait=timeout)
+        silent = [name for name, ok in answers.items() if not ok]
+        if silent:
+            logs = self.root / "logs"
+            raise LabError(
+                f"lab parts did not answer within {timeout:g}s: {', '.join(silent)} (see {logs})"
+            )
+
+    # ----- status -------------------------------------------------------------------------
+
+    def endpoints(self, state: LabState) -> dict[str, str]:
+        named = {f"{h.name} ssh": f"{h.address}:22" for h in state.hosts}
+        named.update({s.name: f"{s.address}:{s.port}" for s in state.services})
+        return named
+
+    def probe(self, endpoints: dict[str, str], wait: float = 0.0) -> dict[str, bool]:
+        """Which endpoints answer, from the controller's namespace."""
+        command = self._in_lab(controller_ns(), sys.executable, "-m", "opskit.lab.probe",
+                               "--wait", str(wait), *endpoints.values())  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True)
+        try:
+            raw: dict[str, bool] = json.loads(done.stdout)
+        except ValueError:
+            raise LabError(f"cannot probe the lab: {done.stderr.strip()[:300]}") from None
+        return {name: raw.get(ep, False) for name, ep in endpoints.items()}
+
+    def problems(self, state: LabState) -> list[str]:
+        found = []
+        present = set(network.lab_namespaces())
+        for h in state.hosts:
+            if h.netns not in present:
+                found.append(f"{h.name}: no namespace")
+            elif not alive(h.pid):
+                found.append(f"{h.name}: sshd is not running")
+        for s in state.services:
+            if not alive(s.pid):
+                found.append(f"{s.name}: not running")
+        return found
+
+    def status(self) -> dict[str, Any]:
+        require_root()
+        state = self.state()
+        namespaces = network.lab_namespaces()
+        if state is None:
+            return {"up": False, "namespaces": namespaces, "dir": str(self.root)}
+        answers = self.probe(self.endpoints(state)) if namespaces else {}
+        return {
+            "up": bool(namespaces) and not self.problems(state),
+            "dir": str(self.root),
+            "network": state.network,
+            "controller": state.controller,
+            "inventory": str(self.root / "inventory.yaml"),
+            "hosts": [
+                {"name": h.name, "address": h.address, "netns": h.netns, "pid": h.pid,
+                 "running": alive(h.pid), "ssh": answers.get(f"{h.name} ssh", False)}
+                for h in state.hosts
+            ],
+            "services": [
+                {"name": s.name, "url": s.url, "pid": s.pid, "running": alive(s.pid),
+                 "answers": answers.get(s.name, False)}
+                for s in state.services
+            ],
+            "problems": self.problems(state),
+        }  # fmt: skip
+
+    # ----- down ---------------------------------------------------------------------------
+
+    def down(self, say: Say = print) -> list[str]:
+        """Every process, namespace and file of the lab gone; works after a crash too."""
+        require_root()
+        removed: list[str] = []
+        state = self.state()
+        pids = {p for p in ([h.pid for h in state.hosts] + [s.pid for s in state.services])
+                if p} if state else set()  # fmt: skip
+        namespaces = network.lab_namespaces()
+        for ns in namespaces:
+            pids.update(network.namespace_pids(ns))
+        stop(pids)
+        for ns in namespaces:
+            network.remove(ns)
+            removed.append(f"namespace {ns}")
+        etc = Path("/etc/netns") / controller_ns()
+        if etc.exists():
+            shutil.rmtree(etc, ignore_errors=True)
+            removed.append(str(etc))
+            with_contents = Path("/etc/netns")
+            if with_contents.exists() and not any(with_contents.iterdir()):
+                with_contents.rmdir()
+        if self.root.exists():
+            if not (self.root / MARKER).exists() and any(self.root.iterdir()):
+                raise LabError(f"{self.root} is not a lab directory (no {MARKER}): not removing it")
+            shutil.rmtree(self.root)
+            removed.append(str(self.root))
+        say(
+            "the lab is down"
+            + (f": removed {', '.join(removed)}" if removed else " (it was not up)")
+        )
+        return removed
+
+
+# ----- helpers ----------------------------------------------------------------------------
+
+
+def _optional(module: str) -> Any:
+    """A lab part that may not be installed yet (built in parallel): None when missing."""
+    from importlib import import_module
+
+    try:
+        return import_module(module)
+    except ModuleNotFoundError:
+        return None
+
+
+def keygen(path: Path, comment: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+                   check=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    return Path(str(path) + ".pub").read_text().strip()
+
+
+def mirror_mode(lower: Path, upper: Path) -> None:
+    """An upper directory with its lower's owner and mode (the merged view shows the upper's)."""
+    try:
+        st = lower.stat()
+    except FileNotFoundError:
+        return
+    os.chown(upper, st.st_uid, st.st_gid)
+    os.chmod(upper, st.st_mode & 0o7777)
+
+
+def upper_path(upper: Path, rel: str) -> Path:
+    """upper/rel with its parent directories made as the machine has them."""
+    parts = Path(rel).parts
+    for n in range(1, len(parts)):
+        sub = Path(*parts[:n])
+        (upper / sub).mkdir(exist_ok=True)
+        mirror_mode(Path("/") / sub, upper / sub)
+    return upper / rel
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stop(pids: set[int], grace: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL whatever is left after `grace` seconds; wait until all are gone."""
+    for pid in pids:
+        with _quiet():
+            os.killpg(pid, signal.SIGTERM)
+        with _quiet():
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in pids:
+        if alive(pid):
+            with _quiet():
+                os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]
+
+
+def lab_environment(root: Path) -> dict[str, str]:
+    """What a `--lab` run adds to its environment: the overlay, lab state, secrets, stand-ins."""
+    env = {
+        "OPSKIT_INVENTORY": str(root / "inventory.yaml"),
+        "OPSKIT_STATE_DIR": str(root / "state"),
+        "OPSKIT_LAB_ACTIVE": "1",
+        "PATH": f"{root / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+    }
+    for var, name in ENV_SECRETS.items():
+        path = root / "secrets" / name
+        if path.exists():
+            env[var] = path.read_text().strip()
+    return env

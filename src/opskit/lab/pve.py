@@ -1,0 +1,44 @@
+"""The lab's Proxmox VE: fakepve serving the inventory's guests and nodes.
+
+    python -m opskit.lab.pve SPEC.json
+
+SPEC names the address, certificate, nodes, guests and the files holding the root password and
+the API token (secrets stay out of the command line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+async def serve(spec: dict[str, Any]) -> None:
+    from fakepve import FakePve
+
+    password = Path(spec["password_file"]).read_text().strip()
+    pve = FakePve(user="root@pam", password=password, host=spec["address"], port=spec["port"])
+    pve.time_scale = float(spec.get("time_scale", 0.05))
+    pve.apitokens[spec["token_id"]] = Path(spec["token_file"]).read_text().strip()
+    pve.nodes.clear()  # fakepve starts with a node "pve1"; the lab has the inventory's nodes
+    for node in spec["nodes"]:
+        pve.add_node(node)
+    for guest in spec["guests"]:
+        add = pve.add_ct if guest["kind"] == "lxc" else pve.add_vm
+        add(guest["vmid"], guest["name"], node=guest["node"], status=guest["status"])
+    await pve.start(spec["certfile"], spec["keyfile"])
+    print(f"fakepve listening on https://{spec['address']}:{spec['port']}", flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(spec))
+
+
+if __name__ == "__main__":
+    main()

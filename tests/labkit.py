@@ -1,0 +1,84 @@
+"""The lab for tests: a lab of its own (name, directory), driven through the real `opskit`.
+
+Each test process names its lab (`OPSKIT_LAB_NAME`), so a test run never touches an operator's
+lab or another test run's. The lab needs root; without it these tests skip, and with
+OPSKIT_CI=1 they fail instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        message = "the lab needs root (network and mount namespaces)"
+        if os.environ.get("OPSKIT_CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@dataclass
+class Lab:
+    name: str
+    root: Path
+    env: dict[str, str]
+
+    def opskit(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """`opskit ARGS` as an operator types it (cwd: the repository)."""
+        return subprocess.run(
+            [sys.executable, "-m", "opskit", *args], cwd=REPO, env=self.env,
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    @property
+    def state(self) -> dict[str, object]:
+        return dict(json.loads((self.root / "lab.json").read_text()))
+
+    def address(self, host: str) -> str:
+        hosts = self.state["hosts"]
+        assert isinstance(hosts, list)
+        return str(next(h["address"] for h in hosts if h["name"] == host))
+
+    @property
+    def controller_ns(self) -> str:
+        return f"{self.name}-ctl"
+
+    def inside(self, *command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """A command in the lab's controller namespace."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.controller_ns, *command],
+            capture_output=True, text=True, timeout=timeout, env=self.env,
+        )  # fmt: skip
+
+    def answers(self, *endpoints: str) -> dict[str, bool]:
+        done = self.inside(sys.executable, "-m", "opskit.lab.probe", *endpoints)
+        return dict(json.loads(done.stdout))
+
+
+def make_lab(tmp: Path) -> Lab:
+    name = f"t{os.getpid() % 100000}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSKIT_")}
+    env.update(OPSKIT_LAB_NAME=name, OPSKIT_LAB_DIR=str(tmp / "lab"), PYTHONUNBUFFERED="1")
+    return Lab(name, tmp / "lab", env)
+
+
+def lab_up(tmp: Path) -> Iterator[Lab]:
+    require_root()
+    lab = make_lab(tmp)
+    done = lab.opskit("lab", "up")
+    assert done.returncode == 0, done.stdout + done.stderr
+    try:
+        yield lab
+    finally:
+        lab.opskit("lab", "down")

@@ -1,0 +1,281 @@
+"""The lab end to end: namespaces, overlays, sshd per host, fakepve, safety, clean removal.
+
+Everything runs through the real `opskit` command in subprocesses, as root, in a lab named for
+this test process. The machine's network and files are compared before, during and after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from labkit import Lab, lab_up, make_lab, require_root
+from opskit.lab.core import alive
+
+HOSTS = ["docker", "homeassistant", "media", "ai", "dev", "pve", "workstation"]
+
+
+def machine_network() -> str:
+    """The machine's own links, addresses and routes (brief forms: no counters or lifetimes)."""
+    parts = []
+    for args in (["-br", "link"], ["-br", "addr"], ["route", "show", "table", "all"],
+                 ["-6", "route", "show", "table", "all"], ["rule"]):  # fmt: skip
+        parts.append(subprocess.run(["ip", *args], capture_output=True, text=True).stdout)
+    return "\n".join(parts)
+
+
+def tree_digest(*roots: str) -> str:
+    """Names, modes, sizes and mtimes of everything under roots (what a lab host must not touch)."""
+    digest = hashlib.sha256()
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in [*sorted(filenames), ""]:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                    digest.update(f"{path}:{st.st_mode}:{st.st_size}:{st.st_mtime_ns}".encode())
+                except OSError:
+                    continue
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def network_before() -> str:
+    return machine_network()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, network_before: str) -> Iterator[Lab]:
+    yield from lab_up(tmp_path_factory.mktemp("lab"))
+
+
+def write_runbook(lab: Lab, name: str, text: str) -> Path:
+    directory = lab.root.parent / "runbooks"
+    directory.mkdir(exist_ok=True)
+    (directory / f"{name}.yaml").write_text(textwrap.dedent(text).lstrip("\n"))
+    return directory
+
+
+def test_up_builds_every_host_and_leaves_the_machine_network_alone(
+    lab: Lab, network_before: str
+) -> None:
+    assert machine_network() == network_before
+    state = lab.state
+    assert [h["name"] for h in state["hosts"]] == HOSTS  # type: ignore[union-attr]
+    # Every host answers SSH on its own address; fakepve and the mirror answer too.
+    endpoints = [f"{lab.address(h)}:22" for h in HOSTS]
+    services = {s["name"]: f"{s['address']}:{s['port']}" for s in state["services"]}  # type: ignore[union-attr]
+    assert lab.answers(*endpoints, *services.values()) == dict.fromkeys(
+        [*endpoints, *services.values()], True
+    )
+    # The machine has no route of its own to the lab (asked of the kernel: nothing is sent).
+    route = subprocess.run(["ip", "route", "get", lab.address("ai")], capture_output=True,
+                           text=True).stdout  # fmt: skip
+    assert "olab" not in route and f"{lab.name}-" not in route and " dev p" not in route
+    status = lab.opskit("lab", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["up"] and all(h["ssh"] for h in report["hosts"])
+
+
+def test_up_twice_is_harmless(lab: Lab) -> None:
+    pids = [h["pid"] for h in lab.state["hosts"]]  # type: ignore[union-attr]
+    again = lab.opskit("lab", "up")
+    assert again.returncode == 0, again.stderr
+    assert "already up" in again.stdout
+    assert [h["pid"] for h in lab.state["hosts"]] == pids  # type: ignore[union-attr]
+
+
+def test_each_host_answers_ssh_with_its_pinned_key(lab: Lab) -> None:
+    runbooks = write_runbook(lab, "reach", """
+        name: reach
+        description: every lab host over SSH, keys pinned by the lab inventory
+        targets: all
+        steps:
+          - id: ssh
+            check.ssh: {}
+          - id: whoami
+            check.command: {cmd: "hostname", contains: "{{ target.name }}"}
+    """)  # fmt: skip
+    done = lab.opskit("--runbooks", str(runbooks), "run", "reach", "--lab", "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("ssh ok: Linux") == len(HOSTS) and "0 failed" in done.stdout
+    # A wrong pinned key is refused, naming the host: pin docker's key on ai.
+    inventory = (lab.root / "inventory.yaml").read_text()
+    keys = {h["name"]: h["host_key"] for h in lab.state["hosts"]}  # type: ignore[union-attr]
+    tampered = lab.root.parent / "tampered.yaml"
+    tampered.write_text(inventory.replace(keys["ai"], keys["docker"]))
+    refused = lab.opskit("--inventory", str(tampered), "--runbooks", str(runbooks),
+                         "run", "reach", "--lab", "--yes", "--limit", "ai")  # fmt: skip
+    assert refused.returncode == 1
+    assert "ai" in refused.stdout + refused.stderr
+    assert "host key" in (refused.stdout + refused.stderr).lower()
+
+
+def test_changes_inside_hosts_never_reach_the_machine(lab: Lab) -> None:
+    before = tree_digest("/opt", "/etc/systemd/system")
+    passwd = Path("/etc/passwd").read_bytes()
+    runbooks = write_runbook(lab, "scribble", """
+        name: scribble
+        description: what a deploy does to a host
+        targets: ai
+        steps:
+          - id: user
+            ssh.run: {cmd: "useradd --system --no-create-home labsvc"}
+          - id: files
+            ssh.run:
+              cmd: >-
+                mkdir -p /opt/labsvc && echo lab > /opt/labsvc/marker &&
+                printf '[Service]\\nExecStart=/bin/true\\n' > /etc/systemd/system/labsvc.service
+          - id: seen
+            check.command: {cmd: "id labsvc && cat /opt/labsvc/marker", contains: "lab"}
+    """)  # fmt: skip
+    done = lab.opskit("--runbooks", str(runbooks), "run", "scribble", "--lab", "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert Path("/etc/passwd").read_bytes() == passwd
+    assert tree_digest("/opt", "/etc/systemd/system") == before
+    upper = lab.root / "hosts" / "ai" / "upper"
+    assert (upper / "opt" / "labsvc" / "marker").read_text() == "lab\n"
+    assert "labsvc" in (upper / "etc" / "passwd").read_text()
+    assert (upper / "etc" / "systemd" / "system" / "labsvc.service").exists()
+    # Another host does not see it: each host has its own layers.
+    other = lab.root / "hosts" / "dev" / "upper" / "opt" / "labsvc"
+    assert not other.exists()
+
+
+def test_two_hosts_listen_on_the_same_port(lab: Lab) -> None:
+    runbooks = write_runbook(lab, "listen", """
+        name: listen
+        description: a listener on 45876 on two hosts at once
+        targets: [docker, ai]
+        steps:
+          - id: serve
+            ssh.run:
+              cmd: >-
+                setsid python3 -m http.server 45876 --bind {{ target.address }}
+                </dev/null >/dev/null 2>&1 & sleep 0.5
+    """)  # fmt: skip
+    done = lab.opskit("--runbooks", str(runbooks), "run", "listen", "--lab", "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    both = [f"{lab.address('docker')}:45876", f"{lab.address('ai')}:45876"]
+    assert lab.answers(*both) == dict.fromkeys(both, True)
+
+
+def test_proxmox_is_fakepve_with_the_inventory_guests(lab: Lab) -> None:
+    done = lab.opskit("run", "vm-power", "--lab", "--yes", "-p", "action=reboot",
+                      "--limit", "vm:110")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "reboot vm 110 (ai)" in done.stdout
+    assert "vm 110 (ai) is running on pve" in done.stdout
+    # The certificate is pinned by fingerprint in the lab inventory, and the hosts trust it.
+    inventory = (lab.root / "inventory.yaml").read_text()
+    assert "fingerprint:" in inventory and "SIMULATION" in inventory.splitlines()[0]
+    runbooks = write_runbook(lab, "trust", """
+        name: trust
+        description: a lab host verifies the lab's Proxmox certificate with its own CA store
+        targets: ai
+        steps:
+          - id: tls
+            check.command:
+              cmd: >-
+                curl -sS -o /dev/null -w '%{http_code}'
+                https://{{ params.pve }}:8006/api2/json/version
+              contains: "401"
+        params:
+          pve: {type: str}
+    """)  # fmt: skip
+    done = lab.opskit("--runbooks", str(runbooks), "run", "trust", "--lab", "--yes",
+                      "-p", f"pve={lab.address('pve')}")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_tailscale_stand_in_describes_the_lab(lab: Lab) -> None:
+    done = lab.inside(str(lab.root / "bin" / "tailscale"), "status", "--json")
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    from opskit.sync import peers
+
+    found = {p.host: p for p in peers(status)}
+    assert set(found) >= {"docker", "ai", "pve"}
+    assert status["Peer"] and all(n["DNSName"].endswith(".") for n in status["Peer"].values())
+    assert found["ai"].ips == [lab.address("ai")] and found["ai"].online
+
+
+def test_refuses_a_range_the_machine_routes(tmp_path: Path) -> None:
+    require_root()
+    lab = make_lab(tmp_path)
+    lab.env["OPSKIT_LAB_NAME"] = lab.name + "r"
+    done = lab.opskit("lab", "up", "--range", "192.0.2.0/24")
+    assert done.returncode == 2
+    assert "192.0.2.0/24" in done.stderr and "routes" in done.stderr
+    assert not (tmp_path / "lab").exists() or not any((tmp_path / "lab").iterdir())
+
+
+def test_without_root_every_lab_command_says_so(tmp_path: Path) -> None:
+    require_root()
+    lab = make_lab(tmp_path)
+    for args in (["lab", "up"], ["lab", "status"], ["lab", "down"], ["run", "vm-power", "--lab"]):
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             os.path.join(os.path.dirname(os.sys.executable), "opskit"), *args],
+            capture_output=True, text=True, env={**lab.env, "HOME": "/tmp"},
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )  # fmt: skip
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert "needs root" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_down_leaves_nothing_and_up_again_works(tmp_path: Path) -> None:
+    require_root()
+    lab = make_lab(tmp_path)
+    lab.env["OPSKIT_LAB_NAME"] = lab.name = lab.name + "d"
+    network = machine_network()
+    for _ in range(2):  # up, down, up, down
+        up = lab.opskit("lab", "up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        pids = [h["pid"] for h in lab.state["hosts"]] + [  # type: ignore[union-attr]
+            s["pid"]
+            for s in lab.state["services"]  # type: ignore[union-attr]
+        ]
+        down = lab.opskit("lab", "down")
+        assert down.returncode == 0, down.stderr
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert f"{lab.name}-" not in netns
+        assert not any(alive(pid) for pid in pids)
+        assert not lab.root.exists()
+        assert not Path(f"/etc/netns/{lab.name}-ctl").exists()
+        mounts = [p.read_text() for p in Path("/proc").glob("[0-9]*/mountinfo") if _readable(p)]
+        assert not any(str(lab.root) in m for m in mounts)
+        assert machine_network() == network
+
+
+def _readable(path: Path) -> bool:
+    try:
+        path.read_text()
+        return True
+    except OSError:
+        return False
+
+
+def test_down_cleans_up_after_a_crash(tmp_path: Path) -> None:
+    """The lab's record gone (a crash mid-`up`): `down` still finds and removes everything."""
+    require_root()
+    lab = make_lab(tmp_path)
+    lab.env["OPSKIT_LAB_NAME"] = lab.name = lab.name + "c"
+    up = lab.opskit("lab", "up")
+    assert up.returncode == 0, up.stderr
+    pids = [h["pid"] for h in lab.state["hosts"]]  # type: ignore[union-attr]
+    (lab.root / "lab.json").unlink()
+    down = lab.opskit("lab", "down")
+    assert down.returncode == 0, down.stderr
+    assert not any(alive(pid) for pid in pids)
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"{lab.name}-" not in netns

@@ -1,5 +1,5 @@
 # The README's two commands, each doing all of its own set-up on a fresh clone:
-#   make demo   the main job on the embedded default
+#   make demo   the main job, end to end, in the lab (a simulated homelab; needs root)
 #   make test   lint, types and the whole test suite (what CI runs)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -7,9 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the tests and the lab need; installed when running as root and missing.
-DEBIAN_PACKAGES := openssh-server openssh-client sudo iproute2
+DEBIAN_PACKAGES := openssh-server openssh-client sudo iproute2 util-linux curl ca-certificates
 
-.PHONY: demo test lint typecheck pytest bench sysdeps clean
+.PHONY: demo tour test lint typecheck pytest bench sysdeps clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -48,7 +48,11 @@ pytest: $(STAMP) sysdeps
 
 test: lint typecheck pytest
 
-demo: $(STAMP)
+demo: $(STAMP) sysdeps
+	@$(BIN)/opskit lab demo
+
+# The same project without root or the lab: inventory, validation and a reviewed dry-run plan.
+tour: $(STAMP)
 	@echo "== the homelab inventory"; $(BIN)/opskit inventory list
 	@echo; echo "== the shipped runbooks, validated"; $(BIN)/opskit validate
 	@echo; $(BIN)/opskit list

@@ -207,6 +207,10 @@ def test_tailscale_stand_in_describes_the_lab(lab: Lab) -> None:
     assert set(found) >= {"docker", "ai", "pve"}
     assert status["Peer"] and all(n["DNSName"].endswith(".") for n in status["Peer"].values())
     assert found["ai"].ips == [lab.address("ai")] and found["ai"].online
+    # The lab's inventory agrees with its Proxmox and its tailnet: a sync changes nothing.
+    synced = lab.opskit("inventory", "sync", "--lab", "--dry-run")
+    assert synced.returncode == 0, synced.stderr
+    assert "already in sync" in synced.stdout
 
 
 def test_refuses_a_range_the_machine_routes(tmp_path: Path) -> None:

@@ -145,6 +145,18 @@ def _set(entry: Any, key: str, value: Any) -> None:
         entry[key] = value
 
 
+def round_trip_yaml() -> Any:
+    """ruamel.yaml set up to rewrite an inventory as people write it: comments and quotes
+    kept, sequences indented under their key, long values (keys, fingerprints) on one line."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
+
+
 def sync(
     path: Path,
     inventory: Inventory,
@@ -154,13 +166,9 @@ def sync(
     add_hosts: bool = False,
 ) -> SyncReport:
     """The inventory file's text now and after syncing (nothing is written here)."""
-    from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-    yaml = YAML(typ="rt")
-    yaml.preserve_quotes = True
-    yaml.width = 100
-    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml = round_trip_yaml()
     before = path.read_text(encoding="utf-8")
     doc = yaml.load(before)
     notes: list[str] = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,9 +88,8 @@ def demo(runbook: str | None) -> None:
     chosen = runbook or next((n for n in DEMO_RUNBOOKS if n in names), None)
     if chosen is None:
         raise click.UsageError("no runbook to demonstrate")
-    opskit = shutil.which("opskit") or sys.argv[0]
-    command = [opskit, "run", chosen, "--lab", "--yes"]
-    echo(f"\n== {' '.join(['opskit', *command[1:]])}")
+    command = [sys.executable, "-m", "opskit", "run", chosen, "--lab", "--yes"]
+    echo(f"\n== opskit run {chosen} --lab --yes")
     code = subprocess.call(command)
     echo(
         "\nwhere to look next:\n"

@@ -27,11 +27,9 @@ def write_overlay(
     identity: Path,
     lab_vars: dict[str, Any],
 ) -> None:
-    from ruamel.yaml import YAML
+    from ..sync import round_trip_yaml
 
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    yaml.width = 4096  # a pinned key stays on one line
+    yaml = round_trip_yaml()
     doc = yaml.load(source.read_text())
     _drop_unverified(doc)
     defaults = doc.setdefault("defaults", {})

@@ -283,3 +283,60 @@ def test_down_cleans_up_after_a_crash(tmp_path: Path) -> None:
     assert not any(alive(pid) for pid in pids)
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"{lab.name}-" not in netns
+
+
+def test_sudo_with_a_password_for_a_user_who_is_not_root(lab: Lab) -> None:
+    """The path root never takes: a login user whose sudo asks for a password."""
+    password = "lab-sudo-Pa55-" + lab.name
+    runbooks = write_runbook(lab, "mkuser", """
+        name: mkuser
+        description: a login user with a password and sudo rights that ask for it
+        targets: dev
+        secrets:
+          password: env:OPS_PASSWORD
+        steps:
+          - id: user
+            ssh.run:
+              cmd: >-
+                useradd --create-home --shell /bin/sh ops &&
+                echo ops:{{ secrets.password }} | chpasswd &&
+                echo 'ops ALL=(ALL) ALL' > /etc/sudoers.d/ops && chmod 0440 /etc/sudoers.d/ops
+    """)  # fmt: skip
+    lab.env["OPS_PASSWORD"] = password
+    done = lab.opskit("--runbooks", str(runbooks), "run", "mkuser", "--lab", "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    from opskit.sync import round_trip_yaml
+
+    yaml = round_trip_yaml()
+    doc = yaml.load((lab.root / "inventory.yaml").read_text())
+    dev = next(g for g in doc["guests"] if g["name"] == "dev")
+    dev["ssh"].update({"user": "ops", "password": "env:OPS_PASSWORD"})
+    as_ops = lab.root.parent / "as-ops.yaml"
+    with as_ops.open("w") as out:
+        yaml.dump(doc, out)
+    write_runbook(lab, "become", """
+        name: become
+        description: sudo with a password, fed on stdin
+        targets: dev
+        secrets:
+          sudo: env:OPS_PASSWORD
+        steps:
+          - id: who
+            ssh.run: {cmd: "id -un > /tmp/who", become: true, become_password: "{{ secrets.sudo }}"}
+          - id: login
+            check.command: {cmd: "whoami", contains: "ops"}
+          - id: root
+            check.command: {cmd: 'test "$(stat -c %U /tmp/who):$(cat /tmp/who)" = root:root'}
+    """)  # fmt: skip
+    try:
+        ran = lab.opskit("--inventory", str(as_ops), "--runbooks", str(runbooks), "run", "become",
+                         "--lab", "--yes", "--json")  # fmt: skip
+    finally:
+        del lab.env["OPS_PASSWORD"]
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    done_event = json.loads(ran.stdout.splitlines()[-1])
+    assert done_event["counts"] == {"succeeded": 3, "not run": 0}, ran.stdout
+    assert password not in ran.stdout + ran.stderr
+    for path in (lab.root / "state").rglob("*"):
+        if path.is_file():
+            assert password.encode() not in path.read_bytes(), path

@@ -35,6 +35,15 @@ class Project:
         return path
 
 
+@pytest.fixture(autouse=True)
+def _own_state_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test its own journal, locks and known_hosts: never the operator's, nor another
+    test run's (two runs on the `local` target would otherwise meet at its lock)."""
+    monkeypatch.setenv("OPSKIT_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     """A copy of the shipped inventory with an empty runbooks directory."""

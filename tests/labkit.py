@@ -76,9 +76,9 @@ def make_lab(tmp: Path) -> Lab:
 def lab_up(tmp: Path) -> Iterator[Lab]:
     require_root()
     lab = make_lab(tmp)
-    done = lab.opskit("lab", "up")
-    assert done.returncode == 0, done.stdout + done.stderr
     try:
+        done = lab.opskit("lab", "up")
+        assert done.returncode == 0, done.stdout + done.stderr
         yield lab
     finally:
         lab.opskit("lab", "down")

@@ -149,3 +149,15 @@ def test_parse_reports_syntax_line():
     with pytest.raises(render.TemplateProblem) as info:
         render.parse("line one\n{{ oops }\n")
     assert info.value.line == 2
+
+
+def test_inventory_vars_override_runbook_var_defaults():
+    from opskit.workspace import overridden
+
+    defaults = {"beszel": {"version": "1.0", "port": 45876}, "unrelated": 1}
+    inventory = {"beszel": {"version": "2.0", "release_url": "http://mirror"}, "other": True}
+    assert overridden(defaults, inventory) == {
+        "beszel": {"version": "2.0", "port": 45876, "release_url": "http://mirror"},
+        "unrelated": 1,
+    }
+    assert overridden(defaults, {}) == defaults

@@ -45,3 +45,60 @@ def test_redactor_hides_each_line_of_a_multiline_secret():
     r = Redactor()
     r.add("key", "-----BEGIN KEY-----\nAAAAsecretline\n-----END KEY-----")
     assert "AAAAsecretline" not in r.redact("log: AAAAsecretline")
+
+
+def test_optional_references_give_none_when_missing(tmp_path, monkeypatch):
+    from opskit.secrets import resolve_all
+
+    monkeypatch.delenv("OPSKIT_NOT_SET", raising=False)
+    monkeypatch.setenv("OPSKIT_SET", "s3cr3t-optional")
+    (tmp_path / "here").write_text("s3cr3t-here\n")
+    values = resolve_all({
+        "unset": "optional:env:OPSKIT_NOT_SET",
+        "set": "optional:env:OPSKIT_SET",
+        "no_file": f"optional:file:{tmp_path}/missing",
+        "file": f"optional:file:{tmp_path}/here",
+    })  # fmt: skip
+    assert values == {"unset": None, "set": "s3cr3t-optional", "no_file": None,
+                      "file": "s3cr3t-here"}  # fmt: skip
+    assert "s3cr3t-optional" in redactor
+    # A command that fails is still an error: optional means "may be absent", not "may break".
+    with pytest.raises(SecretError, match="exited 1"):
+        resolve_all({"broken": "optional:cmd:exit 1"})
+    # Where a value must exist (the inventory's own references), optional: changes nothing.
+    with pytest.raises(SecretError, match="OPSKIT_NOT_SET is not set"):
+        resolve("token", "optional:env:OPSKIT_NOT_SET")
+
+
+def test_optional_secret_reaches_an_action_as_null(project, opskit, monkeypatch):
+    monkeypatch.delenv("OPSKIT_NOT_SET", raising=False)
+    project.runbook("opt", """
+        name: opt
+        targets: local
+        secrets:
+          maybe: optional:env:OPSKIT_NOT_SET
+        steps:
+          - id: without
+            when: secrets.maybe is none
+            wait: {duration: 0s}
+          - id: with
+            when: secrets.maybe is not none
+            wait: {duration: 0s}
+    """)  # fmt: skip
+    done = opskit("run", "opt", "--yes", cwd=project.root)
+    assert done.code == 0, done.out + done.err
+    assert "[local] without: ok" in done.out and "[local] with: skipped" in done.out
+    monkeypatch.setenv("OPSKIT_NOT_SET", "now-set")
+    done = opskit("run", "opt", "--yes", cwd=project.root)
+    assert "[local] with: ok" in done.out and "[local] without: skipped" in done.out
+    bad = opskit("validate", cwd=project.root)
+    assert bad.code == 0
+    project.runbook("bad", """
+        name: bad
+        targets: local
+        secrets: {x: "optional:nope:X"}
+        steps:
+          - {id: s, check.command: {cmd: "true"}}
+    """)  # fmt: skip
+    refused = opskit("validate", cwd=project.root)
+    assert refused.code == 2 and "bad secret reference" in refused.err

@@ -54,8 +54,9 @@ def placeholder(name: str) -> str:
 
 
 def resolve(name: str, ref: str, *, cwd: Path | None = None) -> str:
-    """The value behind a reference; registered with the redactor before it is returned."""
-    scheme, _, rest = ref.partition(":")
+    """The value behind a reference; registered with the redactor before it is returned.
+    Where a value must exist, `optional:` changes nothing."""
+    scheme, _, rest = ref.removeprefix("optional:").partition(":")
     if scheme == "env":
         value = os.environ.get(rest)
         if value is None:
@@ -93,5 +94,27 @@ def resolve(name: str, ref: str, *, cwd: Path | None = None) -> str:
     return value
 
 
-def resolve_all(refs: Mapping[str, str], *, cwd: Path | None = None) -> dict[str, str]:
-    return {name: resolve(name, ref, cwd=cwd) for name, ref in refs.items()}
+def absent(ref: str, *, cwd: Path | None = None) -> bool:
+    """An `optional:` reference with nothing behind it (asked without reading any value), so
+    plans and `show` render it as null, as the run will."""
+    if not ref.startswith("optional:"):
+        return False
+    scheme, _, rest = ref.removeprefix("optional:").partition(":")
+    if scheme == "env":
+        return not os.environ.get(rest)
+    if scheme == "file":
+        path = Path(os.path.expanduser(rest))
+        return not (path if cwd is None or path.is_absolute() else cwd / path).exists()
+    return False
+
+
+def resolve_optional(name: str, ref: str, *, cwd: Path | None = None) -> str | None:
+    """`optional:REF` gives None when the variable is unset or the file missing; a command
+    that fails is still an error. Any other reference resolves as `resolve` does."""
+    if absent(ref, cwd=cwd):
+        return None
+    return resolve(name, ref, cwd=cwd)
+
+
+def resolve_all(refs: Mapping[str, str], *, cwd: Path | None = None) -> dict[str, str | None]:
+    return {name: resolve_optional(name, ref, cwd=cwd) for name, ref in refs.items()}

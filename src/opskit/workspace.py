@@ -372,16 +372,35 @@ def target_context(target: Target) -> dict[str, Any]:
 
 
 def base_context(
-    loaded: LoadedRunbook, params: Mapping[str, Any], target: Target, secrets: Mapping[str, str]
+    loaded: LoadedRunbook,
+    params: Mapping[str, Any],
+    target: Target,
+    secrets: Mapping[str, str | None],
 ) -> dict[str, Any]:
     rb = loaded.runbook
     return {
         "params": dict(params),
         "secrets": dict(secrets),
         "target": target_context(target),
-        "vars": dict(rb.vars),
+        "vars": overridden(rb.vars, target.vars),
         "runbook": {"name": rb.name, "description": rb.description},
     }
+
+
+def overridden(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A runbook's vars with the inventory's values for the same names (host over group over
+    inventory, as `target.vars` merges them); mappings merge key by key."""
+    merged = dict(defaults)
+    for key, value in overrides.items():
+        if key not in merged:
+            continue
+        if isinstance(merged[key], Mapping) and isinstance(value, Mapping):
+            merged[key] = overridden(merged[key], value) | {
+                k: v for k, v in value.items() if k not in merged[key]
+            }
+        else:
+            merged[key] = value
+    return merged
 
 
 def render_target(
@@ -391,10 +410,10 @@ def render_target(
     catalog: Mapping[str, type[Action[Any]]],
 ) -> list[RenderedStep]:
     """Every step for one target, secrets as placeholders and registered outputs deferred."""
-    from .secrets import placeholder
+    from .secrets import absent, placeholder
 
     rb = loaded.runbook
-    secrets = {name: placeholder(name) for name in rb.secrets}
+    secrets = {name: None if absent(ref) else placeholder(name) for name, ref in rb.secrets.items()}
     context = base_context(loaded, params, target, secrets)
     out: list[RenderedStep] = []
     for section, i, step in rb.all_steps():

@@ -105,7 +105,7 @@ class Execution:
         plan: Plan,
         targets: list[Target],
         catalog: Mapping[str, type[Action[Any]]],
-        secrets: Mapping[str, str],
+        secrets: Mapping[str, str | None],
         journal: Journal,
         reporter: Reporter,
         gatekeeper: Gatekeeper,

@@ -46,7 +46,7 @@ OVERLAID = ("etc", "opt", "usr", "var", "srv", "root", "home")
 MIRROR_PORT = 8088
 TOKEN_ID = "root@pam!opskit"
 MARKER = ".opskit-lab"  # `down` removes only a directory that carries it
-BESZEL_VERSIONS = ("0.16.1", "0.16.0")
+BESZEL_VERSIONS = ("0.18.8", "0.18.7")  # the runbook's default, and one to upgrade from
 ENV_SECRETS = {  # environment variable -> secret file: what a --lab run exports
     "PROXMOX_TOKEN": "proxmox-token",
     "PROXMOX_PASSWORD": "proxmox-password",
@@ -159,6 +159,7 @@ class Lab:
     # ----- up -----------------------------------------------------------------------------
 
     def up(self, network_range: str = DEFAULT_RANGE, say: Say = print) -> LabState:
+        """Build the lab; a failure on the way takes down whatever was built."""
         require_root()
         try:
             net = ipaddress.IPv4Network(network_range)
@@ -174,6 +175,13 @@ class Lab:
         if network.lab_namespaces() or self.root.exists():
             self.down(say=lambda line: None)
         network.check_range(net)
+        try:
+            return self._build(net, say)
+        except BaseException:
+            self.down(say=lambda line: None)
+            raise
+
+    def _build(self, net: ipaddress.IPv4Network, say: Say) -> LabState:
         started = time.monotonic()
         addresses = iter(net.hosts())
         controller = str(next(addresses))
@@ -280,6 +288,9 @@ class Lab:
             "MaxSessions 100\nMaxStartups 200\nLogLevel ERROR\n"
             "Subsystem sftp internal-sftp\nAcceptEnv LANG LC_*\n"
         )
+        # Services running as their own users (User=) may run the controller's Python, which
+        # may live under /root: the lab's hosts let them through it (0711), unlike the machine.
+        os.chmod(upper / "root", 0o711)
         authorized = upper_path(upper, "root/.ssh/authorized_keys")
         os.chmod(authorized.parent, 0o700)
         authorized.write_text((self.root / "ssh" / "id_ed25519.pub").read_text())
@@ -309,14 +320,20 @@ class Lab:
             for d in OVERLAID
             if Path("/", d).is_dir()
         )
+        # At boot the host starts the units enabled in the lab (links in its own layer), not
+        # the machine's: its sshd is the lab's. Listed before /tmp, which holds the layer, is
+        # hidden by the host's private one.
+        wants = f"{upper}/etc/systemd/system"
         script = (
             "set -e\n"
             f"{mounts}"
+            f'units=$(for w in {wants}/*.wants/*; do [ -L "$w" ] && basename "$w"; done'
+            " | sort -u)\n"
             "mount -t tmpfs -o mode=1777 tmpfs /tmp\n"
             "mount -t tmpfs -o mode=755 tmpfs /run\n"
             "mkdir -p /run/sshd\n"
             f"hostname {host.name}\n"
-            "if [ -x /usr/bin/systemctl ]; then /usr/bin/systemctl --lab-boot || true; fi\n"
+            'for unit in $units; do /usr/bin/systemctl start "$unit" || true; done\n'
             "exec /usr/sbin/sshd -D -e -f /etc/ssh/opskit-lab-sshd_config\n"
         )
         unshare = ["unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc",

@@ -183,14 +183,15 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
 Identifier = Annotated[str, Field(pattern=IDENT_PATTERN, max_length=64)]
 
 # A secret reference: env:NAME, file:PATH or cmd:COMMAND (resolved late, see opskit.secrets).
-SECRET_REF_PATTERN = r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+|cmd:.+)$"
+SECRET_REF_PATTERN = r"^(optional:)?(env:[A-Za-z_][A-Za-z0-9_]*|file:.+|cmd:.+)$"
 
 
 def _check_secret_ref(value: Any) -> Any:
     if isinstance(value, str) and not re.match(SECRET_REF_PATTERN, value, re.S):
         raise user_error(
             "secret_ref",
-            f"bad secret reference {value[:40]!r} (use env:NAME, file:PATH or cmd:COMMAND)",
+            f"bad secret reference {value[:40]!r} (use env:NAME, file:PATH or cmd:COMMAND,"
+            " optionally prefixed with optional:)",
         )
     return value
 
@@ -202,7 +203,8 @@ SecretRef = Annotated[
         {
             "type": "string",
             "pattern": SECRET_REF_PATTERN,
-            "description": "env:NAME, file:PATH or cmd:COMMAND; resolved only when used",
+            "description": "env:NAME, file:PATH or cmd:COMMAND; resolved only when used;"
+            " `optional:` before it gives null (not an error) when the variable or file is missing",
         }
     ),
 ]

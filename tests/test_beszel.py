@@ -763,9 +763,14 @@ def test_a_run_registers_the_host_and_no_secret_reaches_any_artifact(
         )
         return req
 
+    # A review without credentials still plans: what needs them is known after apply.
+    with monkeypatch.context() as without:
+        without.delenv("T_HUB_PASSWORD")
+        plan = session.make_plan(request(), "rb", {}, None)[2]
+        assert [s.change.kind.value for s in plan.targets[0].steps] == ["unknown", "none"]
     plan = session.make_plan(request(), "rb", {}, None)[2]
     kinds = [s.change.kind.value for s in plan.targets[0].steps]
-    assert kinds == ["unknown", "none"]  # the hub's answer needs the secrets
+    assert kinds == ["create", "none"]  # probes log in to the hub with the secrets
     for attempt in (1, 2):
         req = request(yes=True)
         loaded, targets, plan = session.make_plan(req, "rb", {}, None)

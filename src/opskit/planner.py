@@ -108,6 +108,33 @@ def planned(rendered: RenderedStep, change: Change) -> PlannedStep:
     )
 
 
+def probe_secrets(loaded: LoadedRunbook) -> dict[str, str | None] | None:
+    """The secrets a plan's probes may log in with (a hub, an API): each one that resolves
+    here; one that does not (a review without credentials) stays a placeholder, and the
+    steps that need it plan as "known after apply". None: the runbook has no secrets."""
+    from .errors import SecretError
+    from .secrets import placeholder, resolve_optional
+
+    if not loaded.runbook.secrets:
+        return None
+    values: dict[str, str | None] = {}
+    for name, ref in loaded.runbook.secrets.items():
+        try:
+            values[name] = resolve_optional(name, ref)
+        except SecretError:
+            values[name] = placeholder(name)
+    return values
+
+
+def redacted(change: Change) -> Change:
+    """A probe's answer with every secret value it may carry replaced by its placeholder."""
+    from .secrets import redactor
+
+    text = change.model_dump_json()
+    clean = redactor.redact(text)
+    return change if clean == text else Change.model_validate_json(clean)
+
+
 async def plan_target(
     loaded: LoadedRunbook,
     params: Mapping[str, Any],
@@ -116,13 +143,18 @@ async def plan_target(
     limiter: asyncio.Semaphore,
     settings: ProbeSettings | None = None,
     connections: Connections | None = None,
+    secrets: Mapping[str, str | None] | None = None,
 ) -> TargetPlan:
-    rendered = render_target(loaded, params, target, catalog)
+    """The plan shows args with secrets as placeholders; probes get the values."""
+    shown = render_target(loaded, params, target, catalog)
+    probed = shown if secrets is None else render_target(loaded, params, target, catalog, secrets)
+    if [r.id for r in probed] != [r.id for r in shown]:
+        probed = shown  # a loop over a secret: plan it as a review without credentials would
     steps = []
-    for r in rendered:
+    for show, r in zip(shown, probed, strict=True):
         async with limiter:
-            change = await probe_step(r, target, settings, connections)
-        steps.append(planned(r, change))
+            change = redacted(await probe_step(r, target, settings, connections))
+        steps.append(planned(show, change))
     return TargetPlan(target=target.name, label=target.label(), steps=steps)
 
 
@@ -142,10 +174,11 @@ async def build_plan(
     settings = settings or ProbeSettings()
     limiter = asyncio.Semaphore(PROBE_CONCURRENCY)
     connections = settings.connections(inventory)
+    secrets = probe_secrets(loaded)
     try:
         target_plans = await asyncio.gather(
             *(
-                plan_target(loaded, params, t, catalog, limiter, settings, connections)
+                plan_target(loaded, params, t, catalog, limiter, settings, connections, secrets)
                 for t in targets
             )
         )

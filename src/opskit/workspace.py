@@ -408,12 +408,15 @@ def render_target(
     params: Mapping[str, Any],
     target: Target,
     catalog: Mapping[str, type[Action[Any]]],
+    secrets: Mapping[str, str | None] | None = None,
 ) -> list[RenderedStep]:
-    """Every step for one target, secrets as placeholders and registered outputs deferred."""
+    """Every step for one target, registered outputs deferred, secrets as placeholders (or
+    as `secrets` gives them: the values a plan's probes log in with)."""
     from .secrets import absent, placeholder
 
     rb = loaded.runbook
-    secrets = {name: None if absent(ref) else placeholder(name) for name, ref in rb.secrets.items()}
+    if secrets is None:
+        secrets = {n: None if absent(ref) else placeholder(n) for n, ref in rb.secrets.items()}
     context = base_context(loaded, params, target, secrets)
     out: list[RenderedStep] = []
     for section, i, step in rb.all_steps():

@@ -45,7 +45,7 @@ from opskit.clients.hub import (
 )
 from opskit.errors import OpskitError
 from opskit.lab import releases
-from opskit.model import ChangeKind, Target
+from opskit.model import ChangeKind, Outcome, Target
 from opskit.secrets import placeholder
 from pocketbase import Hub, free_port, missing, start_hub
 from sshd import SSHD, Sshd, keygen
@@ -853,26 +853,31 @@ HOST_ADDR = "127.0.0.75"
 
 class IsolatedHost:
     """This machine seen through sshd in a mount and PID namespace of its own, with
-    copy-on-write overlays on /etc, /opt, /usr and /var (what the agent installs lands in
-    `upper`) and the test's `systemctl`. Its network is the machine's, used on loopback only."""
+    copy-on-write overlays on /etc, /opt, /usr, /var and /root (what the agent installs lands
+    in `upper`), a private /run and the lab's `systemctl` stand-in. Its network is the
+    machine's, used on loopback only."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.sshd = Sshd(root / "sshd", [HOST_ADDR])  # keys and authorized_keys only
         self.port = self.sshd.port
         mounts = []
-        for d in ("etc", "opt", "usr", "var"):
+        for d in ("etc", "opt", "usr", "var", "root"):
             (root / "upper" / d).mkdir(parents=True)
             (root / "work" / d).mkdir(parents=True)
             mounts.append(
                 f"mount -t overlay overlay -o lowerdir=/{d},upperdir={root}/upper/{d},"
                 f"workdir={root}/work/{d} /{d}"
             )
-        fake = root / "upper" / "usr" / "bin" / "systemctl"
-        fake.parent.mkdir(parents=True, exist_ok=True)
-        source = (Path(__file__).parent / "fake_systemctl.py").read_text()
-        fake.write_text(f"#!{sys.executable}\n{source}")
-        fake.chmod(0o755)
+        # the agent (User=beszel) runs the venv's Python, which may live under /root
+        (root / "upper" / "root").chmod(0o711)
+        # the lab's systemctl stand-in: the one every lab host runs
+        stand_in = root / "upper" / "usr" / "bin" / "systemctl"
+        stand_in.parent.mkdir(parents=True, exist_ok=True)
+        source = (REPO / "src" / "opskit" / "lab" / "systemctl.py").read_text()
+        stand_in.write_text(source if source.startswith("#!") else f"#!{sys.executable}\n{source}")
+        stand_in.chmod(0o755)
+        mounts += ["mount -t tmpfs -o mode=755 tmpfs /run", "mkdir -p /run/sshd"]
         config = root / "sshd_config"
         config.write_text(
             f"Port {self.port}\nListenAddress {HOST_ADDR}\nHostKey {self.sshd.host_key}\n"
@@ -914,6 +919,17 @@ class IsolatedHost:
         self.log.close()
 
 
+def answering(check: CheckAgent, tgt: Target, within: float = 15.0) -> Outcome:
+    """The check's outcome once the agent answers (a service starts its server in a moment),
+    or its last failure."""
+    deadline = time.monotonic() + within
+    while True:
+        outcome = apply(check, tgt)
+        if outcome.ok or time.monotonic() > deadline:
+            return outcome
+        time.sleep(0.2)
+
+
 def test_agent_installs_upgrades_and_removes_on_an_isolated_host(
     tmp_path, monkeypatch, hub_key, mirror
 ):
@@ -939,7 +955,7 @@ def test_agent_installs_upgrades_and_removes_on_an_isolated_host(
         assert first.outputs["done"] == [
             "binary 0.18.7", "user beszel", "unit file", "daemon-reload", "enable", "start"
         ]  # fmt: skip
-        running = apply(answers, tgt)
+        running = answering(answers, tgt)
         assert running.ok and running.outputs["version"] == "0.18.7", running.error
         upper = iso.root / "upper"
         assert (upper / "opt/beszel-agent/beszel-agent").is_file()
@@ -958,7 +974,7 @@ def test_agent_installs_upgrades_and_removes_on_an_isolated_host(
         assert upgrade.summary == "update Beszel agent and restart: version 0.18.7 -> 0.18.8"
         done = on_host(iso.sshd, tgt, False, v8.apply)
         assert done.ok and done.outputs["done"] == ["binary 0.18.8", "stop", "start"], done
-        assert apply(answers, tgt).outputs["version"] == "0.18.8"
+        assert answering(answers, tgt).outputs["version"] == "0.18.8"
         assert on_host(iso.sshd, tgt, True, v8.probe).kind is ChangeKind.NONE
 
         # a token: in a 0600 file beside the unit, never in it
@@ -972,7 +988,7 @@ def test_agent_installs_upgrades_and_removes_on_an_isolated_host(
         assert oct(env_file.stat().st_mode & 0o777) == "0o600"
         assert token not in (upper / "etc/systemd/system/beszel-agent.service").read_text()
         assert on_host(iso.sshd, tgt, True, tokened.probe).kind is ChangeKind.NONE
-        assert apply(answers, tgt).ok
+        assert answering(answers, tgt).ok
 
         # absent: service, files and user gone
         gone = make(Agent, {"state": "absent"})

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -340,3 +341,65 @@ def test_sudo_with_a_password_for_a_user_who_is_not_root(lab: Lab) -> None:
     for path in (lab.root / "state").rglob("*"):
         if path.is_file():
             assert password.encode() not in path.read_bytes(), path
+
+
+def test_a_unit_started_through_the_stand_in_is_a_live_process_that_stop_ends(lab: Lab) -> None:
+    runbooks = write_runbook(lab, "unit", """
+        name: unit
+        description: a service through the lab's systemctl
+        targets: dev
+        params:
+          action: {type: str, choices: [start, stop]}
+        steps:
+          - id: unit
+            when: params.action == 'start'
+            ssh.upload:
+              dest: /etc/systemd/system/labweb.service
+              content: |
+                [Unit]
+                Description=a web server in the lab
+                [Service]
+                Environment=GREETING=hello ADDR={{ target.address }}
+                ExecStart=/bin/sh -c 'echo "$GREETING" > /tmp/greeting; exec python3 \\
+                  -m http.server 8123 --bind "$ADDR"'
+                User=nobody
+                Restart=on-failure
+                [Install]
+                WantedBy=multi-user.target
+          - id: act
+            ssh.run: {cmd: "systemctl daemon-reload && systemctl {{ params.action }} labweb"}
+          - id: state
+            check.command:
+              cmd: "systemctl is-active labweb || true"
+              contains: "{{ 'active' if params.action == 'start' else 'inactive' }}"
+          - id: environment
+            when: params.action == 'start'
+            check.command: {cmd: "sleep 1; cat /tmp/greeting", contains: hello}
+    """)  # fmt: skip
+    endpoint = f"{lab.address('dev')}:8123"
+    start = lab.opskit("--runbooks", str(runbooks), "run", "unit", "--lab", "--yes",
+                       "-p", "action=start")  # fmt: skip
+    assert start.returncode == 0, start.stdout + start.stderr
+    deadline = time.monotonic() + 15
+    while not lab.answers(endpoint)[endpoint] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert lab.answers(endpoint) == {endpoint: True}
+    # It runs as nobody, with its Environment=, inside the host (its /tmp is the host's own).
+    procs = [
+        p
+        for p in Path("/proc").glob("[0-9]*")
+        if _cmdline(p).endswith("--bind " + lab.address("dev"))
+    ]
+    assert procs and all(p.stat().st_uid == 65534 for p in procs)
+    stop = lab.opskit("--runbooks", str(runbooks), "run", "unit", "--lab", "--yes",
+                      "-p", "action=stop")  # fmt: skip
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert lab.answers(endpoint) == {endpoint: False}
+    assert not any(alive(int(p.name)) for p in procs)
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""

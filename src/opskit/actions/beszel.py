@@ -854,7 +854,12 @@ if [ -f "$u" ]; then echo unit=yes; cat "$u"; else echo unit=no; fi"""
             if result.rc != 0:
                 return failed(f"systemctl {what} failed: {_tail(result)}")
             done.append(what)
-        result = await self._run(shell, f"systemctl is-active {SERVICE}")
+        # `activating`: a unit still starting (or restarting after a failure) is given a while.
+        wait = (
+            f'n=0; while [ "$(systemctl is-active {SERVICE})" = activating ] && [ $n -lt 100 ];'
+            f" do sleep 0.1; n=$((n+1)); done; systemctl is-active {SERVICE}"
+        )
+        result = await self._run(shell, wait)
         if result.stdout.strip() != "active":
             shown = result.stdout.strip() or _tail(result)
             return failed(f"{SERVICE} is {shown} after starting it")

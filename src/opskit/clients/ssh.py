@@ -374,6 +374,9 @@ class SSHPool:
                 session.shell.close()
                 raise SSHError(f"{endpoint.where()}: the shell ended while running"
                                f" {_short(command)}: {exc}") from None  # fmt: skip
+            except asyncio.CancelledError:
+                session.shell.close()  # its output is unread: the next command gets a fresh shell
+                raise
 
     async def _open_shell(self, session: Session) -> Shell:
         import asyncssh

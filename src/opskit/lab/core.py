@@ -211,9 +211,7 @@ class Lab:
             f"hosts: {len(hosts)} sshd in their own namespaces ({', '.join(h.name for h in hosts)})"
         )
         state.services.append(self._start_pve(state, pve))
-        hub = self._start_hub(state)
-        if hub is not None:
-            state.services.append(hub)
+        state.services.append(self._start_hub(state))
         state.services.append(self._start_mirror(state))
         self._tailscale(state)
         self._overlay(state, cert_fp)
@@ -242,7 +240,7 @@ class Lab:
     def _make_secrets(self) -> None:
         for name in ("proxmox-token", "proxmox-password", "proxmoxmcp-api-key", "hub-password",
                      "user-password", "agent-token"):  # fmt: skip
-            self._write_secret(name, secrets.token_urlsafe(24))
+            self._write_secret(name, secrets.token_hex(20))
         self._write_secret("hub-email", "opskit@lab.invalid")
         self._write_secret("user-email", "operator@lab.invalid")
         keygen(self.secret("hub-key"), "opskit-lab-hub")
@@ -288,13 +286,13 @@ class Lab:
             "MaxSessions 100\nMaxStartups 200\nLogLevel ERROR\n"
             "Subsystem sftp internal-sftp\nAcceptEnv LANG LC_*\n"
         )
-        # Services running as their own users (User=) may run the controller's Python, which
-        # may live under /root: the lab's hosts let them through it (0711), unlike the machine.
-        os.chmod(upper / "root", 0o711)
         authorized = upper_path(upper, "root/.ssh/authorized_keys")
         os.chmod(authorized.parent, 0o700)
         authorized.write_text((self.root / "ssh" / "id_ed25519.pub").read_text())
         os.chmod(authorized, 0o600)
+        # Services running as their own users (User=) may run the controller's Python, which
+        # may live under /root: the lab's hosts let them through it (0711), unlike the machine.
+        os.chmod(upper / "root", 0o711)
         upper_path(upper, "etc/hostname").write_text(host.name + "\n")
         upper_path(upper, "etc/hosts").write_text((self.root / "hosts.txt").read_text())
         # The hosts trust the lab's Proxmox certificate, as a homelab adds its PVE CA.
@@ -303,14 +301,11 @@ class Lab:
         system = Path("/etc/ssl/certs/ca-certificates.crt")
         bundle = system.read_text() if system.exists() else ""
         upper_path(upper, "etc/ssl/certs/ca-certificates.crt").write_text(bundle + cert)
-        stand_in = Path(__file__).with_name("systemctl.py")
-        if stand_in.exists():
-            target = upper_path(upper, "usr/bin/systemctl")
-            text = stand_in.read_text()
-            if not text.startswith("#!"):
-                text = "#!/usr/bin/python3\n" + text
-            target.write_text(text)
-            os.chmod(target, 0o755)
+        # There is no systemd in a namespace: the stand-in reads units and runs their processes.
+        target = upper_path(upper, "usr/bin/systemctl")
+        text = Path(__file__).with_name("systemctl.py").read_text()
+        target.write_text(text if text.startswith("#!") else "#!/usr/bin/python3\n" + text)
+        os.chmod(target, 0o755)
 
     def _start_host(self, host: LabHost) -> int:
         upper, work = self._host_dir(host) / "upper", self._host_dir(host) / "work"
@@ -404,10 +399,9 @@ class Lab:
         )
         return LabService("proxmox", address, port, netns, pid, f"https://{address}:{port}")
 
-    def _start_hub(self, state: LabState) -> LabService | None:
-        hub = _optional("opskit.lab.hub")
-        if hub is None:
-            return None
+    def _start_hub(self, state: LabState) -> LabService:
+        from . import hub
+
         address, netns, port = self._site(state, "beszel-hub")
         port = port or 8090
         data = self.root / "hub" / "data"
@@ -423,9 +417,9 @@ class Lab:
 
     def _start_mirror(self, state: LabState) -> LabService:
         mirror = self.root / "mirror"
-        releases = _optional("opskit.lab.releases")
-        if releases is not None:
-            releases.build_mirror(mirror / "beszel", list(BESZEL_VERSIONS))
+        from .releases import build_mirror
+
+        build_mirror(mirror / "beszel", list(BESZEL_VERSIONS))
         address = state.controller
         pid = self._spawn(
             self._in_lab(controller_ns(), sys.executable, "-m", "http.server", "--bind", address,
@@ -564,16 +558,6 @@ class Lab:
 
 
 # ----- helpers ----------------------------------------------------------------------------
-
-
-def _optional(module: str) -> Any:
-    """A lab part that may not be installed yet (built in parallel): None when missing."""
-    from importlib import import_module
-
-    try:
-        return import_module(module)
-    except ModuleNotFoundError:
-        return None
 
 
 def keygen(path: Path, comment: str) -> str:

@@ -86,7 +86,15 @@ def bootstrap_hub(
     data.mkdir(parents=True, exist_ok=True)
     binary = pocketbase_binary()
     upsert = subprocess.run(
-        [str(binary), "superuser", "upsert", superuser_email, superuser_password, f"--dir={data}"],
+        [
+            str(binary),
+            "superuser",
+            "upsert",
+            f"--dir={data}",
+            "--",
+            superuser_email,
+            superuser_password,
+        ],
         capture_output=True,
         text=True,
         timeout=60,

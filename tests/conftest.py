@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,17 @@ def _own_state_dir(
     """Each test its own journal, locks and known_hosts: never the operator's, nor another
     test run's (two runs on the `local` target would otherwise meet at its lock)."""
     monkeypatch.setenv("OPSKIT_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+
+
+@pytest.fixture(autouse=True)
+def _own_redactor() -> Iterator[None]:
+    """The redactor is one per process, as in opskit; a test's secrets end with the test, so
+    a value one test registered (say "secret") cannot hide another test's text."""
+    from opskit.secrets import redactor
+
+    saved = dict(redactor._values)
+    yield
+    redactor._values = saved
 
 
 @pytest.fixture

@@ -199,6 +199,9 @@ class Lab:
         state = LabState(root=str(self.root), network=str(net), controller=controller, hosts=hosts)
         self._prepare_dirs()
         self._make_secrets()
+        from .wheelhouse import prepare  # online here: the --lab runs cannot reach the index
+
+        prepare(self.inventory_path, say)
         say(f"network: {net}, switch {network.switch()}, controller {controller}")
         network.build(net, [(controller_ns(), controller), *((h.netns, h.address) for h in hosts)])
         self._hosts_files(state)
@@ -290,6 +293,12 @@ class Lab:
         os.chmod(authorized.parent, 0o700)
         authorized.write_text((self.root / "ssh" / "id_ed25519.pub").read_text())
         os.chmod(authorized, 0o600)
+        # root's shell files are a fresh system's (/etc/skel), not the controller's: its own
+        # may run tools (pyenv init, say) that a host should not share.
+        for name in (".bashrc", ".profile"):
+            skel = Path("/etc/skel") / name
+            if skel.exists():
+                upper_path(upper, f"root/{name}").write_text(skel.read_text())
         # Services running as their own users (User=) may run the controller's Python, which
         # may live under /root: the lab's hosts let them through it (0711), unlike the machine.
         os.chmod(upper / "root", 0o711)

@@ -23,6 +23,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -328,13 +329,23 @@ class Lab:
         # the machine's: its sshd is the lab's. Listed before /tmp, which holds the layer, is
         # hidden by the host's private one.
         wants = f"{upper}/etc/systemd/system"
+        # opskit's own Python (the agent stand-in runs on it) stays visible where the private
+        # /tmp or /run would hide it: parked on a mount point in /var, then bound back in place.
+        park, unpark = "", ""
+        for n, path in enumerate(hidden_runtime()):
+            spot = shlex.quote(f"/var/lib/opskit-lab/runtime/{n}")
+            where = shlex.quote(str(path))
+            park += f"mkdir -p {spot} && mount --bind -o ro {where} {spot}\n"
+            unpark += f"mkdir -p {where} && mount --bind {spot} {where} && umount {spot}\n"
         script = (
             "set -e\n"
             f"{mounts}"
             f'units=$(for w in {wants}/*.wants/*; do [ -L "$w" ] && basename "$w"; done'
             " | sort -u)\n"
+            f"{park}"
             "mount -t tmpfs -o mode=1777 tmpfs /tmp\n"
             "mount -t tmpfs -o mode=755 tmpfs /run\n"
+            f"{unpark}"
             "mkdir -p /run/sshd\n"
             f"hostname {host.name}\n"
             'for unit in $units; do /usr/bin/systemctl start "$unit" || true; done\n'
@@ -567,6 +578,20 @@ class Lab:
 
 
 # ----- helpers ----------------------------------------------------------------------------
+
+
+def hidden_runtime() -> list[Path]:
+    """opskit's interpreter and code where a host's private /tmp or /run would hide them
+    (a checkout in /tmp, say)."""
+    import opskit
+
+    found: list[Path] = []
+    for path in (Path(sys.prefix), Path(opskit.__file__).resolve().parents[1]):
+        if path.parts[1:2] in (("tmp",), ("run",)) and not any(
+            path == p or p in path.parents for p in found
+        ):
+            found.append(path)
+    return found
 
 
 def keygen(path: Path, comment: str) -> str:

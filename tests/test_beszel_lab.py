@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,14 +51,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     yield from lab_up(tmp_path_factory.mktemp("beszel-lab"))
 
 
-def hub(lab: Lab) -> dict[str, list[dict[str, object]]]:
+def hub(lab: Lab, script: str = HUB_RECORDS) -> Any:
     service = next(s for s in lab.state["services"] if s["name"] == "beszel-hub")  # type: ignore[union-attr]
     secret = lab.root / "secrets"
-    done = lab.inside(sys.executable, "-c", HUB_RECORDS, str(service["url"]),
+    done = lab.inside(sys.executable, "-c", script, str(service["url"]),
                       (secret / "hub-email").read_text().strip(),
                       (secret / "hub-password").read_text().strip())  # fmt: skip
     assert done.returncode == 0, done.stderr
-    return dict(json.loads(done.stdout))
+    return json.loads(done.stdout)
 
 
 def banners(lab: Lab, hosts: list[str]) -> dict[str, str]:
@@ -110,6 +111,9 @@ def test_a_dry_run_changes_no_host_and_no_record(lab: Lab) -> None:
     out = run(lab, "run", "install-beszel-agents", "--lab", "--dry-run")
     assert "install Beszel agent 0.18.8" in out
     assert "dry run: nothing was changed" in out
+    # The probes asked the hub (with the lab's credentials), and wrote nothing: every record
+    # is as it was, `updated` timestamps included; every host's layer is byte-identical.
+    assert "add system ai (" in out
     assert layers(lab) == before_layers
     assert hub(lab) == before_hub
 

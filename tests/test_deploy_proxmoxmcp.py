@@ -161,6 +161,8 @@ def test_dry_run_changes_nothing(lab: Lab) -> None:
     assert code == 0, text
     tasks = len(pve(lab, "/nodes/pve/tasks"))  # type: ignore[arg-type]
     before = tree(upper(lab))
+    served = lab.root / "pve" / "requests.jsonl"
+    seen = len(served.read_text().splitlines())
     code, text = opskit(lab, "run", "deploy-proxmoxmcp", "--lab", "--dry-run")
     assert code == 0, text
     assert "start vm 110 (ai) (stopped -> running)" in text
@@ -170,6 +172,8 @@ def test_dry_run_changes_nothing(lab: Lab) -> None:
     assert tree(upper(lab)) == before
     assert pve(lab, "/nodes/pve/qemu/110/status/current")["status"] == "stopped"  # type: ignore[index]
     assert len(pve(lab, "/nodes/pve/tasks")) == tasks  # type: ignore[arg-type]
+    during = [json.loads(line) for line in served.read_text().splitlines()[seen:]]
+    assert during and {r["method"] for r in during} == {"GET"}, during
 
 
 def test_deploy_answers_with_the_clusters_nodes(lab: Lab) -> None:

@@ -7,7 +7,7 @@ Layout of the lab directory (default /tmp/opskit-lab, or $OPSKIT_LAB_DIR):
     secrets/            generated secrets, 0600 (Proxmox token, hub credentials, keys)
     ssh/                the controller's client key
     hosts/NAME/upper    each host's copy-on-write layer (what runbooks change lands here)
-    pve/ hub/ mirror/   fakepve's certificate, PocketBase's data, the release mirror
+    pve/ hub/ mirror/   fakepve's certificate and request log, PocketBase's data, the mirror
     bin/                stand-ins the controller uses inside the lab (tailscale)
     state/              opskit's journal and known_hosts for lab runs
     logs/               each process's output
@@ -405,6 +405,7 @@ class Lab:
             "password_file": str(self.secret("proxmox-password")),
             "certfile": str(self.root / "pve" / "pve.crt"),
             "keyfile": str(self.root / "pve" / "pve.key"),
+            "request_log": str(self.root / "pve" / "requests.jsonl"),
             "nodes": nodes or ["pve"],
             "guests": [
                 {"vmid": g.vmid, "name": g.name, "kind": g.kind, "status": "running",

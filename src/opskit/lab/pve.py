@@ -2,8 +2,8 @@
 
     python -m opskit.lab.pve SPEC.json
 
-SPEC names the address, certificate, nodes, guests and the files holding the root password and
-the API token (secrets stay out of the command line).
+SPEC names the address, certificate, nodes, guests, the files holding the root password and
+the API token (secrets stay out of the command line), and where to log each request served.
 """
 
 from __future__ import annotations
@@ -14,6 +14,20 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+
+class RequestLog(list[Any]):
+    """fakepve's record of the requests it served, also appended to a file as JSON lines
+    (method, path), so tests and operators can see what a run asked of "Proxmox"."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps({"method": item[0], "path": item[1]}) + "\n")
 
 
 async def serve(spec: dict[str, Any]) -> None:
@@ -29,6 +43,8 @@ async def serve(spec: dict[str, Any]) -> None:
     for guest in spec["guests"]:
         add = pve.add_ct if guest["kind"] == "lxc" else pve.add_vm
         add(guest["vmid"], guest["name"], node=guest["node"], status=guest["status"])
+    if spec.get("request_log"):
+        pve.requests = RequestLog(Path(spec["request_log"]))
     await pve.start(spec["certfile"], spec["keyfile"])
     print(f"fakepve listening on https://{spec['address']}:{spec['port']}", flush=True)
     await asyncio.Event().wait()

@@ -73,9 +73,12 @@ def make_lab(tmp: Path) -> Lab:
     return Lab(name, tmp / "lab", env)
 
 
-def lab_up(tmp: Path) -> Iterator[Lab]:
+def lab_up(tmp: Path, suffix: str = "") -> Iterator[Lab]:
+    """A lab up for the caller's tests, down afterwards (also when `up` failed half-way);
+    `suffix` names it apart from the other labs of this test process."""
     require_root()
     lab = make_lab(tmp)
+    lab.env["OPSKIT_LAB_NAME"] = lab.name = lab.name + suffix
     try:
         done = lab.opskit("lab", "up")
         assert done.returncode == 0, done.stdout + done.stderr

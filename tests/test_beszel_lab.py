@@ -48,7 +48,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    yield from lab_up(tmp_path_factory.mktemp("beszel-lab"))
+    yield from lab_up(tmp_path_factory.mktemp("beszel-lab"), suffix="b")
 
 
 def hub(lab: Lab, script: str = HUB_RECORDS) -> Any:

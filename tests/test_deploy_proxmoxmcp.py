@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from labkit import Lab, make_lab, require_root
+from labkit import Lab, lab_up
 
 pytestmark = pytest.mark.integration
 
@@ -34,15 +34,7 @@ OUTPUTS: list[str] = []  # stdout and stderr of every opskit command of this mod
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    require_root()
-    lab = make_lab(tmp_path_factory.mktemp("mcp"))
-    lab.env["OPSKIT_LAB_NAME"] = lab.name = lab.name + "m"
-    try:
-        up = lab.opskit("lab", "up")
-        assert up.returncode == 0, up.stdout + up.stderr
-        yield lab
-    finally:
-        lab.opskit("lab", "down")
+    yield from lab_up(tmp_path_factory.mktemp("mcp"), suffix="m")
 
 
 def opskit(lab: Lab, *args: str) -> tuple[int, str]:

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import textwrap
-from pathlib import Path
-
 import pytest
 
-from opskit.engine import session
-from opskit.engine.session import Request
-from opskit.report.progress import Reporter
-from opskit.store import Journal
-from opskit.workspace import Workspace
 from sshd import Sshd
+from sshproject import Project, kinds
 
 HOSTS = [f"127.0.0.{n}" for n in range(41, 44)]
 
@@ -25,62 +17,12 @@ def sshd(tmp_path):
     server.stop()
 
 
-class Project:
-    def __init__(self, root: Path, sshd: Sshd, extra_hosts: str = "") -> None:
-        self.root, self.sshd = root, sshd
-        self.work = root / "work"  # what the "hosts" write (they share this machine's disk)
-        self.work.mkdir()
-        (root / "runbooks").mkdir()
-        (root / "inventory").mkdir()
-        hosts = "".join(
-            f"  - {{name: h{n}, address: {a}, tags: [web], ssh: {{user: root, port: {sshd.port},"
-            f' host_key: "{sshd.pinned}"}}}}\n'
-            for n, a in enumerate(HOSTS)
-        )
-        (root / "inventory" / "homelab.yaml").write_text("hosts:\n" + hosts + extra_hosts)
-
-    def runbook(self, text: str) -> None:
-        text = textwrap.dedent(text).lstrip().replace("WORK", str(self.work))
-        (self.root / "runbooks" / "rb.yaml").write_text(text)
-
-    def request(self, **kw) -> Request:
-        req = Request(
-            workspace=Workspace(self.root / "runbooks", self.root / "inventory" / "homelab.yaml"),
-            reporter=Reporter(out=open(os.devnull, "w")),  # noqa: SIM115
-            journal=Journal(self.root / "state" / "journal.db"),
-            **kw,
-        )
-        req.settings.ssh_options.update(
-            client_keys=[str(self.sshd.client_key)], config=[], known_hosts=[]
-        )
-        return req
-
-    def plan(self, **params):
-        return session.make_plan(self.request(), "rb", params, None)[2]
-
-    def run(self, **params):
-        req = self.request(yes=True)
-        loaded, targets, plan = session.make_plan(req, "rb", params, None)
-        return plan, session.execute(req, loaded, targets, plan)
-
-    def steps(self, run_id: str):
-        j = Journal(self.root / "state" / "journal.db")
-        try:
-            return {(s.target, s.step_id): s for s in j.steps(run_id)}
-        finally:
-            j.close()
-
-
 @pytest.fixture
 def project(tmp_path, sshd, monkeypatch):
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     monkeypatch.setenv("OPSKIT_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.chdir(tmp_path)
-    return Project(tmp_path, sshd)
-
-
-def kinds(plan) -> list[list[str]]:
-    return [[s.change.kind.value for s in t.steps] for t in plan.targets]
+    return Project(tmp_path, sshd, HOSTS)
 
 
 def test_guarded_commands_are_idempotent_and_probes_run_only_guards(project):
@@ -197,7 +139,7 @@ def test_a_failing_command_and_an_unreachable_host_fail_alone(tmp_path, sshd, mo
         "  - {name: gone, address: 127.0.0.49, tags: [web],"
         f" ssh: {{user: root, port: {sshd.port}}}}}\n"
     )
-    project = Project(tmp_path, sshd, extra_hosts=gone)
+    project = Project(tmp_path, sshd, HOSTS, extra_hosts=gone)
     project.runbook(
         """
         name: rb

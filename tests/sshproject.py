@@ -1,0 +1,68 @@
+"""A scratch project whose inventory's hosts are real sshd "hosts" on loopback, driven through
+the engine (plan, run, journal), for the SSH and host-state tests."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from opskit.engine import session
+from opskit.engine.session import Request
+from opskit.report.progress import Reporter
+from opskit.store import Journal
+from opskit.workspace import Workspace
+from sshd import Sshd
+
+
+class Project:
+    def __init__(self, root: Path, sshd: Sshd, hosts: list[str], extra_hosts: str = "") -> None:
+        self.root, self.sshd = root, sshd
+        self.work = root / "work"  # what the "hosts" write (they share this machine's disk)
+        self.work.mkdir()
+        for sub in ("runbooks", "inventory", "deploy"):
+            (root / sub).mkdir()
+        entries = "".join(
+            f"  - {{name: h{n}, address: {a}, tags: [web], ssh: {{user: root, port: {sshd.port},"
+            f' host_key: "{sshd.pinned}"}}}}\n'
+            for n, a in enumerate(hosts)
+        )
+        (root / "inventory" / "homelab.yaml").write_text("hosts:\n" + entries + extra_hosts)
+        self.extras: dict[str, Any] = {}
+
+    def runbook(self, text: str) -> None:
+        text = textwrap.dedent(text).lstrip().replace("WORK", str(self.work))
+        (self.root / "runbooks" / "rb.yaml").write_text(text)
+
+    def request(self, **kw: Any) -> Request:
+        req = Request(
+            workspace=Workspace(self.root / "runbooks", self.root / "inventory" / "homelab.yaml"),
+            reporter=Reporter(out=open(os.devnull, "w")),  # noqa: SIM115
+            journal=Journal(self.root / "state" / "journal.db"),
+            **kw,
+        )
+        req.settings.ssh_options.update(
+            client_keys=[str(self.sshd.client_key)], config=[], known_hosts=[]
+        )
+        req.settings.extras.update(self.extras)
+        return req
+
+    def plan(self, **params: Any) -> Any:
+        return session.make_plan(self.request(), "rb", params, None)[2]
+
+    def run(self, **params: Any) -> Any:
+        req = self.request(yes=True)
+        loaded, targets, plan = session.make_plan(req, "rb", params, None)
+        return plan, session.execute(req, loaded, targets, plan)
+
+    def steps(self, run_id: str) -> dict[tuple[str, str], Any]:
+        j = Journal(self.root / "state" / "journal.db")
+        try:
+            return {(s.target, s.step_id): s for s in j.steps(run_id)}
+        finally:
+            j.close()
+
+
+def kinds(plan: Any) -> list[list[str]]:
+    return [[s.change.kind.value for s in t.steps] for t in plan.targets]

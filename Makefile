@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/engine_scale.py
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/proxmox_scale.py
+	$(BIN)/python bench/host_state.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

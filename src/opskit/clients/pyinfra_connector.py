@@ -121,6 +121,9 @@ class HostLink:
         # arrive together, in one rename. None: an existing file's mode, 0600 for a new one.
         self.upload_mode: int | None = None
         self._inflight: concurrent.futures.Future[Any] | None = None
+        # Fact commands answered since the last change: within one step the same fact (an
+        # opskit read, then the operation's own) is asked of the host once.
+        self._facts: dict[str, CommandResult] = {}
 
     @property
     def name(self) -> str:
@@ -178,16 +181,24 @@ class HostLink:
             raise ReadOnlyRefused(
                 f"planning is read-only: refused to run {_short(shown)} on {self.name}"
             )
+        cacheable = probe and stdin is None and not pty
+        if cacheable and command in self._facts:
+            return self._facts[command]
         result = self.call(
             self.shell.run(command, probe=probe, timeout=timeout, stdin=stdin, pty=pty)
         )
         self._observe(Sent(self.name, self.phase, shown, self.read_only, rc=result.rc))
+        if cacheable:
+            self._facts[command] = result
+        else:
+            self._facts.clear()  # the host may have changed: facts are asked afresh
         return result
 
     def put(self, data: bytes, path: str, mode: int | None = None) -> None:
         if self.read_only:
             self._observe(Sent(self.name, self.phase, f"upload {path}", True, refused=True))
             raise ReadOnlyRefused(f"planning is read-only: refused to write {path}")
+        self._facts.clear()
         self.call(_put(self.shell, data, path, mode or self.upload_mode))
         self._observe(Sent(self.name, self.phase, f"upload {path}", False, rc=0))
 

@@ -168,6 +168,9 @@ def test_a_dry_run_changes_nothing_and_runs_only_facts(project, tmp_path):
     ran = " ".join(s.command for s in project.sent)
     for word in ("mkdir", "chmod", "chown", "touch", "mv ", "upload"):
         assert word not in ran, f"planning ran {word!r}: {ran}"
+    # Each step asks the host each fact once (host.file's own read and files.put's are one).
+    asked = [s.command for s in project.sent]
+    assert len(asked) == len(set(asked)), asked
 
 
 def test_the_connector_refuses_operation_commands_while_planning(project, monkeypatch):

@@ -194,6 +194,14 @@ def pass_fail(passed: bool) -> str:
     return "PASS" if passed else "FAIL"
 
 
+def print_ratio_verdicts(found: list[dict[str, Any]], as_json: bool) -> None:
+    """One line per ratio target: `NAME: VALUEx: PASS|FAIL (target T)`."""
+    out = verdict_stream(as_json)
+    for v in found:
+        print(f"{v['name']}: {v['value']:.2f}x: {pass_fail(v['pass'])} (target {v['target']})",
+              file=out)  # fmt: skip
+
+
 # ----- profile -----------------------------------------------------------------------------
 
 _PROFILE_CHILD = """\

@@ -70,8 +70,8 @@ from _common import (
     journal_counts,
     load_profile,
     opskit_command,
-    pass_fail,
     print_profile_report,
+    print_ratio_verdicts,
     print_table,
     profile_command,
     profile_json,
@@ -79,7 +79,6 @@ from _common import (
     scratch_dir,
     scrubbed_env,
     spread,
-    verdict_stream,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -292,10 +291,14 @@ def opskit_peer(lab: Lab, runs: int) -> Peer:
     return Peer("opskit", "opskit run fan --yes (journal on)", runs, start)
 
 
-def pyinfra_peer(lab: Lab, runs: int) -> Peer:
-    work = lab.root / "pyinfra"
-    work.mkdir()
-    data = {
+def host_name(address: str) -> str:
+    """The name a peer's inventory gives the host at `address` (h101 for 127.0.0.101)."""
+    return "h" + address.rsplit(".", 1)[1]
+
+
+def pyinfra_host_data(lab: Lab) -> dict[str, Any]:
+    """pyinfra's per-host data: root with the lab's key, the host key checked, no agent."""
+    return {
         "ssh_port": lab.port,
         "ssh_user": "root",
         "ssh_key": str(lab.key),
@@ -304,6 +307,48 @@ def pyinfra_peer(lab: Lab, runs: int) -> Peer:
         "ssh_allow_agent": False,
         "ssh_look_for_keys": False,
     }
+
+
+def write_ansible_setup(lab: Lab, work: Path, forks: int, *, pipelining: bool = False) -> Path:
+    """Ansible's inventory and ansible.cfg for the lab's hosts in `work`; the cfg's path."""
+    inventory = work / "inventory.yml"
+    common = f"-o UserKnownHostsFile={lab.known_hosts} -o StrictHostKeyChecking=yes"
+    inventory.write_text(
+        json.dumps(
+            {
+                "all": {
+                    "vars": {
+                        "ansible_user": "root",
+                        "ansible_port": lab.port,
+                        "ansible_ssh_private_key_file": str(lab.key),
+                        "ansible_ssh_common_args": common,
+                    },
+                    "hosts": {host_name(a): {"ansible_host": a} for a in lab.hosts},
+                }
+            },
+            indent=1,
+        )
+    )
+    config = work / "ansible.cfg"
+    config.write_text(
+        "[defaults]\n"
+        f"inventory = {inventory}\n"
+        f"forks = {forks}\n"
+        "gathering = explicit\n"
+        "host_key_checking = True\n"
+        "interpreter_python = /usr/bin/python3\n"
+        "retry_files_enabled = False\n"
+        "[ssh_connection]\n"
+        + ("pipelining = True\n" if pipelining else "")
+        + f"control_path_dir = {lab.root}/cp\n"  # replaced per run through the environment
+    )
+    return config
+
+
+def pyinfra_peer(lab: Lab, runs: int) -> Peer:
+    work = lab.root / "pyinfra"
+    work.mkdir()
+    data = pyinfra_host_data(lab)
     hosts = ",\n".join(f"    ({a!r}, {data!r})" for a in lab.hosts)
     (work / "inventory.py").write_text(f"hosts = [\n{hosts},\n]\n")
     ops = "".join(
@@ -331,38 +376,9 @@ def pyinfra_peer(lab: Lab, runs: int) -> Peer:
 def ansible_peer(lab: Lab, module: str, runs: int) -> Peer:
     work = lab.root / "ansible"
     work.mkdir(exist_ok=True)
-    inventory = work / "inventory.yml"
-    if not inventory.exists():
-        common = f"-o UserKnownHostsFile={lab.known_hosts} -o StrictHostKeyChecking=yes"
-        inventory.write_text(
-            json.dumps(
-                {
-                    "all": {
-                        "vars": {
-                            "ansible_user": "root",
-                            "ansible_port": lab.port,
-                            "ansible_ssh_private_key_file": str(lab.key),
-                            "ansible_ssh_common_args": common,
-                        },
-                        "hosts": {
-                            "h" + a.rsplit(".", 1)[1]: {"ansible_host": a} for a in lab.hosts
-                        },
-                    }
-                },
-                indent=1,
-            )
-        )
-        (work / "ansible.cfg").write_text(
-            "[defaults]\n"
-            f"inventory = {inventory}\n"
-            f"forks = {CONCURRENCY}\n"
-            "gathering = explicit\n"
-            "host_key_checking = True\n"
-            "interpreter_python = /usr/bin/python3\n"
-            "retry_files_enabled = False\n"
-            "[ssh_connection]\n"
-            f"control_path_dir = {lab.root}/cp\n"  # replaced per run through the environment
-        )
+    config = work / "ansible.cfg"
+    if not config.exists():
+        write_ansible_setup(lab, work, CONCURRENCY)
     tasks = "".join(
         f"    - name: c{i:02d}\n      ansible.builtin.{module}: {json.dumps(c)}\n"
         for i, c in enumerate(COMMANDS, 1)
@@ -385,7 +401,7 @@ def ansible_peer(lab: Lab, module: str, runs: int) -> Peer:
                 return f"the recap shows {len(good)} of {expected} hosts with every task ok"
             return None
 
-        env = {"ANSIBLE_CONFIG": str(work / "ansible.cfg"),
+        env = {"ANSIBLE_CONFIG": str(config),
                "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control)}  # fmt: skip
         return argv, env, check, lambda: exit_masters(control)
 
@@ -647,12 +663,7 @@ def bench_all(args: argparse.Namespace, lab: Lab) -> int:
         print_peers(peers, by)
         if profile is not None:
             print_profile_report(f"run {RUNBOOK} --yes", profile, args.top)
-    out = verdict_stream(args.json)
-    for v in found:
-        print(
-            f"{v['name']}: {v['value']:.2f}x: {pass_fail(v['pass'])} (target {v['target']})",
-            file=out,
-        )
+    print_ratio_verdicts(found, args.json)
     return 0 if passed else 1
 
 

@@ -96,20 +96,28 @@ from _common import (
     journal_counts,
     load_profile,
     opskit_command,
-    pass_fail,
     print_profile_report,
+    print_ratio_verdicts,
     print_table,
     profile_json,
     run_child,
     scratch_dir,
     spread,
-    verdict_stream,
 )
 
 # The fan-out benchmark's lab (home, key, known_hosts, ssh config, scrubbed environment) and its
 # helpers for sshd's connections and Ansible's ControlPersist masters; it also puts tests/ on
 # sys.path for tests/sshd.py.
-from fanout import Lab, exit_masters, machine_cpu, make_lab, settle
+from fanout import (
+    Lab,
+    exit_masters,
+    host_name,
+    machine_cpu,
+    make_lab,
+    pyinfra_host_data,
+    settle,
+    write_ansible_setup,
+)
 from sshd import Sshd
 
 FIRST_HOST = 151  # 127.0.0.151 and up: no other benchmark or test uses them
@@ -252,10 +260,6 @@ def write_inventory(lab: Lab, project: Path) -> Path:
     return inventory
 
 
-def host_name(address: str) -> str:
-    return "h" + address.rsplit(".", 1)[1]
-
-
 def write_runbooks(lab: Lab, runbooks: Path, wanted: Wanted) -> None:
     """The two opskit runbooks: host.* (pyinfra) and ssh.* (SFTP); content inline, JSON-quoted."""
     base = "{{ params.root }}/{{ target.name }}"
@@ -350,15 +354,7 @@ def write_local_files(lab: Lab, wanted: Wanted) -> dict[str, Path]:
 def pyinfra_peer(lab: Lab, local: dict[str, Path], runs: int) -> Peer:
     work = lab.root / "pyinfra"
     work.mkdir()
-    data = {
-        "ssh_port": lab.port,
-        "ssh_user": "root",
-        "ssh_key": str(lab.key),
-        "ssh_known_hosts_file": str(lab.known_hosts),
-        "ssh_strict_host_key_checking": "yes",
-        "ssh_allow_agent": False,
-        "ssh_look_for_keys": False,
-    }
+    data = pyinfra_host_data(lab)
     hosts = ",\n".join(
         f"    ({a!r}, {{**{data!r}, 'hoststate_name': {host_name(a)!r}}})" for a in lab.hosts
     )
@@ -403,36 +399,7 @@ def pyinfra_peer(lab: Lab, local: dict[str, Path], runs: int) -> Peer:
 def ansible_peer(lab: Lab, local: dict[str, Path], runs: int) -> Peer:
     work = lab.root / "ansible"
     work.mkdir()
-    inventory = work / "inventory.yml"
-    common = f"-o UserKnownHostsFile={lab.known_hosts} -o StrictHostKeyChecking=yes"
-    inventory.write_text(
-        json.dumps(
-            {
-                "all": {
-                    "vars": {
-                        "ansible_user": "root",
-                        "ansible_port": lab.port,
-                        "ansible_ssh_private_key_file": str(lab.key),
-                        "ansible_ssh_common_args": common,
-                    },
-                    "hosts": {host_name(a): {"ansible_host": a} for a in lab.hosts},
-                }
-            },
-            indent=1,
-        )
-    )
-    (work / "ansible.cfg").write_text(
-        "[defaults]\n"
-        f"inventory = {inventory}\n"
-        f"forks = {len(lab.hosts)}\n"
-        "gathering = explicit\n"
-        "host_key_checking = True\n"
-        "interpreter_python = /usr/bin/python3\n"
-        "retry_files_enabled = False\n"
-        "[ssh_connection]\n"
-        "pipelining = True\n"
-        f"control_path_dir = {lab.root}/cp\n"  # replaced per run through the environment
-    )
+    config = write_ansible_setup(lab, work, len(lab.hosts), pipelining=True)
     base = "{{ root }}/{{ inventory_hostname }}"
     tasks = [
         "    - name: dir\n      ansible.builtin.file:"
@@ -467,7 +434,7 @@ def ansible_peer(lab: Lab, local: dict[str, Path], runs: int) -> Peer:
                 )
             return None
 
-        env = {"ANSIBLE_CONFIG": str(work / "ansible.cfg"),
+        env = {"ANSIBLE_CONFIG": str(config),
                "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control)}  # fmt: skip
         return argv, env, check, lambda: exit_masters(control)
 
@@ -749,12 +716,7 @@ def bench_all(args: argparse.Namespace, lab: Lab) -> int:
         print_peers(peers, by)
         for case, prof in (profiles or {}).items():
             print_profile_report(f"run {RUNBOOK} --yes ({case}; all threads)", prof, args.top)
-    out = verdict_stream(args.json)
-    for v in found:
-        print(
-            f"{v['name']}: {v['value']:.2f}x: {pass_fail(v['pass'])} (target {v['target']})",
-            file=out,
-        )
+    print_ratio_verdicts(found, args.json)
     return 0 if passed else 1
 
 

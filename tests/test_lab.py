@@ -221,6 +221,9 @@ def test_refuses_a_range_the_machine_routes(tmp_path: Path) -> None:
     done = lab.opskit("lab", "up", "--range", "192.0.2.0/24")
     assert done.returncode == 2
     assert "192.0.2.0/24" in done.stderr and "routes" in done.stderr
+    small = lab.opskit("lab", "up", "--range", "198.51.100.0/28")
+    assert small.returncode == 2 and "too small" in small.stderr, small.stderr
+    assert "Traceback" not in small.stderr
     assert not (tmp_path / "lab").exists() or not any((tmp_path / "lab").iterdir())
 
 

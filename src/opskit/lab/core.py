@@ -176,6 +176,9 @@ class Lab:
         if network.lab_namespaces() or self.root.exists():
             self.down(say=lambda line: None)
         network.check_range(net)
+        needed = 9 + len(self.inventory.all_hosts())  # the controller, .2-.9 kept, the hosts
+        if net.num_addresses - 2 < needed:
+            raise UsageError(f"lab range {net} is too small: the lab needs {needed} addresses")
         try:
             return self._build(net, say)
         except BaseException:

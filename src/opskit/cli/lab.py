@@ -6,16 +6,20 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .common import json_option, workspace
 from .output import echo
 
+if TYPE_CHECKING:
+    from ..lab.core import Lab
+
 DEMO_RUNBOOKS = ("deploy-proxmoxmcp", "install-beszel-agents", "vm-power")
 
 
-def _lab(with_inventory: bool = False):  # type: ignore[no-untyped-def]
+def _lab(with_inventory: bool = False) -> Lab:
     from ..lab.core import Lab, lab_dir
 
     if not with_inventory:

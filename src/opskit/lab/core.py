@@ -18,6 +18,7 @@ the machine: /etc, /opt, /usr, /var, /srv, /root and /home are overlays, /tmp an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -643,28 +644,20 @@ def alive(pid: int | None) -> bool:
 def stop(pids: set[int], grace: float = 3.0) -> None:
     """SIGTERM, then SIGKILL whatever is left after `grace` seconds; wait until all are gone."""
     for pid in pids:
-        with _quiet():
+        with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGTERM)
-        with _quiet():
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in pids:
         if alive(pid):
-            with _quiet():
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-
-
-class _quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]
 
 
 def lab_environment(root: Path) -> dict[str, str]:

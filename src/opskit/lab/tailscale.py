@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,7 +39,7 @@ def _node(
     }
 
 
-def status_json(tailnet: str, hosts: list[Any], controller: str) -> dict[str, Any]:
+def status_json(tailnet: str, hosts: Sequence[_Host], controller: str) -> dict[str, Any]:
     """`tailscale status --json` as the controller ("workstation") would see the lab."""
     peers: dict[str, Any] = {}
     self_node = _node("controller", f"controller.{tailnet}", controller)
@@ -78,7 +78,3 @@ exit 1
 """
     path.write_text(script)
     path.chmod(0o755)
-
-
-if __name__ == "__main__":  # pragma: no cover - a debugging aid
-    print(status_json(sys.argv[1], [], "198.51.100.1"))

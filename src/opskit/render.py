@@ -152,6 +152,16 @@ def references(tree: nodes.Template) -> tuple[set[str], set[tuple[str, str]]]:
     return names, attrs
 
 
+@cache
+def template_references(
+    text: str, expression: bool = False
+) -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
+    """`references` of a template's text, each text parsed once per process (runbooks repeat
+    the same expressions from step to step)."""
+    names, attrs = references(parse(text, expression=expression))
+    return frozenset(names), frozenset(attrs)
+
+
 # --- rendering -------------------------------------------------------------------------------
 
 

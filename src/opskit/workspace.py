@@ -202,7 +202,7 @@ def _uses_secret(value: Any) -> bool:
     if not render.is_template(value):
         return False
     try:
-        _, attrs = render.references(render.parse(value))
+        _, attrs = render.template_references(value)
     except render.TemplateProblem:
         return True  # reported as a syntax error elsewhere
     return any(base == "secrets" for base, _ in attrs)
@@ -232,7 +232,7 @@ def _check_templates(
     problems = []
     for path, text, expression in texts:
         try:
-            used, attrs = render.references(render.parse(text, expression=expression))
+            used, attrs = render.template_references(text, expression)
         except render.TemplateProblem as exc:
             line, col, shown = source.position(path)
             problems.append(Problem(source.file, line + exc.line - 1, col, f"{shown}: {exc}"))
@@ -503,7 +503,7 @@ def render_step(
 
 @lru_cache(maxsize=512)
 def _names_in(expression: str) -> frozenset[str]:
-    names, _ = render.references(render.parse(expression, expression=True))
+    names, _ = render.template_references(expression, True)
     return frozenset(names)
 
 

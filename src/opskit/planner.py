@@ -130,6 +130,8 @@ def redacted(change: Change) -> Change:
     """A probe's answer with every secret value it may carry replaced by its placeholder."""
     from .secrets import redactor
 
+    if not redactor:
+        return change
     text = change.model_dump_json()
     clean = redactor.redact(text)
     return change if clean == text else Change.model_validate_json(clean)

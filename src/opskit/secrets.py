@@ -44,6 +44,10 @@ class Redactor:
     def __contains__(self, value: str) -> bool:
         return value in self._values
 
+    def __bool__(self) -> bool:
+        """Whether any secret is registered (nothing to hide otherwise)."""
+        return bool(self._values)
+
 
 redactor = Redactor()
 

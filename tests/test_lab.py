@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import Lab, lab_up, make_lab, require_root
+from labkit import REPO, Lab, lab_up, make_lab, require_root
 from opskit.lab.core import alive
 
 HOSTS = ["docker", "homeassistant", "media", "ai", "dev", "pve", "workstation"]
@@ -406,3 +407,78 @@ def _cmdline(proc: Path) -> str:
         return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         return ""
+
+
+# Runs opskit with every connect attempt of the process recorded and refused unless it goes to
+# loopback or a Unix socket: a connect that would leave through the machine's default route
+# never happens, even if opskit tried one (the test then sees it in the record and fails).
+GUARDED_OPSKIT = """
+import ipaddress, socket, sys
+record = open(sys.argv.pop(1), "a")
+def guard(event, args):
+    if event != "socket.connect":
+        return
+    sock, address = args
+    if sock.family == socket.AF_UNIX:
+        return
+    host = address[0]
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        record.write(f"{host}:{address[1]}\\n"); record.flush()
+        raise PermissionError(f"test guard: connect to {host} refused")
+sys.addaudithook(guard)
+from opskit.cli import main
+sys.argv[0] = "opskit"
+main()
+"""
+
+
+def guarded(lab: Lab, record: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`opskit ARGS` in the machine's own namespace, every outbound connect watched."""
+    return subprocess.run(
+        [sys.executable, "-c", GUARDED_OPSKIT, str(record), *args], cwd=REPO,
+        env=lab.env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def test_a_lab_plan_never_acts_outside_the_lab(lab: Lab) -> None:
+    plan = lab.root.parent / "lab-plan.json"
+    done = lab.opskit("plan", "vm-power", "-p", "action=reboot", "--limit", "vm:110",
+                      "-o", str(plan), "--lab")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The hint names the command that applies it: in this lab, --lab included.
+    assert f"OPSKIT_LAB_NAME={lab.name} opskit apply {plan} --lab" in done.stdout
+    saved = json.loads(plan.read_text())
+    assert saved["lab"] == {"name": lab.name, "netns": lab.controller_ns}
+
+    record = lab.root.parent / "connects.txt"
+    record.write_text("")
+    applied = guarded(lab, record, "apply", str(plan), "--yes")
+    assert applied.returncode == 4, applied.stdout + applied.stderr
+    assert f"made in lab {lab.name!r}" in applied.stderr
+    assert f"opskit apply {plan} --lab" in applied.stderr
+    assert "Traceback" not in applied.stderr
+    # The lab's inventory itself, from outside the lab: refused before any connection.
+    env_inventory = ["--inventory", str(lab.root / "inventory.yaml")]
+    for command in (["run", "vm-power", "-p", "action=reboot", "--limit", "vm:110", "--yes"],
+                    ["plan", "health"], ["inventory", "sync", "--dry-run"]):  # fmt: skip
+        refused = guarded(lab, record, *env_inventory, *command)
+        assert refused.returncode == 2, (command, refused.stdout + refused.stderr)
+        assert "not inside that lab" in refused.stderr, refused.stderr
+    assert record.read_text() == "", "a connect attempt left the machine's namespace"
+
+    # Inside the lab the same plan applies; a plan of the real homelab does not apply there.
+    inside = lab.opskit("apply", str(plan), "--yes", "--lab")
+    assert inside.returncode == 0, inside.stdout + inside.stderr
+    real = lab.root.parent / "real-plan.json"
+    made = guarded(lab, record, "--inventory", str(REPO / "inventory" / "homelab.yaml"),
+                   "plan", "health", "--limit", "vm:110", "-o", str(real))  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "--lab" not in made.stdout
+    wrong = lab.opskit("apply", str(real), "--yes", "--lab")
+    assert wrong.returncode == 4, wrong.stdout + wrong.stderr
+    assert "made outside the lab" in wrong.stderr
+    assert record.read_text() == ""

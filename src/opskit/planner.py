@@ -194,6 +194,7 @@ async def build_plan(
         params=dict(params),
         secrets=dict(rb.secrets),
         limit=limit,
+        lab=inventory.lab if inventory is not None else None,
         concurrency=rb.concurrency,
         serial=rb.serial if rb.serial is not None else rb.batch,
         max_fail=rb.max_fail,

@@ -164,7 +164,12 @@ def plan(
         out.write_text(render_plan(made, "json"), encoding="utf-8")
     echo(render_plan(made, fmt).rstrip("\n"))
     if out is not None and fmt != "json":
-        echo(f"saved to {out}: apply exactly this with  opskit apply {out}")
+        from ..place import lab_command
+
+        command = f"opskit apply {out}"
+        if made.lab is not None:
+            command = lab_command(made.lab, command)
+        echo(f"saved to {out}: apply exactly this with  {command}")
 
 
 @click.command()
@@ -175,7 +180,7 @@ def apply(plan_file: Path, req: Request) -> None:
     from ..engine.session import check_saved_plan, execute, read_plan
 
     saved = read_plan(plan_file)
-    loaded, targets = check_saved_plan(req, saved)
+    loaded, targets = check_saved_plan(req, saved, str(plan_file))
     _exit(execute(req, loaded, targets, saved))
 
 

@@ -33,6 +33,9 @@ class Connections:
         transport: httpx.AsyncBaseTransport | None = None,
         on_request: Callable[[str, str, Mapping[str, Any]], None] | None = None,
     ) -> None:
+        from ..place import check_inventory
+
+        check_inventory(inventory)  # the one door: nothing made for a lab leaves it
         self.inventory = inventory
         self.say = say
         self.transport = transport

@@ -15,6 +15,7 @@ from .. import __version__
 from ..errors import GateError, OpskitError, StalePlanError, StepError, UsageError
 from ..model import ChangeKind, Inventory, Risk, Target
 from ..model.plan import Plan
+from ..place import plan_place_problem
 from ..planner import ProbeSettings, blockers, build_plan, file_ref
 from ..report.progress import Reporter, reporter_for
 from ..secrets import redactor, resolve_all
@@ -102,13 +103,19 @@ def read_plan(path: Path) -> Plan:
     return plan
 
 
-def check_saved_plan(req: Request, plan: Plan) -> tuple[LoadedRunbook, list[Target]]:
-    """The runbook, inventory and opskit are those of the plan, and every probe still agrees.
+def check_saved_plan(
+    req: Request, plan: Plan, plan_file: str = "plan.json"
+) -> tuple[LoadedRunbook, list[Target]]:
+    """The plan is applied where it was made (a lab's plan in that lab), and its runbook,
+    inventory and opskit are those of the plan, and every probe still agrees.
 
     Raises StalePlanError (exit 4), or NothingToDo when the world already shows the plan's
     changes: the plan was applied before."""
     if plan.compute_fingerprint() != plan.fingerprint:
         raise StalePlanError("stale plan: the plan file was edited after it was made")
+    misplaced = plan_place_problem(plan.lab, plan_file)
+    if misplaced is not None:
+        raise StalePlanError(misplaced)
     if plan.opskit_version != __version__:
         raise StalePlanError(
             f"stale plan: made by opskit {plan.opskit_version}, this is {__version__}"

@@ -478,6 +478,7 @@ class Lab:
                 "beszel": {"release_url": f"http://{state.controller}:{MIRROR_PORT}/beszel"},
                 "ca_bundle": "/etc/ssl/certs/ca-certificates.crt",
             },
+            mark={"name": network.prefix().removesuffix("-"), "netns": controller_ns()},
         )
 
     def _wait(self, state: LabState, say: Say, timeout: float = 30.0) -> None:

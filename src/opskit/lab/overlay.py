@@ -26,12 +26,15 @@ def write_overlay(
     token_file: Path,
     identity: Path,
     lab_vars: dict[str, Any],
+    mark: dict[str, str],
 ) -> None:
     from ..sync import round_trip_yaml
 
     yaml = round_trip_yaml()
     doc = yaml.load(source.read_text())
     _drop_unverified(doc)
+    # The mark that keeps opskit from acting on this file outside the lab (opskit.place).
+    doc.insert(1 if "version" in doc else 0, "lab", mark)
     defaults = doc.setdefault("defaults", {})
     ssh = defaults.setdefault("ssh", {})
     ssh.update({"user": "root", "port": 22, "identity": str(identity)})

@@ -174,8 +174,18 @@ class Defaults(StrictModel):
     ssh: SSH = Field(default_factory=SSH, description="unset user/port: ~/.ssh/config decides")
 
 
+class LabMark(StrictModel):
+    """On the lab's own inventory (written by `opskit lab up`): where it may be acted on."""
+
+    name: str = Field(..., description="the lab's name ($OPSKIT_LAB_NAME, default olab)")
+    netns: str = Field(..., description="the lab's controller network namespace")
+
+
 class Inventory(StrictModel):
     version: Literal[1] = 1
+    lab: LabMark | None = Field(
+        None, description="set only on a lab's inventory: opskit acts on it inside that lab alone"
+    )
     tailnet: str | None = Field(None, description="the tailnet's MagicDNS suffix")
     defaults: Defaults = Field(default_factory=Defaults)
     proxmox: dict[Name, ProxmoxCluster] = Field(default_factory=dict)

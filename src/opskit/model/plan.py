@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .inventory import LabMark
+
 
 class Risk(StrEnum):
     READ = "read"  # looks, never changes (checks, waits)
@@ -111,6 +113,7 @@ class Plan(_Lazy):
     params: dict[str, Any]
     secrets: dict[str, str] = Field(description="references only, never values")
     limit: str | None = None
+    lab: LabMark | None = Field(None, description="the lab it was made in: applied only there")
     concurrency: int = 10
     serial: int | str | None = None
     max_fail: int | str | None = None

@@ -68,6 +68,7 @@ class ResourceArgs(ActionArgs):
     state: Literal["present", "absent"] = "present"
     sleep: float = 0.0
     echo: str | None = None
+    blocked: str | None = None  # the probe answers with this blocker
 
 
 class Resource(Action[ResourceArgs]):
@@ -91,6 +92,8 @@ class Resource(Action[ResourceArgs]):
             return key in d["present"]
 
         present = world().update(look)
+        if self.args.blocked:
+            return Change.unknown(f"{self.args.name} is blocked", blockers=[self.args.blocked])
         want = self.args.state == "present"
         if present == want:
             return Change.none(f"{self.args.name} is {self.args.state}")

@@ -27,16 +27,25 @@ EXIT_USAGE = 2
 EXIT_GATE = 3
 EXIT_STALE = 4
 EXIT_LOCKED = 5
+EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
+# `plan --detailed-exitcode` found changes: exit 2 to the user, told apart from a usage error
+# (also 2) inside the process, where every other error becomes 1 (opskit.cli.run).
+EXIT_PLAN_CHANGES = 202
 
+# The one list of exit codes: `opskit --help` prints it, the README's table says the same
+# (tests/test_exit_codes.py produces every row).
 EXIT_CODES: dict[int, str] = {
-    EXIT_OK: "success",
-    EXIT_FAILED: "a step or check failed",
-    EXIT_USAGE: "usage or validation error (bad runbook, inventory, parameter or secret)",
-    EXIT_GATE: "a confirmation gate was declined or not approved",
-    EXIT_STALE: "stale plan: the runbook, inventory, opskit or the world changed since planning",
+    EXIT_OK: "success (also: a saved plan that was already applied, nothing to do)",
+    EXIT_FAILED: "a step or check failed, or the plan has blockers",
+    EXIT_USAGE: "usage or validation error: bad YAML, schema, unknown action, target, param,"
+    " missing secret, or the lab's inventory used outside the lab",
+    EXIT_GATE: "a confirmation gate was declined, or not approved where nobody can answer",
+    EXIT_STALE: "stale plan: the plan file, runbook, inventory, opskit or the world changed"
+    " since planning, or it is applied outside the place it was made (lab or not)",
     EXIT_LOCKED: "a target is locked by another run",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_INTERNAL: "internal error (a bug in opskit; OPSKIT_DEBUG=1 shows the traceback)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM)",
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from . import __version__
 from .actions import Action, ActionContext
 from .clients.connections import Connections
-from .errors import OpskitError
+from .errors import OpskitError, SecretError
 from .model import Change, ChangeKind, Inventory, Risk, Target
 from .model.plan import FileRef, Plan, PlannedStep, TargetPlan
 from .workspace import LoadedRunbook, RenderedStep, render_target
@@ -71,6 +71,8 @@ async def probe_step(
     )
     try:
         return await rendered.instance.probe(ctx)
+    except SecretError:
+        raise  # a secret the inventory needs is missing: a usage error (2), not a blocker
     except OpskitError as exc:
         return Change.unknown(f"probe failed: {exc}", blockers=[str(exc)])
     except Exception as exc:  # a broken action must not hide the rest of the plan
@@ -203,12 +205,3 @@ async def build_plan(
     )
     plan.fingerprint = plan.compute_fingerprint()
     return plan
-
-
-def blockers(plan: Plan) -> list[str]:
-    return [
-        f"{t.label}: step {s.id}: {b}"
-        for t in plan.targets
-        for s in t.steps
-        for b in s.change.blockers
-    ]

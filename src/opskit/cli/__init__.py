@@ -9,9 +9,16 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, LoadError, OpskitError
-
-EXIT_INTERNAL = 70
+from ..errors import (
+    EXIT_CODES,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PLAN_CHANGES,
+    EXIT_USAGE,
+    LoadError,
+    OpskitError,
+)
 
 
 class LazyGroup(click.Group):
@@ -52,6 +59,8 @@ class LazyGroup(click.Group):
         "lab": "opskit.cli.lab.lab",
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="\b\nExit codes:\n"
+    + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()),
 )
 @click.version_option(__version__, "--version", prog_name="opskit", message="%(prog)s %(version)s")
 @click.option(
@@ -78,11 +87,27 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    lab_child: list[int] = []  # the exit code of the same command run inside the lab
+    code = _run(argv, lab_child)
+    if lab_child:
+        return lab_child[0]  # already decided there, --detailed-exitcode included
+    if _option_given(args, "--detailed-exitcode"):
+        # Terraform's convention for CI: 0 no changes, 2 changes, 1 any error.
+        known = {EXIT_OK: EXIT_OK, EXIT_PLAN_CHANGES: 2, EXIT_INTERRUPTED: EXIT_INTERRUPTED}
+        return known.get(code, 1)
+    return 2 if code == EXIT_PLAN_CHANGES else code
+
+
+def _run(argv: list[str] | None, lab_child: list[int]) -> int:
     try:
         if _wants_lab(sys.argv[1:] if argv is None else argv):
             from ..lab.enter import run_in_lab
 
-            return run_in_lab(sys.argv[1:] if argv is None else argv, replace=argv is None)
+            lab_child.append(
+                run_in_lab(sys.argv[1:] if argv is None else argv, replace=argv is None)
+            )
+            return lab_child[0]
         # Without standalone mode click returns ctx.exit()'s code instead of raising it.
         code = cli.main(args=argv, prog_name="opskit", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -124,10 +149,14 @@ def run(argv: list[str] | None = None) -> int:
     return code if isinstance(code, int) else 0
 
 
+def _option_given(argv: list[str], option: str) -> bool:
+    """`option` among the options (not after `--`)."""
+    return option in (argv[: argv.index("--")] if "--" in argv else argv)
+
+
 def _wants_lab(argv: list[str]) -> bool:
-    """`--lab` among the options (not after `--`), and not already inside the lab."""
-    options = argv[: argv.index("--")] if "--" in argv else argv
-    return "--lab" in options and not os.environ.get("OPSKIT_LAB_ACTIVE")
+    """`--lab` among the options, and not already inside the lab."""
+    return _option_given(argv, "--lab") and not os.environ.get("OPSKIT_LAB_ACTIVE")
 
 
 def _redact(text: str) -> str:

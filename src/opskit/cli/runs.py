@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import EXIT_OK
+from ..errors import EXIT_OK, EXIT_PLAN_CHANGES, StepError
+from ..report import counted
 from .common import json_option, lab_option, workspace
 from .output import echo
 
@@ -130,6 +131,12 @@ def run(
         echo(render_plan(plan, "text").rstrip("\n"))
     ctx = click.get_current_context()
     if dry_run:
+        found = plan.blockers()
+        if found:
+            raise StepError(
+                f"dry run: nothing was changed, and the plan cannot run: it has"
+                f" {counted(len(found), 'blocker')}:\n  " + "\n  ".join(found)
+            )
         if not req.as_json:
             echo("dry run: nothing was changed")
         ctx.exit(EXIT_OK)
@@ -149,20 +156,35 @@ def run(
     "--format", "fmt", type=click.Choice(["text", "md", "json"]), default="text",
     show_default=True, help="How to print the plan.",
 )  # fmt: skip
+@click.option(
+    "--detailed-exitcode", "detailed", is_flag=True,
+    help="Exit 0 when the plan changes nothing, 2 when it has changes, 1 on any error"
+    " (blockers and usage errors included), as Terraform's plan does: for CI gates.",
+)  # fmt: skip
 @tofu_option
 @lab_option
 def plan(
-    runbook: str, params: tuple[str, ...], limit: str | None, out: Path | None, fmt: str, tofu: bool
-) -> None:
-    """Plan RUNBOOK and print it for review; -o saves it for `opskit apply`."""
+    runbook: str, params: tuple[str, ...], limit: str | None, out: Path | None, fmt: str,
+    detailed: bool, tofu: bool,
+) -> None:  # fmt: skip
+    """Plan RUNBOOK and print it for review; -o saves it for `opskit apply`.
+
+    Exits 1 when the plan has blockers (it could not be applied)."""
     from ..engine.session import make_plan
-    from ..report.plan import render_plan
+    from ..report.plan import nothing_to_do, render_plan
     from ..workspace import parse_param_args
 
     _, _, made = make_plan(_request(tofu=tofu), runbook, parse_param_args(params), limit)
     if out is not None:
         out.write_text(render_plan(made, "json"), encoding="utf-8")
     echo(render_plan(made, fmt).rstrip("\n"))
+    found = made.blockers()
+    if found:
+        saved = f" (saved to {out} for review)" if out is not None else ""
+        raise StepError(
+            f"the plan cannot be applied{saved}: it has {counted(len(found), 'blocker')}:\n  "
+            + "\n  ".join(found)
+        )
     if out is not None and fmt != "json":
         from ..place import lab_command
 
@@ -170,6 +192,8 @@ def plan(
         if made.lab is not None:
             command = lab_command(made.lab, command)
         echo(f"saved to {out}: apply exactly this with  {command}")
+    if detailed and not nothing_to_do(made):
+        click.get_current_context().exit(EXIT_PLAN_CHANGES)
 
 
 @click.command()

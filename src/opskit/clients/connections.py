@@ -82,15 +82,16 @@ class Connections:
                 f"warning: TLS verification is off for Proxmox cluster {name}"
                 " (insecure: true): anyone on the path can read its token"
             )
-        verify: Any = True
-        if url.scheme == "https":
-            verify = await ssl_context(spec.tls, url.hostname or "", url.port or 8006)
+        # Secrets first: a missing one is the user's to fix (exit 2) before anything connects.
         credentials = Credentials(
             token_id=spec.token_id,
             token_secret=resolve(f"proxmox.{name}.token", spec.token) if spec.token else None,
             user=spec.user,
             password=resolve(f"proxmox.{name}.password", spec.password) if spec.password else None,
         )
+        verify: Any = True
+        if url.scheme == "https":
+            verify = await ssl_context(spec.tls, url.hostname or "", url.port or 8006)
         return ProxmoxClient(
             spec.api_url,
             credentials,

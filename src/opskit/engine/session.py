@@ -16,7 +16,7 @@ from ..errors import GateError, OpskitError, StalePlanError, StepError, UsageErr
 from ..model import ChangeKind, Inventory, Risk, Target
 from ..model.plan import Plan
 from ..place import plan_place_problem
-from ..planner import ProbeSettings, blockers, build_plan, file_ref
+from ..planner import ProbeSettings, build_plan, file_ref
 from ..report.progress import Reporter, reporter_for
 from ..secrets import redactor, resolve_all
 from ..store import DONE, Journal, state_dir
@@ -222,7 +222,7 @@ def execute(
     resume_outputs: Mapping[tuple[str, str], dict[str, Any]] | None = None,
     resumed_from: str | None = None,
 ) -> RunResult:
-    found = blockers(plan)
+    found = plan.blockers()
     if found:
         raise StepError("the plan has blockers; nothing was run:\n  " + "\n  ".join(found))
     approved = check_gates(req, plan)

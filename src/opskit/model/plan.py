@@ -138,17 +138,32 @@ class Plan(_Lazy):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def counts(self) -> dict[str, int]:
-        """How many steps would create, update, delete, are unknown, or only check."""
-        out = {"create": 0, "update": 0, "delete": 0, "unknown": 0, "check": 0, "none": 0}
+        """How many steps would create, update, delete, are unknown, or only check; how many
+        are blocked; handlers (they run only when a step fails) apart from all of those."""
+        out = {"create": 0, "update": 0, "delete": 0, "unknown": 0, "check": 0, "none": 0,
+               "blocked": 0, "handlers": 0}  # fmt: skip
         for t in self.targets:
             for s in t.steps:
                 if s.skipped:
                     continue
-                if s.risk is Risk.READ:
+                if s.change.blockers:
+                    out["blocked"] += 1
+                if s.section == "handlers":
+                    out["handlers"] += 1
+                elif s.risk is Risk.READ:
                     out["check"] += 1
                 else:
                     out[s.change.kind.value] += 1
         return out
+
+    def blockers(self) -> list[str]:
+        """Every reason the plan cannot run now, one line each (`TARGET: step ID: why`)."""
+        return [
+            f"{t.label}: step {s.id}: {b}"
+            for t in self.targets
+            for s in t.steps
+            for b in s.change.blockers
+        ]
 
     def gates(self) -> list[tuple[str, PlannedStep]]:
         """(target, step) of every step that asks before it runs."""

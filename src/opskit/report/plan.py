@@ -8,8 +8,7 @@ from typing import Any
 from ..model import ChangeKind, Risk
 from ..model.plan import Plan, PlannedStep
 from ..secrets import redactor
-
-FORMATS = ("text", "md", "json")
+from . import counted
 
 
 def render_plan(plan: Plan, fmt: str) -> str:
@@ -27,12 +26,16 @@ def summary_line(plan: Plan) -> str:
     parts = [f"{c['create']} to create", f"{c['update']} to update", f"{c['delete']} to delete"]
     if c["unknown"]:
         parts.append(f"{c['unknown']} known after apply")
-    parts.append(f"{c['check']} checks")
+    parts.append(counted(c["check"], "check"))
     if c["none"]:
         parts.append(f"{c['none']} unchanged")
     gates = len(plan.gates())
     if gates:
         parts.append(f"{gates} gated")
+    if c["handlers"]:
+        parts.append(counted(c["handlers"], "handler") + " (run only if a step fails)")
+    if c["blocked"]:
+        parts.append(counted(len(plan.blockers()), "blocker") + ": it cannot run")
     return "Plan: " + ", ".join(parts) + "."
 
 
@@ -69,7 +72,7 @@ def plain(plan: Plan) -> str:
     lines = [
         f"opskit plan for {plan.runbook} ({plan.runbook_file.path})",
         f"params: {_params(plan)}" if plan.params else "params: none",
-        f"targets: {len(plan.targets)}" + (f" (limit {plan.limit})" if plan.limit else ""),
+        counted(len(plan.targets), "target") + (f" (limit {plan.limit})" if plan.limit else ""),
         "",
         "  + create   ~ update   - delete   ? known after apply   = check",
     ]
@@ -137,7 +140,8 @@ def markdown(plan: Plan) -> str:
         f"- inventory: `{plan.inventory_file.path}` (sha256 `{plan.inventory_file.sha256[:16]}`)",
         f"- opskit: {plan.opskit_version}",
         f"- params: {_md(_params(plan)) or 'none'}",
-        f"- targets: {len(plan.targets)}" + (f" (limit `{plan.limit}`)" if plan.limit else ""),
+        f"- {counted(len(plan.targets), 'target')}"
+        + (f" (limit `{plan.limit}`)" if plan.limit else ""),
         f"- fingerprint: `{plan.fingerprint}`",
         "",
         f"**{summary_line(plan)}**",

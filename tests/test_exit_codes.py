@@ -1,0 +1,162 @@
+"""Every row of the README's exit-code table, produced as a user produces it; the table, the
+code's own list and `opskit --help` agree; `plan --detailed-exitcode` for CI gates."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import fakes
+from opskit.engine.locks import TargetLocks
+from opskit.errors import EXIT_CODES
+from test_engine import GATED, RUNBOOK, SLOW, _wait_for, env  # noqa: F401 - env is a fixture
+
+README = fakes.Path(__file__).resolve().parent.parent / "README.md"
+
+BLOCKED = """
+name: blocked
+targets: [ai, dev]
+steps:
+  - id: make
+    test.resource: {name: x}
+  - id: locked
+    test.resource: {name: y, blocked: "vm 110 is locked (backup)"}
+handlers:
+  - id: undo
+    test.resource: {name: x, state: absent}
+"""
+
+SECRET = """
+name: secret
+targets: [ai]
+secrets:
+  token: env:OPSKIT_TEST_UNSET_TOKEN
+steps:
+  - id: use
+    test.resource: {name: "{{ secrets.token }}"}
+"""
+
+
+def readme_table() -> dict[int, str]:
+    text = README.read_text()
+    section = text[text.index("### Exit codes") :]
+    section = section[: section.index("\n## ")]
+    return {
+        int(code): meaning.strip()
+        for code, meaning in re.findall(r"^\| (\d+) \| (.+) \|$", section, re.M)
+    }
+
+
+def test_readme_table_code_and_help_list_the_same_codes(opskit):
+    table = readme_table()
+    assert table == EXIT_CODES and set(table) == {0, 1, 2, 3, 4, 5, 70, 130}
+    shown = opskit("--help").out
+    for code, meaning in EXIT_CODES.items():
+        assert re.search(rf"^\s+{code}\s+{re.escape(meaning)}", shown, re.M), (code, shown)
+
+
+def test_every_row_of_the_exit_code_table(env, monkeypatch):  # noqa: F811
+    """Each code of the README's table, from a command a user types."""
+    env.project.runbook("deploy", RUNBOOK)
+    env.project.runbook("gated", GATED)
+    env.project.runbook("blocked", BLOCKED)
+    env.project.runbook("secret", SECRET)
+    env.project.runbook("slow", SLOW.replace("SLEEP", "30"))
+    seen: dict[int, list[str]] = {}
+
+    def expect(code: int, *args: str) -> str:
+        done = env.run(*args)
+        assert done.code == code, (args, done.out, done.err)
+        assert "Traceback" not in done.out + done.err
+        seen.setdefault(code, []).append(" ".join(args))
+        return done.out + done.err
+
+    # 0: success, and a saved plan already applied
+    expect(0, "run", "deploy", "--limit", "ai", "--yes")
+    plan = str(env.project.root / "plan.json")
+    expect(0, "plan", "deploy", "--limit", "dev", "-o", plan)
+    expect(0, "apply", plan, "--yes")
+    assert "nothing to do" in expect(0, "apply", plan, "--yes")
+    # 1: a step failed; the plan has blockers (plan, dry run and run alike)
+    env.world.fail("docker/app-1")
+    expect(1, "run", "deploy", "--limit", "docker", "--yes")
+    out = expect(1, "plan", "blocked")
+    assert "2 blockers: it cannot run" in out and "BLOCKED: vm 110 is locked (backup)" in out
+    out = expect(1, "run", "blocked", "--dry-run")
+    assert "cannot run" in out and "vm 110 is locked" in out
+    assert "dry run: nothing was changed\n" not in out
+    expect(1, "run", "blocked", "--yes")
+    # 2: usage and validation errors, a missing secret included
+    expect(2, "run", "no-such-runbook")
+    expect(2, "run", "deploy", "-p", "nope=1")
+    expect(2, "run", "deploy", "--limit", "vm:4242")
+    monkeypatch.delenv("OPSKIT_TEST_UNSET_TOKEN", raising=False)
+    assert "OPSKIT_TEST_UNSET_TOKEN" in expect(2, "run", "secret", "--yes")
+    (env.project.runbooks / "broken.yaml").write_text("name: broken\nsteps: [\n")
+    expect(2, "validate")
+    # 3: a gate nobody can answer
+    expect(3, "run", "gated")
+    # 4: a stale plan
+    stale = str(env.project.root / "stale.json")
+    expect(0, "plan", "deploy", "--limit", "media", "-o", stale)
+    env.world.add("media/app-1")
+    expect(4, "apply", stale, "--yes")
+    # 5: a target locked by another run
+    locks = TargetLocks(env.state / "locks", "20261201-000000-abcdef")
+    locks.acquire(["pve"], 0)
+    try:
+        assert "locked by run 20261201-000000-abcdef" in expect(
+            5, "run", "deploy", "--limit", "pve"
+        )
+    finally:
+        locks.release()
+    # 70: a bug in opskit
+    from opskit.engine import session
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(session, "make_plan", broken)
+        assert "internal error: RuntimeError: simulated bug" in expect(70, "run", "deploy")
+    # 130: interrupted (SIGINT as Ctrl-C sends it)
+    proc = env.spawn("run", "slow", "--grace", "0s")
+    _wait_for(lambda: "ai/slow" in env.world.calls("apply"))
+    proc.send_signal(2)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    seen.setdefault(130, []).append("run slow, then Ctrl-C")
+    assert set(seen) == set(readme_table())
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "code"),
+    [
+        (None, ("plan", "deploy", "--limit", "ai"), 2),  # changes present
+        ("present", ("plan", "deploy", "--limit", "ai"), 0),  # nothing to change
+        (None, ("plan", "blocked"), 1),  # blockers
+        (None, ("plan", "no-such-runbook"), 1),  # a usage error is 1 here, not 2
+        (None, ("plan", "deploy", "--bogus-option"), 1),
+    ],
+)
+def test_plan_detailed_exitcode(env, setup, args, code):  # noqa: F811
+    env.project.runbook("deploy", RUNBOOK)
+    env.project.runbook("blocked", BLOCKED)
+    if setup == "present":
+        env.world.add("ai/app-1")
+        env.world.add("ai/app-2")
+    done = env.run(*args, "--detailed-exitcode")
+    assert done.code == code, (done.out, done.err)
+
+
+def test_plan_summary_counts_blockers_handlers_and_says_one_target(env):  # noqa: F811
+    env.project.runbook("blocked", BLOCKED.replace("targets: [ai, dev]", "targets: [ai]"))
+    out = env.run("plan", "blocked").out
+    assert "\n1 target\n" in out
+    summary = next(line for line in out.splitlines() if line.startswith("Plan:"))
+    # The handler is not a planned change: it runs only if a step fails.
+    assert summary.startswith("Plan: 1 to create, 0 to update, 0 to delete, 1 known after apply")
+    assert "1 handler (run only if a step fails)" in summary
+    assert "1 blocker: it cannot run" in summary
+    assert "0 checks" in summary

@@ -51,6 +51,11 @@ class Lab:
         return str(next(h["address"] for h in hosts if h["name"] == host))
 
     @property
+    def state_dir(self) -> Path:
+        """Where this lab's runs keep journal, logs and locks (they outlive `lab down`)."""
+        return Path(self.env["OPSKIT_STATE_DIR"]) / "labs" / self.name
+
+    @property
     def controller_ns(self) -> str:
         return f"{self.name}-ctl"
 
@@ -69,7 +74,8 @@ class Lab:
 def make_lab(tmp: Path) -> Lab:
     name = f"t{os.getpid() % 100000}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSKIT_")}
-    env.update(OPSKIT_LAB_NAME=name, OPSKIT_LAB_DIR=str(tmp / "lab"), PYTHONUNBUFFERED="1")
+    env.update(OPSKIT_LAB_NAME=name, OPSKIT_LAB_DIR=str(tmp / "lab"), PYTHONUNBUFFERED="1",
+               OPSKIT_STATE_DIR=str(tmp / "state"))  # fmt: skip
     return Lab(name, tmp / "lab", env)
 
 

@@ -140,7 +140,7 @@ def test_install_puts_an_agent_on_every_monitored_host_and_registers_it(lab: Lab
     assert env_file.stat().st_mode & 0o777 == 0o600
     assert token not in unit
     assert token.encode() not in b"".join(
-        p.read_bytes() for p in (lab.root / "state").rglob("*") if p.is_file()
+        p.read_bytes() for p in lab.state_dir.rglob("*") if p.is_file()
     )
 
 

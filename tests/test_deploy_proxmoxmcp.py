@@ -306,7 +306,7 @@ def test_a_broken_release_is_rolled_back(lab: Lab, tmp_path: Path) -> None:
     assert code == 1, text
     assert f"installed proxmox-mcp-plus {BROKEN}" in text
     run_id = re.findall(r"run (\S+) failed in", text)[-1]
-    host_log = (lab.root / "state" / "logs" / run_id / "ai.log").read_text()
+    host_log = (lab.state_dir / "logs" / run_id / "ai.log").read_text()
     assert f"rolled back releases/{BROKEN} -> releases/0.6.7" in host_log, host_log
     root = upper(lab)
     assert os.readlink(root / "opt/proxmoxmcp/current") == "releases/0.6.7"

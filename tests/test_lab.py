@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -247,9 +248,24 @@ def test_down_leaves_nothing_and_up_again_works(tmp_path: Path) -> None:
     lab = make_lab(tmp_path)
     lab.env["OPSKIT_LAB_NAME"] = lab.name = lab.name + "d"
     network = machine_network()
+    runbooks = write_runbook(lab, "hello", """
+        name: hello
+        description: one command on one host
+        targets: ai
+        steps:
+          - id: hello
+            ssh.run: {cmd: "echo hello from $(hostname)"}
+    """)  # fmt: skip
+    runs = []
     for _ in range(2):  # up, down, up, down
         up = lab.opskit("lab", "up")
         assert up.returncode == 0, up.stdout + up.stderr
+        done = lab.opskit("--runbooks", str(runbooks), "run", "hello", "--lab", "--yes")
+        assert done.returncode == 0, done.stdout + done.stderr
+        # Where the logs are is said at the end; the record is kept outside the lab.
+        log = re.search(r"^log: (\S+)", done.stdout, re.M)
+        assert log and Path(log[1]).is_file() and lab.state_dir in Path(log[1]).parents
+        runs.append(re.search(r"run (\S+) succeeded", done.stdout)[1])  # type: ignore[index]
         pids = [h["pid"] for h in lab.state["hosts"]] + [  # type: ignore[union-attr]
             s["pid"]
             for s in lab.state["services"]  # type: ignore[union-attr]
@@ -264,6 +280,17 @@ def test_down_leaves_nothing_and_up_again_works(tmp_path: Path) -> None:
         mounts = [p.read_text() for p in Path("/proc").glob("[0-9]*/mountinfo") if _readable(p)]
         assert not any(str(lab.root) in m for m in mounts)
         assert machine_network() == network
+        assert "kept the lab's runs" in down.stdout
+    # The lab is down and its runs are still there, with --lab on every command that reads them.
+    history = lab.opskit("history", "--lab", "--json")
+    assert history.returncode == 0, history.stderr
+    assert [r["id"] for r in json.loads(history.stdout)] == runs[::-1]
+    shown = lab.opskit("show-run", runs[0], "--lab")
+    assert shown.returncode == 0 and "hello" in shown.stdout, shown.stdout + shown.stderr
+    locks = lab.opskit("unlock", "--lab", "--json")
+    assert locks.returncode == 0 and {x["target"] for x in json.loads(locks.stdout)} == {"ai"}
+    outside = lab.opskit("history")
+    assert outside.returncode == 0 and "opskit history --lab" in outside.stdout
 
 
 def _readable(path: Path) -> bool:

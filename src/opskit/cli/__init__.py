@@ -154,9 +154,29 @@ def _option_given(argv: list[str], option: str) -> bool:
     return option in (argv[: argv.index("--")] if "--" in argv else argv)
 
 
+# Commands that only read opskit's state: with --lab they read the lab's (kept outside the
+# lab, see opskit.cli.common.lab_state_option) in this process, up or not.
+STATE_COMMANDS = frozenset({"history", "show-run", "unlock"})
+
+
 def _wants_lab(argv: list[str]) -> bool:
-    """`--lab` among the options, and not already inside the lab."""
-    return _option_given(argv, "--lab") and not os.environ.get("OPSKIT_LAB_ACTIVE")
+    """`--lab` among the options of a command that acts, and not already inside the lab."""
+    return (
+        _option_given(argv, "--lab")
+        and not os.environ.get("OPSKIT_LAB_ACTIVE")
+        and _subcommand(argv) not in STATE_COMMANDS
+    )
+
+
+def _subcommand(argv: list[str]) -> str | None:
+    """The command's name: the first word that is neither an option nor an option's value."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--runbooks", "--inventory"):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def _redact(text: str) -> str:

@@ -7,7 +7,7 @@ import time
 import click
 
 from ..errors import UsageError
-from .common import json_option, lab_option
+from .common import json_option, lab_state_option
 from .output import echo, emit_json, table
 
 
@@ -22,7 +22,7 @@ def _took(start: float, end: float | None) -> str:
 @click.command()
 @click.argument("runbook", required=False)
 @click.option("-n", "--last", default=20, show_default=True, help="How many runs.")
-@lab_option
+@lab_state_option
 @json_option
 def history(runbook: str | None, last: int, as_json: bool) -> None:
     """Recent runs (of RUNBOOK), newest first."""
@@ -42,8 +42,16 @@ def history(runbook: str | None, last: int, as_json: bool) -> None:
             for r in rows
         ])  # fmt: skip
         return
+    from ..store import state_dir
+
+    in_labs = sorted(p.parent.name for p in (state_dir() / "labs").glob("*/journal.db"))
+    lab_note = (
+        f"runs in the lab ({', '.join(in_labs)}) are listed with  opskit history --lab"
+        if in_labs
+        else None
+    )
     if not rows:
-        echo("no runs yet")
+        echo("no runs yet" + (f"; {lab_note}" if lab_note else ""))
         return
     table(
         ["RUN", "RUNBOOK", "STARTED", "TOOK", "STATUS", "STEPS"],
@@ -53,6 +61,8 @@ def history(runbook: str | None, last: int, as_json: bool) -> None:
             for r in rows
         ],
     )  # fmt: skip
+    if lab_note:
+        echo(lab_note)
 
 
 def _counts(journal, run_id: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
@@ -64,7 +74,7 @@ def _counts(journal, run_id: str) -> dict[str, int]:  # type: ignore[no-untyped-
 
 @click.command("show-run")
 @click.argument("run_id")
-@lab_option
+@lab_state_option
 @json_option
 def show_run(run_id: str, as_json: bool) -> None:
     """One run: its steps on each target, with status, attempts and errors."""
@@ -114,6 +124,7 @@ def show_run(run_id: str, as_json: bool) -> None:
 @click.command()
 @click.argument("targets", nargs=-1)
 @click.option("--force", is_flag=True, help="Break a lock even though its holder is running.")
+@lab_state_option
 @json_option
 def unlock(targets: tuple[str, ...], force: bool, as_json: bool) -> None:
     """Clear target locks; with no TARGETS, list them."""

@@ -27,6 +27,7 @@ from ..model import ChangeKind, Inventory, Outcome, Risk, Step, Target
 from ..model.common import format_duration, resolve_count
 from ..model.plan import Plan, PlannedStep, TargetPlan
 from ..planner import ProbeSettings, gate_for, probe_step
+from ..report import counted
 from ..report.progress import Reporter
 from ..store import (
     DECLINED,
@@ -54,6 +55,7 @@ class RunOptions:
     resume_outputs: Mapping[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     resumed_from: str | None = None
     host_logs: Path | None = None  # a directory: one log per target with every step's output
+    log: Path | None = None  # the run's own log file (where the done event says it is)
 
 
 @dataclass
@@ -214,6 +216,10 @@ class Execution:
                 "exit_code": code,
                 "counts": dict(self.counts) | {"not run": self._not_run()},
                 "duration": time.monotonic() - started,
+                "log": str(self.options.log) if self.options.log else None,
+                "host_logs": str(self.options.host_logs)
+                if self.options.host_logs and self.options.host_logs.is_dir()
+                else None,
             }
         )
         return RunResult(
@@ -349,8 +355,8 @@ class Execution:
             self.reporter.emit(
                 {
                     "event": "message",
-                    "text": f"rollout stopped: {failed} targets failed (max_fail {limit});"
-                    f" {self._not_run()} targets not started",
+                    "text": f"rollout stopped: {counted(failed, 'target')} failed"
+                    f" (max_fail {limit}); {counted(self._not_run(), 'target')} not started",
                 }
             )
 

@@ -17,6 +17,7 @@ from ..model import ChangeKind, Inventory, Risk, Target
 from ..model.plan import Plan
 from ..place import plan_place_problem
 from ..planner import ProbeSettings, build_plan, file_ref
+from ..report import counted
 from ..report.progress import Reporter, reporter_for
 from ..secrets import redactor, resolve_all
 from ..store import DONE, Journal, state_dir
@@ -205,7 +206,8 @@ def check_gates(req: Request, plan: Plan) -> bool:
             for t, s in gates[:10]
         )
         raise GateError(
-            f"{len(gates)} steps ask for confirmation and there is no terminal to ask:\n"
+            f"{counted(len(gates), 'step')} ask{'s' if len(gates) == 1 else ''} for confirmation"
+            " and there is no terminal to ask:\n"
             f"  {listed}\nreview the plan, then pass --yes or --approve {plan.fingerprint}"
         )
     return approved
@@ -229,9 +231,8 @@ def execute(
     run_id = new_run_id()
     values = resolve_all(loaded.runbook.secrets)
     journal = req.journal or Journal.open_default(redact=redactor.redact)
-    reporter = req.reporter or reporter_for(
-        as_json=req.as_json, log=state_dir() / "logs" / f"{run_id}.log"
-    )
+    log = state_dir() / "logs" / f"{run_id}.log"
+    reporter = req.reporter or reporter_for(as_json=req.as_json, log=log)
     locks = TargetLocks(
         state_dir() / "locks",
         run_id,
@@ -257,6 +258,7 @@ def execute(
                 resume_outputs=resume_outputs or {},
                 resumed_from=resumed_from,
                 host_logs=state_dir() / "logs" / run_id,
+                log=log if req.reporter is None else None,
             ),
             settings=req.settings,
             inventory=inventory or req.workspace.inventory,

@@ -9,11 +9,12 @@ Layout of the lab directory (default /tmp/opskit-lab, or $OPSKIT_LAB_DIR):
     hosts/NAME/upper    each host's copy-on-write layer (what runbooks change lands here)
     pve/ hub/ mirror/   fakepve's certificate and request log, PocketBase's data, the mirror
     bin/                stand-ins the controller uses inside the lab (tailscale)
-    state/              opskit's journal and known_hosts for lab runs
     logs/               each process's output
 
-Nothing lives in the machine's own network namespace, and nothing of a host's changes lands on
-the machine: /etc, /opt, /usr, /var, /srv, /root and /home are overlays, /tmp and /run private.
+Lab runs keep their journal, logs and locks outside it, in $OPSKIT_STATE_DIR/labs/NAME (see
+`lab_state_dir`), so they outlive `down`. Nothing lives in the machine's own network
+namespace, and nothing of a host's changes lands on the machine: /etc, /opt, /usr, /var, /srv,
+/root and /home are overlays, /tmp and /run private.
 """
 
 from __future__ import annotations
@@ -580,6 +581,9 @@ class Lab:
             "the lab is down"
             + (f": removed {', '.join(removed)}" if removed else " (it was not up)")
         )
+        kept = lab_state_dir()
+        if (kept / "journal.db").exists():
+            say(f"kept the lab's runs (journal and logs) in {kept}: opskit history --lab")
         return removed
 
 
@@ -661,11 +665,19 @@ def stop(pids: set[int], grace: float = 3.0) -> None:
         time.sleep(0.05)
 
 
+def lab_state_dir() -> Path:
+    """Where lab runs keep their journal, logs and locks: beside the operator's own state
+    (`STATE/labs/NAME`), not in the lab directory, so `opskit lab down` keeps the record."""
+    from ..store import state_dir
+
+    return state_dir() / "labs" / network.prefix().removesuffix("-")
+
+
 def lab_environment(root: Path) -> dict[str, str]:
     """What a `--lab` run adds to its environment: the overlay, lab state, secrets, stand-ins."""
     env = {
         "OPSKIT_INVENTORY": str(root / "inventory.yaml"),
-        "OPSKIT_STATE_DIR": str(root / "state"),
+        "OPSKIT_STATE_DIR": str(lab_state_dir()),
         "OPSKIT_LAB_ACTIVE": "1",
         "PATH": f"{root / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
     }

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..secrets import redactor
+from . import counted
 
 STATUS_WORDS = {
     "succeeded": "ok",
@@ -31,8 +32,8 @@ def describe(event: dict[str, Any]) -> str | None:
     kind = event["event"]
     if kind == "run":
         return (
-            f"run {event['run_id']}: {event['runbook']} on {event['targets']} targets"
-            f" ({event['steps']} steps)"
+            f"run {event['run_id']}: {event['runbook']} on {counted(event['targets'], 'target')}"
+            f" ({counted(event['steps'], 'step')})"
         )
     if kind == "step" and event["status"] != "started":
         word = STATUS_WORDS.get(event["status"], event["status"])
@@ -60,6 +61,8 @@ def describe(event: dict[str, Any]) -> str | None:
             f" {c.get('failed', 0)} failed, {c.get('skipped', 0)} skipped"
             + (f", {c['declined']} declined" if c.get("declined") else "")
             + (f", {c['not run']} not run" if c.get("not run") else "")
+            + (f"\nlog: {event['log']}" if event.get("log") else "")
+            + (f" (each host's output: {event['host_logs']}/)" if event.get("host_logs") else "")
         )
     return None
 
@@ -137,7 +140,7 @@ class LiveReporter(Reporter):
         more = len(self.running) - 12
         if more > 0:
             lines.append(f"  ... and {more} more")
-        head = f"running {len(self.running)} steps, {now - self.started:.0f}s elapsed"
+        head = f"running {counted(len(self.running), 'step')}, {now - self.started:.0f}s elapsed"
         return Text("\n".join([head, *lines]), style="dim")
 
     def emit(self, event: dict[str, Any]) -> None:

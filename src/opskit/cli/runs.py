@@ -119,7 +119,11 @@ limit_option = click.option(
 def run(
     runbook: str, params: tuple[str, ...], limit: str | None, dry_run: bool, req: Request
 ) -> None:
-    """Plan RUNBOOK, ask at its gates, and execute it."""
+    """Plan RUNBOOK, ask at its gates, and execute it.
+
+    Exit codes: 0 done (or nothing to do), 1 a step failed or the plan has blockers, 2 usage
+    error, 3 a gate declined or nobody to ask, 5 a target locked, 130 interrupted.
+    """
     from ..engine.session import execute, make_plan
     from ..report.plan import nothing_to_do, render_plan
     from ..workspace import parse_param_args
@@ -130,13 +134,14 @@ def run(
     else:
         echo(render_plan(plan, "text").rstrip("\n"))
     ctx = click.get_current_context()
+    found = plan.blockers()
+    if found:
+        said = "nothing was changed (dry run)" if dry_run else "nothing was run"
+        raise StepError(
+            f"the plan has blockers; {said}: {counted(len(found), 'blocker')}:\n  "
+            + "\n  ".join(found)
+        )
     if dry_run:
-        found = plan.blockers()
-        if found:
-            raise StepError(
-                f"dry run: nothing was changed, and the plan cannot run: it has"
-                f" {counted(len(found), 'blocker')}:\n  " + "\n  ".join(found)
-            )
         if not req.as_json:
             echo("dry run: nothing was changed")
         ctx.exit(EXIT_OK)
@@ -169,7 +174,9 @@ def plan(
 ) -> None:  # fmt: skip
     """Plan RUNBOOK and print it for review; -o saves it for `opskit apply`.
 
-    Exits 1 when the plan has blockers (it could not be applied)."""
+    Exit codes: 0 planned, 1 the plan has blockers (it could not be applied), 2 usage error;
+    with --detailed-exitcode: 0 no changes, 2 changes, 1 any error.
+    """
     from ..engine.session import make_plan
     from ..report.plan import nothing_to_do, render_plan
     from ..workspace import parse_param_args
@@ -200,7 +207,13 @@ def plan(
 @click.argument("plan_file", type=click.Path(path_type=Path))
 @executes
 def apply(plan_file: Path, req: Request) -> None:
-    """Apply a saved plan exactly, or refuse it as stale (exit 4)."""
+    """Apply a saved plan exactly, or refuse it as stale.
+
+    Exit codes: 0 done (or already applied), 1 a step failed or blockers, 2 usage error, 3 a
+    gate declined or not approved, 4 stale: the plan file, runbook, inventory, opskit or the
+    world changed, or it is applied outside the place it was made (a lab's plan outside that
+    lab), 5 a target locked, 130 interrupted.
+    """
     from ..engine.session import check_saved_plan, execute, read_plan
 
     saved = read_plan(plan_file)
@@ -213,7 +226,10 @@ def apply(plan_file: Path, req: Request) -> None:
 @click.option("--force", is_flag=True, help="Resume even though the runbook changed.")
 @executes
 def resume(run_id: str, force: bool, req: Request) -> None:
-    """Run what run RUN_ID left unfinished; steps that succeeded are not run again."""
+    """Run what run RUN_ID left unfinished; steps that succeeded are not run again.
+
+    Exit codes: as `opskit run`, and 4 when the runbook changed since (--force resumes anyway).
+    """
     from ..engine.session import resume as resume_run
 
     _exit(resume_run(req, run_id, force))

@@ -130,6 +130,9 @@ def inv() -> Inventory:
         ("group:infra", ["docker"]),
         ("group:lab", ["ai", "dev"]),
         ("kind:lxc", ["dev"]),
+        ("kind:qemu", ["docker", "ai"]),
+        ("kind:host", ["pve"]),
+        ("all,!kind:host", ["docker", "ai", "dev"]),
         ("local", ["local"]),
         ("pve ai", ["ai", "pve"]),
     ],
@@ -147,6 +150,7 @@ def test_selectors(inv, selector, names):
         ("dokcer", "did you mean 'docker'"),
         ("vm:abc", "bad vmid"),
         ("os:linux", "bad selector"),
+        ("kind:hots", "unknown kind 'hots' .*kinds: qemu, lxc, host.*did you mean 'host'"),
         ("", "empty"),
     ],
 )

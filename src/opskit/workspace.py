@@ -250,7 +250,18 @@ def _check_templates(
             elif base == "vars" and attr not in runbook.vars and base in used:
                 hint = did_you_mean(attr, runbook.vars)
                 problems.append(source.problem(path, f"undefined runbook var {attr!r}{hint}"))
+            elif base == "target" and attr not in _target_attributes() and base in used:
+                hint = did_you_mean(attr, _target_attributes())
+                problems.append(source.problem(path, f"undefined target attribute {attr!r}{hint}"))
     return problems
+
+
+@lru_cache(maxsize=1)
+def _target_attributes() -> frozenset[str]:
+    """What `target.X` may name: the keys `target_context` gives, and a mapping's read
+    methods (`target.get('vmid')`). Below them (`target.vars.x`) everything is free-form."""
+    fields = {f.alias or name for name, f in Target.model_fields.items()}
+    return frozenset({*fields, "health", "get", "items", "keys", "values"})
 
 
 # --- params ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from .inventory import (
     Target,
 )
 from .plan import Change, ChangeKind, Outcome, Risk
-from .runbook import Param, Runbook, Step
+from .runbook import Param, Runbook, Step, suggest_kind
 
 __all__ = [
     "LOCAL",
@@ -37,4 +37,5 @@ __all__ = [
     "did_you_mean",
     "format_duration",
     "parse_duration",
+    "suggest_kind",
 ]

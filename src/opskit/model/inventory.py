@@ -11,6 +11,8 @@ from .common import Duration, Name, SecretRef, StrictModel, did_you_mean, user_e
 
 SHA256_FINGERPRINT = r"^([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$|^[0-9A-Fa-f]{64}$"
 LOCAL = "local"  # the controller itself, as a target
+# What `kind:` selects: a Proxmox guest's kind, or a Tailscale host that is not a guest.
+TARGET_KINDS = ("qemu", "lxc", "host")
 
 
 class TLS(StrictModel):
@@ -327,11 +329,19 @@ class Inventory(StrictModel):
             if group and group.members:
                 found |= set(self.select(group.members, seen | {value})) - {LOCAL}
             return found
-        if kind == "kind" and value in ("qemu", "lxc"):
-            return {g.name for g in self.guests if g.kind == value}
+        if kind == "kind":
+            # Every kind `opskit inventory list` shows: a guest's qemu/lxc, or host.
+            if value == "host":
+                return {h.name for h in self.hosts}
+            if value in ("qemu", "lxc"):
+                return {g.name for g in self.guests if g.kind == value}
+            raise SelectorError(
+                f"unknown kind {value!r} in {item!r} (kinds: {', '.join(TARGET_KINDS)})"
+                + did_you_mean(value, TARGET_KINDS)
+            )
         raise SelectorError(
-            f"bad selector {item!r} (use all, local, NAME, vm:ID, tag:X, group:X, kind:qemu|lxc,"
-            " and !SEL to exclude)"
+            f"bad selector {item!r} (use all, local, NAME, vm:ID, tag:X, group:X,"
+            " kind:qemu|lxc|host, and !SEL to exclude)"
         )
 
 
@@ -384,5 +394,5 @@ def _split_selector(selector: str | list[str]) -> list[str]:
 
 Selector = Annotated[
     str | list[str],
-    Field(description="all, local, NAME, vm:ID, tag:X, group:X, kind:qemu|lxc; !SEL excludes"),
+    Field(description="all, local, NAME, vm:ID, tag:X, group:X, kind:qemu|lxc|host; !SEL excludes"),
 ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, model_validator
@@ -166,7 +167,7 @@ class Step(StrictModel):
             if actions and (not isinstance(kind, str) or kind not in actions):
                 raise user_error(
                     "unknown_action",
-                    f"unknown action kind {kind!r}{did_you_mean(str(kind), actions)}",
+                    f"unknown action kind {kind!r}{_kind_hint(str(kind), actions)}",
                     key="action",
                     value=True,
                 )
@@ -195,15 +196,19 @@ class Step(StrictModel):
                 )
             if stray:
                 key = stray[0]
-                if chosen or not _looks_like_action(key):
-                    raise user_error(
-                        "unknown_key", f"unknown key {key!r}{did_you_mean(key, fields)}", key=key
-                    )
-                raise user_error(
-                    "unknown_action",
-                    f"unknown action kind {key!r}{did_you_mean(key, [*actions, *fields])}",
-                    key=key,
-                )
+                field_hint = did_you_mean(key, fields)
+                # With no kind beside it, `shell:` or `service:` is a kind under another tool's
+                # name (even though `service` is spelt close to `serial`), `retires:` a
+                # misspelt field, and `check.htp:` a misspelt kind.
+                meant = None
+                if not chosen:
+                    meant = suggest_kind(key, actions, spelling=False)
+                    if meant is None and (_looks_like_action(key) or not field_hint):
+                        meant = suggest_kind(key, actions)
+                if meant is None and (chosen or not _looks_like_action(key)):
+                    raise user_error("unknown_key", f"unknown key {key!r}{field_hint}", key=key)
+                hint = f" (did you mean {meant!r}?)" if meant else field_hint
+                raise user_error("unknown_action", f"unknown action kind {key!r}{hint}", key=key)
             action = chosen[0]
         else:
             if len(extras) > 1:
@@ -237,6 +242,70 @@ class Step(StrictModel):
 
 def _looks_like_action(key: str) -> bool:
     return "." in key
+
+
+def _kind_hint(name: str, actions: Iterable[str]) -> str:
+    meant = suggest_kind(name, actions)
+    return f" (did you mean {meant!r}?)" if meant else ""
+
+
+# What a step kind is called elsewhere (Ansible modules, pyinfra operations, shell habit),
+# mapped to the opskit kind doing that job. Keys are lower case, `-` written `_`.
+KIND_SYNONYMS: dict[str, str] = {
+    **dict.fromkeys(("shell", "command", "cmd", "run", "exec", "raw", "sh", "bash"), "ssh.run"),
+    "script": "ssh.script",
+    **dict.fromkeys(("upload", "scp", "sftp", "put_file"), "ssh.upload"),
+    **dict.fromkeys(
+        ("copy", "template", "file", "files", "put", "lineinfile", "blockinfile"), "host.file"
+    ),
+    **dict.fromkeys(("directory", "dir", "mkdir", "folder"), "host.directory"),
+    **dict.fromkeys(("user", "users", "useradd"), "host.user"),
+    **dict.fromkeys(
+        ("apt", "apt_get", "package", "packages", "pkg", "dpkg", "deb"), "host.packages"
+    ),
+    **dict.fromkeys(
+        ("service", "services", "systemd", "systemd_service", "systemctl", "unit"),
+        "host.service",
+    ),
+    **dict.fromkeys(("download", "get_url", "wget", "curl", "fetch"), "host.download"),
+    **dict.fromkeys(("pip", "pipx", "venv", "virtualenv"), "python.venv"),
+    **dict.fromkeys(("http", "https", "uri", "url", "healthcheck"), "check.http"),
+    **dict.fromkeys(("tcp", "port", "wait_for", "socket"), "check.tcp"),
+    **dict.fromkeys(("sleep", "pause", "delay"), "wait"),
+    "ping": "check.ssh",
+    **dict.fromkeys(("start", "poweron", "power_on", "boot"), "proxmox.vm.start"),
+    **dict.fromkeys(("shutdown", "poweroff", "power_off"), "proxmox.vm.shutdown"),
+    "reboot": "proxmox.vm.reboot",
+    **dict.fromkeys(("snapshot", "snap"), "proxmox.vm.snapshot"),
+    "clone": "proxmox.vm.clone",
+    "rollback": "proxmox.vm.rollback",
+    **dict.fromkeys(("guest_exec", "agent_exec", "qga"), "proxmox.agent.exec"),
+}
+
+
+def suggest_kind(name: str, known: Iterable[str], *, spelling: bool = True) -> str | None:
+    """The known step kind a user most likely meant by `name`, or None.
+
+    First what other tools call it (KIND_SYNONYMS), by the whole name, then by each dotted
+    part, the first one first: `ssh.command` and `ansible.builtin.shell` are `ssh.run`,
+    `systemd.service` is `host.service`, `apt` is `host.packages`. Otherwise (unless
+    `spelling` is false) the closest spelling: `check.htp` is `check.http`. Only kinds in
+    `known` are suggested.
+
+    The one suggestion for an unknown kind (the loader's error; meant to serve `opskit
+    explain` too): pure, stdlib only, the known kinds given by the caller.
+    """
+    kinds = set(known)
+    word = name.strip().lower().replace("-", "_")
+    parts = word.split(".")
+    for candidate in (word, *parts):
+        meant = KIND_SYNONYMS.get(candidate)
+        if meant in kinds:
+            return meant
+    if not spelling:
+        return None
+    close = difflib.get_close_matches(name, sorted(kinds), n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 SECTIONS = ("preflight", "steps", "verify", "always", "handlers")

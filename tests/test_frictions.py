@@ -1,0 +1,138 @@
+"""Small frictions a newcomer meets, each a test: options after the command, run IDs by their
+suffix, several runbook directories, `kind:host`, the kind users meant, `target.X` checked by
+validate, and errors that say their cause once."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from test_load_errors import GOOD
+
+# --- kind:host: every kind `inventory list` shows is a selector --------------------------------
+
+
+def test_every_kind_inventory_list_shows_selects_those_hosts(opskit):
+    listed = json.loads(opskit("inventory", "list", "--json").out)
+    by_kind: dict[str, list[str]] = {}
+    for entry in [*listed["guests"], *listed["hosts"]]:
+        by_kind.setdefault(entry["kind"], []).append(entry["name"])
+    assert "host" in by_kind  # the shipped inventory has Tailscale hosts that are not guests
+    for kind, names in by_kind.items():
+        shown = opskit("show", "health", "--limit", f"kind:{kind}", "--json")
+        assert shown.code == 0, shown.err
+        assert [t["target"] for t in json.loads(shown.out)["targets"]] == names
+
+
+def test_an_unknown_kind_names_the_kinds(opskit):
+    result = opskit("show", "health", "--limit", "kind:vm")
+    assert result.code == 2
+    assert "unknown kind 'vm'" in result.err and "qemu, lxc, host" in result.err
+
+
+# --- the kind users meant ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("ssh.command", "ssh.run"),
+        ("shell", "ssh.run"),
+        ("command", "ssh.run"),
+        ("ansible.builtin.shell", "ssh.run"),
+        ("copy", "host.file"),
+        ("template", "host.file"),
+        ("apt", "host.packages"),
+        ("service", "host.service"),
+        ("systemd", "host.service"),
+        ("systemd.service", "host.service"),
+        ("check.htp", "check.http"),  # a close spelling still wins where no synonym fits
+        ("proxmox.vm.strat", "proxmox.vm.start"),
+    ],
+)
+def test_an_unknown_kind_suggests_the_kind_meant(project, opskit, written, meant):
+    path = project.runbook("demo", GOOD.replace("check.http:", f"{written}:"))
+    result = opskit("validate", str(path), cwd=project.root)
+    assert result.code == 2
+    first = result.err.splitlines()[0]
+    assert first.startswith(f"{path}:10:5: "), first
+    assert f"unknown action kind {written!r} (did you mean {meant!r}?)" in first
+
+
+def test_the_explicit_action_form_gets_the_same_suggestion(project, opskit):
+    path = project.runbook(
+        "demo", "name: demo\ntargets: all\nsteps:\n  - id: a\n    action: apt\n    args: {}\n"
+    )
+    result = opskit("validate", str(path), cwd=project.root)
+    assert result.code == 2
+    assert "unknown action kind 'apt' (did you mean 'host.packages'?)" in result.err
+
+
+def test_a_misspelt_step_field_is_still_an_unknown_key(project, opskit):
+    path = project.runbook("demo", GOOD.replace("retries: 3", "retires: 3"))
+    result = opskit("validate", str(path), cwd=project.root)
+    assert "unknown key 'retires' (did you mean 'retries'?)" in result.err
+
+
+def test_suggest_kind_offers_only_known_kinds():
+    from opskit.model import suggest_kind
+
+    assert suggest_kind("apt", {"ssh.run"}) is None
+    assert suggest_kind("apt", {"host.packages", "ssh.run"}) == "host.packages"
+    assert suggest_kind("frobnicate", {"host.packages", "ssh.run"}) is None
+
+
+# --- target.X checked by validate --------------------------------------------------------------
+
+
+def _validate(project, opskit, text):
+    path = project.runbook("demo", text)
+    result = opskit("validate", str(path), cwd=project.root)
+    return path, result
+
+
+def test_a_misspelt_target_attribute_is_caught_by_validate(project, opskit):
+    path, result = _validate(project, opskit, GOOD.replace("target.address", "target.adress"))
+    assert result.code == 2
+    first = result.err.splitlines()[0]
+    assert re.match(
+        rf"^{re.escape(str(path))}:11:12: steps\[0\]\.check\.http\.url: undefined target"
+        r" attribute 'adress' \(did you mean 'address'\?\)$",
+        first,
+    ), first
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "    when: \"target.nme == 'ai'\"\n",
+        '    confirm: "Check {{ target.nme }}?"\n',
+        "    loop: \"{{ target['nme'] }}\"\n",
+    ],
+)
+def test_target_attributes_are_checked_in_every_templated_field(project, opskit, where):
+    _, result = _validate(project, opskit, GOOD + where)
+    assert result.code == 2
+    assert "undefined target attribute 'nme' (did you mean 'name'?)" in result.err
+
+
+def test_every_target_attribute_and_free_form_maps_pass(project, opskit):
+    used = " ".join(
+        f"{{{{ target.{name} }}}}"
+        for name in (
+            "name", "vmid", "node", "address", "tailscale", "tags", "groups", "services",
+            "health", "vars", "kind", "cluster", "ssh_user", "ssh_port",
+        )
+    )  # fmt: skip
+    free = "{{ target.vars.anything.deeper }} {{ target.services.nope }} {{ target.get('x') }}"
+    text = GOOD.replace("/livez", f"/livez?{used} {free}")
+    _, result = _validate(project, opskit, text)
+    assert result.code == 0, result.err
+
+
+def test_an_undeclared_param_is_caught_the_same_way(project, opskit):
+    _, result = _validate(project, opskit, GOOD.replace("params.port", "params.prot"))
+    assert result.code == 2
+    assert "undefined param 'prot' (did you mean 'port'?)" in result.err

@@ -136,3 +136,87 @@ def test_an_undeclared_param_is_caught_the_same_way(project, opskit):
     _, result = _validate(project, opskit, GOOD.replace("params.port", "params.prot"))
     assert result.code == 2
     assert "undefined param 'prot' (did you mean 'port'?)" in result.err
+
+
+# --- run IDs by their random suffix ------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def failed_run(project, opskit) -> str:
+    """The id of a real run that failed (a check on a port nobody listens on)."""
+    project.runbook(
+        "fails",
+        f"""
+        name: fails
+        targets: local
+        steps:
+          - id: port
+            check.tcp: {{host: 127.0.0.1, port: {_closed_port()}, timeout: 1s}}
+        """,
+    )
+    result = opskit("run", "fails", "--yes", cwd=project.root)
+    assert result.code == 1, result
+    runs = json.loads(opskit("history", "--json", cwd=project.root).out)
+    run_id = str(runs[0]["id"])
+    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", run_id), run_id
+    return run_id
+
+
+def _copy_run(run_id: str, new_id: str) -> None:
+    """Another run in the journal, a copy of `run_id` under `new_id`."""
+    from opskit.store import Journal
+
+    journal = Journal.open_default()
+    with journal.db:
+        cols = [c[0] for c in journal.db.execute("SELECT * FROM runs LIMIT 0").description]
+        others = ", ".join(c for c in cols if c != "id")
+        journal.db.execute(
+            f"INSERT INTO runs (id, {others}) SELECT ?, {others} FROM runs WHERE id = ?",
+            (new_id, run_id),
+        )
+    journal.close()
+
+
+def test_a_run_id_may_be_abbreviated_by_its_suffix(project, opskit, failed_run):
+    suffix = failed_run.rpartition("-")[2]
+    # (a suffix may start like the date, "202...": then it takes more of it to be unique)
+    short = suffix[:3] if not failed_run.startswith(suffix[:3]) else suffix
+    for ref in (failed_run, failed_run[:11], suffix, short):
+        shown = opskit("show-run", ref, "--json", cwd=project.root)
+        assert shown.code == 0, (ref, shown.err)
+        assert json.loads(shown.out)["id"] == failed_run
+    resumed = opskit("resume", short, cwd=project.root)
+    assert resumed.code == 1, resumed  # the check fails again, but it ran: resumed
+    newest = json.loads(opskit("history", "--json", cwd=project.root).out)[0]
+    assert newest["resumed_from"] == failed_run
+
+
+@pytest.mark.parametrize("command", ["show-run", "resume"])
+def test_an_ambiguous_run_id_is_a_usage_error_naming_the_candidates(
+    project, opskit, failed_run, command
+):
+    suffix = failed_run.rpartition("-")[2]
+    twin = failed_run[:16] + suffix[:3] + "zzz"  # another run whose suffix starts the same
+    _copy_run(failed_run, twin)
+    for ref in (suffix[:3], failed_run[:11]):
+        result = opskit(command, ref, cwd=project.root)
+        assert result.code == 2, result
+        assert f"run {ref!r} is ambiguous" in result.err
+        assert failed_run in result.err and twin in result.err
+        assert "Traceback" not in result.err
+    # a longer part of either is not
+    shown = opskit("show-run", suffix, "--json", cwd=project.root)
+    assert shown.code == 0 and json.loads(shown.out)["id"] == failed_run
+
+
+def test_an_unknown_run_id_still_says_so(project, opskit, failed_run):
+    result = opskit("show-run", "nothing-like-it", cwd=project.root)
+    assert result.code == 2 and "no run 'nothing-like-it'" in result.err

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import UsageError
+
 SCHEMA_VERSION = 1
 OUTPUT_CAP = 16 * 1024
 
@@ -320,14 +322,38 @@ class Journal:
         return [self._run(r) for r in self.db.execute(sql, (*args, limit)).fetchall()]
 
     def run(self, run_id: str) -> RunRow | None:
-        """A run by id or unique id prefix."""
-        rows = self.db.execute(
-            "SELECT * FROM runs WHERE id = ? OR id LIKE ? ORDER BY id", (run_id, run_id + "%")
-        ).fetchall()
-        exact = [r for r in rows if r[0] == run_id]
-        if exact:
-            return self._run(exact[0])
-        return self._run(rows[0]) if len(rows) == 1 else None
+        """A run by its id or an abbreviation of it (see `matching_runs`); None when no run
+        matches, UsageError naming the candidates when several do."""
+        ids = self.matching_runs(run_id)
+        if len(ids) > 1:
+            raise UsageError(self._ambiguous(run_id, ids))
+        if not ids:
+            return None
+        row = self.db.execute("SELECT * FROM runs WHERE id = ?", (ids[0],)).fetchone()
+        return self._run(row)
+
+    def matching_runs(self, ref: str) -> list[str]:
+        """The ids `ref` may stand for, newest first: the id itself, else every id that starts
+        with it (`20261201-23`) or whose random suffix does (`4fd055`, `4fd`)."""
+        ref = ref.strip()
+        if not ref:
+            return []
+        rows = self.db.execute("SELECT id FROM runs ORDER BY started_at DESC").fetchall()
+        ids = [r[0] for r in rows]
+        if ref in ids:
+            return [ref]
+        return [i for i in ids if i.startswith(ref) or i.rpartition("-")[2].startswith(ref)]
+
+    def _ambiguous(self, ref: str, ids: list[str], shown: int = 10) -> str:
+        lines = [f"run {ref!r} is ambiguous: it abbreviates {len(ids)} runs (give more of it)"]
+        for run_id in ids[:shown]:
+            row = self._run(
+                self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            )
+            lines.append(f"  {row.id}  {row.runbook}  {row.shown_status}")
+        if len(ids) > shown:
+            lines.append(f"  ... and {len(ids) - shown} more (opskit history lists them)")
+        return "\n".join(lines)
 
     def steps(self, run_id: str) -> list[StepRow]:
         rows = self.db.execute(

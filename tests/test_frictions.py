@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -220,3 +221,129 @@ def test_an_ambiguous_run_id_is_a_usage_error_naming_the_candidates(
 def test_an_unknown_run_id_still_says_so(project, opskit, failed_run):
     result = opskit("show-run", "nothing-like-it", cwd=project.root)
     assert result.code == 2 and "no run 'nothing-like-it'" in result.err
+
+
+# --- --runbooks and --inventory after the command too ------------------------------------------
+
+WAIT = (
+    "name: {name}\ndescription: {text}\ntargets: local\n"
+    "steps:\n  - id: w\n    wait: {{duration: 0s}}\n"
+)
+
+
+@pytest.fixture
+def outside(tmp_path_factory) -> Path:
+    """A directory in no project: no runbooks/ or inventory/ at or above it."""
+    return Path(tmp_path_factory.mktemp("outside"))
+
+
+def test_workspace_options_may_follow_the_command(project, opskit, outside):
+    project.runbook("only", WAIT.format(name="only", text="the only one"))
+    inventory = str(project.root / "inventory" / "homelab.yaml")
+    runbooks = str(project.runbooks)
+    listed = opskit("list", "--json", "--runbooks", runbooks, "--inventory", inventory, cwd=outside)
+    assert listed.code == 0, listed.err
+    assert [r["name"] for r in json.loads(listed.out)] == ["only"]
+    validated = opskit("validate", "--runbooks", runbooks, "--inventory", inventory, cwd=outside)
+    assert validated.code == 0, validated.err
+    assert "only.yaml" in validated.out and "homelab.yaml" in validated.out
+    hosts = opskit("inventory", "list", "--json", "--inventory", inventory, cwd=outside)
+    assert hosts.code == 0 and json.loads(hosts.out)["guests"], hosts.err
+    ran = opskit(
+        "run", "only", "--dry-run", "--inventory", inventory, "--runbooks", runbooks, cwd=outside
+    )
+    assert ran.code == 0 and "dry run" in ran.out, ran
+    # before and after, the same value: fine; different values: a usage error
+    same = opskit("--inventory", inventory, "inventory", "list", "--inventory", inventory)
+    assert same.code == 0, same.err
+    both = opskit("--inventory", inventory, "inventory", "list", "--inventory", "other.yaml")
+    assert both.code == 2
+    assert "--inventory given twice" in both.err and "other.yaml" in both.err
+    both = opskit("--runbooks", runbooks, "validate", "--runbooks", str(outside), cwd=outside)
+    assert both.code == 2 and "--runbooks given twice" in both.err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run"], ["plan"], ["apply"], ["resume"], ["validate"], ["list"], ["show"],
+        ["inventory", "list"], ["inventory", "show"], ["inventory", "sync"],
+        ["lab", "up"], ["lab", "demo"],
+    ],
+    ids=" ".join,
+)  # fmt: skip
+def test_help_of_each_command_reading_the_workspace_shows_them(opskit, command):
+    result = opskit(*command, "--help")
+    assert result.code == 0
+    assert "--runbooks DIR" in result.out and "--inventory FILE" in result.out
+
+
+# --- several runbook directories ---------------------------------------------------------------
+
+
+@pytest.fixture
+def mine(project) -> Path:
+    """A project with runbooks `shared` and `both`, and under it a directory `mine` with
+    runbooks of its own: `own` and another `both`."""
+    project.runbook("shared", WAIT.format(name="shared", text="the project's"))
+    project.runbook("both", WAIT.format(name="both", text="the project's"))
+    directory = project.root / "mine"
+    (directory / "runbooks").mkdir(parents=True)
+    for name in ("own", "both"):
+        text = WAIT.format(name=name, text="mine")
+        (directory / "runbooks" / f"{name}.yaml").write_text(text)
+    return directory
+
+
+def _listed(opskit, *args, cwd):
+    result = opskit("list", "--json", *args, cwd=cwd)
+    assert result.code == 0, result.err
+    return {r["name"]: (r["description"], r["file"]) for r in json.loads(result.out)}
+
+
+def test_runbooks_are_found_in_the_current_directory_and_the_project(project, opskit, mine):
+    listed = _listed(opskit, cwd=mine)
+    assert sorted(listed) == ["both", "own", "shared"]
+    assert listed["both"][0] == "mine"  # ./runbooks before the project's
+    assert listed["shared"][0] == "the project's"
+    table = opskit("list", cwd=mine)
+    assert "FROM" in table.out.splitlines()[0]
+    assert re.search(r"^own .*\./runbooks$", table.out, re.M), table.out
+    assert re.search(rf"^shared .*{re.escape(str(project.runbooks))}$", table.out, re.M)
+    for name in ("own", "shared"):
+        ran = opskit("run", name, "--dry-run", cwd=mine)
+        assert ran.code == 0, ran
+    # where there is one directory, no FROM column
+    assert "FROM" not in opskit("list", cwd=project.root).out.splitlines()[0]
+
+
+def test_an_unknown_runbook_names_the_directories_searched_and_close_names(project, opskit, mine):
+    result = opskit("run", "shred", cwd=mine)
+    assert result.code == 2
+    assert "no runbook named 'shred' in ./runbooks and " + str(project.runbooks) in result.err
+    assert "did you mean 'shared'?" in result.err
+
+
+def test_the_option_comes_before_the_environment_before_the_directories(
+    project, opskit, mine, monkeypatch, tmp_path_factory
+):
+    given = Path(tmp_path_factory.mktemp("given"))
+    env = Path(tmp_path_factory.mktemp("env"))
+    for directory, text in ((given, "the option's"), (env, "the environment's")):
+        (directory / "both.yaml").write_text(WAIT.format(name="both", text=text))
+    monkeypatch.setenv("OPSKIT_RUNBOOKS", str(env))
+    assert _listed(opskit, "--runbooks", str(given), cwd=mine)["both"][0] == "the option's"
+    listed = _listed(opskit, cwd=mine)
+    assert listed["both"][0] == "the environment's"
+    assert sorted(listed) == ["both", "own", "shared"]  # every directory is searched
+    monkeypatch.delenv("OPSKIT_RUNBOOKS")
+    assert _listed(opskit, cwd=mine)["both"][0] == "mine"
+    assert _listed(opskit, cwd=project.root)["both"][0] == "the project's"
+
+
+def test_a_runbook_uses_the_deploy_directory_of_its_own_project(project, mine):
+    from opskit.workspace import Workspace
+
+    ws = Workspace.discover(cwd=mine)
+    assert ws.root_for(project.runbooks / "shared.yaml") == project.root
+    assert ws.root_for(mine / "runbooks" / "own.yaml") == mine

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,11 +37,15 @@ class LoadedRunbook:
 
 @dataclass
 class Workspace:
-    """A runbooks directory and an inventory file, found from flags, environment or cwd."""
+    """Runbook directories and an inventory file, found from flags, environment or cwd.
+
+    Runbooks are found by name in `runbooks_dir`, then in each of `more_runbook_dirs`: the
+    first directory holding a name wins (see `discover` for the order)."""
 
     runbooks_dir: Path
     inventory_path: Path
     _catalog: Mapping[str, type[Action[Any]]] | None = field(default=None, repr=False)
+    more_runbook_dirs: tuple[Path, ...] = ()
 
     @classmethod
     def discover(
@@ -49,18 +54,43 @@ class Workspace:
         inventory: str | Path | None = None,
         cwd: Path | None = None,
     ) -> Workspace:
+        """Runbooks from, in this order: `--runbooks DIR`, `$OPSKIT_RUNBOOKS`, `./runbooks`
+        and the project's `runbooks/` (the project: the nearest directory at or above the
+        current one holding `inventory/`, else `runbooks/`). Given directories must exist;
+        found ones are searched where they exist, each directory once."""
         here = (cwd or Path.cwd()).resolve()
         root = _project_root(here)
-        rb = runbooks or os.environ.get("OPSKIT_RUNBOOKS") or (root / "runbooks")
+        given = [Path(d) for d in (runbooks, os.environ.get("OPSKIT_RUNBOOKS")) if d]
+        found = [d for d in (here / "runbooks", root / "runbooks") if d.is_dir()]
+        dirs: list[Path] = []
+        for directory in [*given, *found]:
+            if all(directory.resolve() != d.resolve() for d in dirs):
+                dirs.append(directory)
+        if not dirs:
+            dirs = [root / "runbooks"]  # missing: runbook_paths() says so
         inv = inventory or os.environ.get("OPSKIT_INVENTORY") or (root / DEFAULT_INVENTORY)
-        return cls(Path(rb), Path(inv))
+        return cls(dirs[0], Path(inv), more_runbook_dirs=tuple(dirs[1:]))
 
     # ----- the parts ---------------------------------------------------------------------
+
+    @property
+    def runbook_dirs(self) -> tuple[Path, ...]:
+        """Where runbooks are found by name, the first directory first."""
+        return (self.runbooks_dir, *self.more_runbook_dirs)
 
     @property
     def root(self) -> Path:
         """The project: where runbooks/ (and deploy/) live."""
         return self.runbooks_dir.resolve().parent
+
+    def root_for(self, runbook: Path) -> Path:
+        """The project a runbook belongs to (its deploy/): the parent of the runbook directory
+        it was found in; for a runbook given by a path elsewhere, `root`."""
+        where = runbook.resolve().parent
+        for directory in self.runbook_dirs:
+            if directory.resolve() == where:
+                return where.parent
+        return self.root
 
     @property
     def catalog(self) -> Mapping[str, type[Action[Any]]]:
@@ -84,17 +114,23 @@ class Workspace:
         return self.loaded_inventory[0]
 
     def runbook_paths(self) -> list[Path]:
-        if not self.runbooks_dir.is_dir():
+        """Every runbook found by name, sorted by name; of two with one name, the one in the
+        directory searched first."""
+        missing = [d for d in self.runbook_dirs if not d.is_dir()]
+        if missing:
             raise UsageError(
-                f"no runbooks directory at {self.runbooks_dir}"
+                f"no runbooks directory at {missing[0]}"
                 " (give --runbooks DIR or set OPSKIT_RUNBOOKS)"
             )
-        return sorted(
-            p for p in self.runbooks_dir.iterdir() if p.suffix in RUNBOOK_SUFFIXES and p.is_file()
-        )
+        found: dict[str, Path] = {}
+        for directory in self.runbook_dirs:
+            for path in sorted(directory.iterdir()):
+                if path.suffix in RUNBOOK_SUFFIXES and path.is_file():
+                    found.setdefault(path.stem, path)
+        return [found[name] for name in sorted(found)]
 
     def find_runbook(self, name: str) -> Path:
-        """A runbook by name (file stem in the runbooks dir) or by path."""
+        """A runbook by name (file stem in a runbooks directory) or by path."""
         candidate = Path(name)
         if candidate.suffix in RUNBOOK_SUFFIXES or os.sep in name:
             if candidate.is_file():
@@ -104,10 +140,10 @@ class Workspace:
         for path in paths:
             if path.stem == name:
                 return path
-        names = [p.stem for p in paths]
-        raise UsageError(
-            f"no runbook named {name!r} in {self.runbooks_dir}{did_you_mean(name, names)}"
-        )
+        searched = " and ".join(shown_path(d) for d in self.runbook_dirs)
+        close = difflib.get_close_matches(name, [p.stem for p in paths], n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        raise UsageError(f"no runbook named {name!r} in {searched}{hint}")
 
     def load(self, name_or_path: str | Path) -> LoadedRunbook:
         """A runbook, fully checked against the inventory and the actions."""
@@ -119,11 +155,22 @@ class Workspace:
         return LoadedRunbook(runbook, source, path)
 
 
+def shown_path(path: Path) -> str:
+    """A path as a person reads it best: relative to the current directory when inside it."""
+    try:
+        relative = path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return str(path)
+    return f"./{relative}" if str(relative) != "." else "."
+
+
 def _project_root(start: Path) -> Path:
-    """The nearest directory at or above `start` holding runbooks/ or inventory/, else start."""
-    for directory in (start, *start.parents):
-        if (directory / "runbooks").is_dir() or (directory / "inventory").is_dir():
-            return directory
+    """The nearest directory at or above `start` holding inventory/, else the nearest holding
+    runbooks/, else start."""
+    for marker in ("inventory", "runbooks"):
+        for directory in (start, *start.parents):
+            if (directory / marker).is_dir():
+                return directory
     return start
 
 

@@ -20,6 +20,12 @@ from ..errors import (
     OpskitError,
 )
 
+# Given before the command (here) or after it (cli.common.workspace_options), same meaning.
+RUNBOOKS_HELP = (
+    "Runbooks directory, searched first (then $OPSKIT_RUNBOOKS, ./runbooks, the project's)."
+)
+INVENTORY_HELP = "Inventory file (default: $OPSKIT_INVENTORY, else inventory/homelab.yaml)."
+
 
 class LazyGroup(click.Group):
     """Subcommands live in their own modules, imported only when invoked."""
@@ -63,18 +69,8 @@ class LazyGroup(click.Group):
     + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()),
 )
 @click.version_option(__version__, "--version", prog_name="opskit", message="%(prog)s %(version)s")
-@click.option(
-    "--runbooks",
-    "runbooks_dir",
-    metavar="DIR",
-    help="Runbooks directory (default: $OPSKIT_RUNBOOKS, else ./runbooks of the project).",
-)
-@click.option(
-    "--inventory",
-    "inventory_path",
-    metavar="FILE",
-    help="Inventory file (default: $OPSKIT_INVENTORY, else inventory/homelab.yaml).",
-)
+@click.option("--runbooks", "runbooks_dir", metavar="DIR", help=RUNBOOKS_HELP)
+@click.option("--inventory", "inventory_path", metavar="FILE", help=INVENTORY_HELP)
 @click.pass_context
 def cli(ctx: click.Context, runbooks_dir: str | None, inventory_path: str | None) -> None:
     """Declarative runbooks for a Proxmox homelab: validate, show, plan and run them."""

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from ..workspace import Workspace
+from . import INVENTORY_HELP, RUNBOOKS_HELP
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 
@@ -14,6 +19,43 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 def workspace(ctx: click.Context) -> Workspace:
     obj: dict[str, Any] = ctx.find_root().obj or {}
     return Workspace.discover(obj.get("runbooks"), obj.get("inventory"))
+
+
+def _global_option(key: str, flag: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    """The callback of `flag` after the command: the same setting as `opskit FLAG X command`,
+    kept where `workspace()` reads it; given before and after with different values, an error."""
+
+    def remember(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value is None:
+            return
+        root = ctx.find_root()
+        if root.obj is None:
+            root.obj = {}
+        before = root.obj.get(key)
+        if before is not None and Path(before).resolve() != Path(value).resolve():
+            raise click.UsageError(
+                f"{flag} given twice, as {before} before the command and {value} after it",
+                ctx=ctx,
+            )
+        root.obj[key] = value
+
+    return remember
+
+
+def workspace_options(command: F) -> F:
+    """`--runbooks` and `--inventory` on a command too, so they may follow it as well as
+    precede it (`opskit run health --inventory X`)."""
+    for key, flag, metavar, text in reversed(
+        [
+            ("runbooks", "--runbooks", "DIR", RUNBOOKS_HELP),
+            ("inventory", "--inventory", "FILE", INVENTORY_HELP),
+        ]
+    ):
+        command = click.option(
+            flag, metavar=metavar, help=text, expose_value=False,
+            callback=_global_option(key, flag),
+        )(command)  # fmt: skip
+    return command
 
 
 def _inside_lab(ctx: click.Context, param: click.Parameter, value: bool) -> None:

@@ -8,13 +8,15 @@ from typing import Any
 import click
 
 from ..errors import EXIT_USAGE, LoadError, OpskitError, Problem
-from .common import json_option, workspace
+from ..workspace import shown_path
+from .common import json_option, workspace, workspace_options
 from .output import echo, emit_json, table
 
 
 @click.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @json_option
+@workspace_options
 @click.pass_context
 def validate(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
     """Check runbooks and the inventory (default: all of them) without touching anything.
@@ -91,6 +93,7 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None
 
 @click.command("list")
 @json_option
+@workspace_options
 @click.pass_context
 def list_runbooks(ctx: click.Context, as_json: bool) -> None:
     """The runbooks, with description, targets and schedule."""
@@ -127,14 +130,16 @@ def list_runbooks(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
+    several = len(ws.runbook_dirs) > 1  # then say where each one came from
     table(
-        ["NAME", "DESCRIPTION", "TARGETS", "SCHEDULE"],
+        ["NAME", "DESCRIPTION", "TARGETS", "SCHEDULE", *(["FROM"] if several else [])],
         [
             [
                 r["name"],
                 r["description"],
                 "" if r["targets"] is None else f"{_selector(r['targets'])} ({r['target_count']})",
                 r["schedule"] or "",
+                *([shown_path(Path(r["file"]).parent)] if several else []),
             ]
             for r in rows
         ],
@@ -150,6 +155,7 @@ def _selector(value: str | list[str]) -> str:
 @click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE", help="Set a param.")
 @click.option("--limit", metavar="SELECTOR", help="Only these targets (vm:ID, NAME, tag:X, ...).")
 @json_option
+@workspace_options
 @click.pass_context
 def show(
     ctx: click.Context, runbook: str, params: tuple[str, ...], limit: str | None, as_json: bool

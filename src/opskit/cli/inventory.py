@@ -9,7 +9,7 @@ import click
 
 from ..errors import UsageError
 from ..model import Target, did_you_mean
-from .common import json_option, lab_option, workspace
+from .common import json_option, lab_option, workspace, workspace_options
 from .output import echo, emit_json, table
 
 
@@ -46,6 +46,7 @@ def _record(t: Target) -> dict[str, Any]:
 @inventory.command("list")
 @json_option
 @lab_option
+@workspace_options
 @click.pass_context
 def list_(ctx: click.Context, as_json: bool) -> None:
     """Every guest and Tailscale host. '*' marks values not yet synced from the live world."""
@@ -95,6 +96,7 @@ def list_(ctx: click.Context, as_json: bool) -> None:
 @click.argument("name")
 @json_option
 @lab_option
+@workspace_options
 @click.pass_context
 def show(ctx: click.Context, name: str, as_json: bool) -> None:
     """One guest or host (by name or VMID), with its services and health endpoints."""
@@ -151,6 +153,7 @@ def show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.option("--add-hosts", is_flag=True, help="Add Tailscale peers that match no entry.")
 @click.option("--no-tailscale", is_flag=True, help="Sync from Proxmox only.")
 @lab_option
+@workspace_options
 @click.pass_context
 def sync(
     ctx: click.Context,

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from .common import json_option, workspace
+from .common import json_option, workspace, workspace_options
 from .output import echo
 
 if TYPE_CHECKING:
@@ -43,6 +42,7 @@ def lab() -> None:
     "--range", "network_range", default="198.51.100.0/24", show_default=True,
     help="The lab's private IPv4 range (refused if the machine routes it).",
 )  # fmt: skip
+@workspace_options
 def up(network_range: str) -> None:
     """Build the lab from the inventory (harmless when it is already up)."""
     _lab(with_inventory=True).up(network_range, say=echo)
@@ -83,12 +83,13 @@ def down() -> None:
 
 @lab.command()
 @click.option("--runbook", help="Run this runbook instead of the richest shipped one.")
+@workspace_options
 def demo(runbook: str | None) -> None:
     """Bring the lab up and run the main job in it, end to end."""
     ws = workspace(click.get_current_context())
     lab_ = _lab(with_inventory=True)
     lab_.up(say=echo)
-    names = {p.stem for p in Path(ws.runbooks_dir).glob("*.yaml")}
+    names = {p.stem for p in ws.runbook_paths()}
     chosen = runbook or next((n for n in DEMO_RUNBOOKS if n in names), None)
     if chosen is None:
         raise click.UsageError("no runbook to demonstrate")

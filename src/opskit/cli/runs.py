@@ -12,7 +12,7 @@ import click
 
 from ..errors import EXIT_OK, EXIT_PLAN_CHANGES, StepError
 from ..report import counted
-from .common import json_option, lab_option, workspace
+from .common import json_option, lab_option, workspace, workspace_options
 from .output import echo
 
 if TYPE_CHECKING:
@@ -91,6 +91,7 @@ def executes(func: Callable[..., None]) -> Callable[..., None]:
         ),
         tofu_option,
         lab_option,
+        workspace_options,
     ]
     decorated: Callable[..., None] = wrapper
     for option in reversed(options):
@@ -168,6 +169,7 @@ def run(
 )  # fmt: skip
 @tofu_option
 @lab_option
+@workspace_options
 def plan(
     runbook: str, params: tuple[str, ...], limit: str | None, out: Path | None, fmt: str,
     detailed: bool, tofu: bool,

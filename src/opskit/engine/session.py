@@ -7,7 +7,7 @@ import os
 import secrets as _random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +70,9 @@ def make_plan(
     req: Request, runbook: str, given: Mapping[str, Any], limit: str | None
 ) -> tuple[LoadedRunbook, list[Target], Plan]:
     ws = req.workspace
-    if req.settings.root is None:
-        req.settings.root = ws.root
     loaded = ws.load(runbook)
+    if req.settings.root is None:
+        req.settings.root = ws.root_for(loaded.path)
     loaded.path = _relative(loaded.path)
     params = resolve_params(loaded.runbook, given)
     targets = targets_for(loaded, ws.inventory, limit)
@@ -131,7 +131,7 @@ def check_saved_plan(
                 f"stale plan: the {what} {ref.path} changed since the plan"
                 f" (sha256 {ref.sha256[:12]} then, {now[:12]} now)"
             )
-    ws = Workspace(req.workspace.runbooks_dir, Path(plan.inventory_file.path))
+    ws = replace(req.workspace, inventory_path=Path(plan.inventory_file.path))
     req.workspace = ws  # the run uses the plan's inventory
     loaded = ws.load(plan.runbook_file.path)
     loaded.path = Path(plan.runbook_file.path)
@@ -298,7 +298,7 @@ def resume(req: Request, run_id: str, force: bool = False) -> RunResult:
             journal.close()
     status = {(s.target, s.step_id): s.status for s in steps}
     outputs = {(s.target, s.step_id): s.outputs or {} for s in steps if s.status in DONE}
-    ws = Workspace(req.workspace.runbooks_dir, Path(row.inventory_path))
+    ws = replace(req.workspace, inventory_path=Path(row.inventory_path))
     req.workspace = ws
     loaded, targets, plan = make_plan(req, str(path), row.params, row.limit)
     return execute(

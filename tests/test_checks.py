@@ -645,3 +645,20 @@ def test_wait_reads_duration_strings() -> None:
     assert Wait.Args.model_validate({"duration": "250ms"}).duration == pytest.approx(0.25)
     with pytest.raises(ValidationError):
         Wait.Args.model_validate({"duration": -1})
+
+
+def test_a_refused_http_check_says_its_error_once(project, opskit):
+    """`GET URL: ConnectError: ...: GET URL: ConnectError: ...` said it twice: the step line
+    joined a summary and an error that were the same text."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nobody listens there
+    url = f"http://127.0.0.1:{port}/livez"
+    project.runbook(
+        "refused",
+        f"name: refused\ntargets: local\nsteps:\n  - id: c\n    check.http: {{url: '{url}'}}\n",
+    )
+    result = opskit("run", "refused", cwd=project.root)
+    assert result.code == 1
+    line = next(x for x in result.out.splitlines() if x.startswith("[local] c: FAILED"))
+    assert line.count("ConnectError") == 1 and line.count(url) == 1, line

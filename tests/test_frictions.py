@@ -347,3 +347,26 @@ def test_a_runbook_uses_the_deploy_directory_of_its_own_project(project, mine):
     ws = Workspace.discover(cwd=mine)
     assert ws.root_for(project.runbooks / "shared.yaml") == project.root
     assert ws.root_for(mine / "runbooks" / "own.yaml") == mine
+
+
+# --- an error says its cause once --------------------------------------------------------------
+# (end to end: tests/test_proxmox.py, a rejected token; tests/test_checks.py, a refused port)
+
+
+@pytest.mark.parametrize(
+    ("summary", "error", "said"),
+    [
+        ("boom", "boom", "boom"),
+        ("vm 110 is stopped", "after 30s: vm 110 is stopped", "after 30s: vm 110 is stopped"),
+        ("start vm 110 failed", "task x failed: ERR", "start vm 110 failed: task x failed: ERR"),
+        ("wrote /etc/x", None, "wrote /etc/x"),
+        (None, "boom", "boom"),
+        (None, None, ""),
+    ],
+)  # fmt: skip
+def test_a_step_line_says_its_summary_and_error_once(summary, error, said):
+    from opskit.report.progress import describe
+
+    event = {"event": "step", "target": "t", "step": "s", "status": "failed", "duration": 1.0}
+    line = describe({**event, "summary": summary, "error": error})
+    assert line == "[t] s: FAILED 1.0s" + (f" - {said}" if said else "")

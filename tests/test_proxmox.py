@@ -636,3 +636,22 @@ def test_a_task_ending_with_warnings_succeeds_and_says_so(lab):
     result = session.execute(req, loaded, targets, plan)
     assert result.exit_code == 0 and lab.pve.vm(110).status == "running"
     assert "[ai] up: vm 110 (ai): task UPID:" in out.getvalue() and "WARNINGS: 2" in out.getvalue()
+
+
+def test_a_rejected_token_is_said_once_in_the_step_line_and_the_plan(lab, opskit):
+    """`401 authentication failure: Proxmox GET ...: 401 authentication failure` said it twice:
+    the step line joined a summary and an error that were the same text."""
+    lab.project(
+        "name: rb\ntargets: vm:110\nsteps:\n  - id: c\n    check.proxmox.vm: {status: stopped}\n"
+    )
+    lab.pve.apitokens[TOKEN_ID] = "another-token"  # the inventory's token is now wrong: 401
+    ran = opskit("run", "rb", "--yes", cwd=lab.root)
+    assert ran.code == 1
+    line = next(x for x in ran.out.splitlines() if x.startswith("[ai] c: FAILED"))
+    assert line.endswith(" - Proxmox GET /cluster/resources: 401 authentication failure"), line
+    assert line.count("401") == 1, line
+    lab.project(POWER)  # a changing step: the 401 comes from its probe, as a blocker
+    planned = opskit("plan", "rb", cwd=lab.root)
+    line = next(x for x in planned.out.splitlines() if "BLOCKED" in x)
+    assert line.count("401 authentication failure") == 1, line
+    assert "probe failed  [BLOCKED: Proxmox GET /cluster/resources: 401" in line

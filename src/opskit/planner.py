@@ -73,11 +73,14 @@ async def probe_step(
         return await rendered.instance.probe(ctx)
     except SecretError:
         raise  # a secret the inventory needs is missing: a usage error (2), not a blocker
+    # The reason goes in the blocker only: the plan shows the summary beside its blockers.
     except OpskitError as exc:
-        return Change.unknown(f"probe failed: {exc}", blockers=[str(exc)])
+        return Change.unknown("probe failed", blockers=[str(exc)])
     except Exception as exc:  # a broken action must not hide the rest of the plan
-        message = f"probe of {rendered.action} failed: {type(exc).__name__}: {exc}"
-        return Change.unknown(message, blockers=[message])
+        return Change.unknown(
+            "probe failed",
+            blockers=[f"{type(exc).__name__} in the probe of {rendered.action}: {exc}"],
+        )
 
 
 def gate_for(rendered: RenderedStep, change: Change) -> str | None:

@@ -39,11 +39,8 @@ def describe(event: dict[str, Any]) -> str | None:
         word = STATUS_WORDS.get(event["status"], event["status"])
         took = f" {event['duration']:.1f}s" if event.get("duration") is not None else ""
         text = f"[{event['target']}] {event['step']}: {word}{took}"
-        if event.get("summary"):
-            text += f" - {event['summary']}"
-        if event.get("error"):
-            text += f": {event['error']}"
-        return text
+        said = summary_and_error(event.get("summary"), event.get("error"))
+        return f"{text} - {said}" if said else text
     if kind == "retry":
         return (
             f"[{event['target']}] {event['step']}: attempt {event['attempt']} failed"
@@ -65,6 +62,15 @@ def describe(event: dict[str, Any]) -> str | None:
             + (f" (each host's output: {event['host_logs']}/)" if event.get("host_logs") else "")
         )
     return None
+
+
+def summary_and_error(summary: str | None, error: str | None) -> str:
+    """A step's summary and its error as one text that says each thing once: a failing step
+    often has its error as its summary too (`_failed(error)`, a client's exception), or one
+    holds the other (`vm 110 is stopped` and `after 30s: vm 110 is stopped`)."""
+    if summary and error and (summary in error or error in summary):
+        return max(summary, error, key=len)
+    return ": ".join(part for part in (summary, error) if part)
 
 
 class Reporter:

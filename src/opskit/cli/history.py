@@ -77,7 +77,9 @@ def _counts(journal, run_id: str) -> dict[str, int]:  # type: ignore[no-untyped-
 @lab_state_option
 @json_option
 def show_run(run_id: str, as_json: bool) -> None:
-    """One run: its steps on each target, with status, attempts and errors."""
+    """One run: its steps on each target, with status, attempts and errors.
+
+    RUN_ID may be abbreviated: a unique start of it, or of its random suffix."""
     from ..store import Journal
 
     journal = Journal.open_default()

@@ -230,6 +230,8 @@ def apply(plan_file: Path, req: Request) -> None:
 def resume(run_id: str, force: bool, req: Request) -> None:
     """Run what run RUN_ID left unfinished; steps that succeeded are not run again.
 
+    RUN_ID may be abbreviated: a unique start of it, or of its random suffix.
+
     Exit codes: as `opskit run`, and 4 when the runbook changed since (--force resumes anyway).
     """
     from ..engine.session import resume as resume_run

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -25,6 +27,9 @@ RUNBOOKS_HELP = (
     "Runbooks directory, searched first (then $OPSKIT_RUNBOOKS, ./runbooks, the project's)."
 )
 INVENTORY_HELP = "Inventory file (default: $OPSKIT_INVENTORY, else inventory/homelab.yaml)."
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 
 class LazyGroup(click.Group):
@@ -79,7 +84,37 @@ def cli(ctx: click.Context, runbooks_dir: str | None, inventory_path: str | None
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every OpskitError ends in its message and exit code, never a traceback."""
-    sys.exit(run(argv))
+    # SIGTERM stops opskit as Ctrl-C does (while a run executes, its own handler takes both).
+    signal.signal(signal.SIGTERM, _as_ctrl_c)
+    try:
+        code = run(argv)
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one was being reported
+        code = EXIT_INTERRUPTED
+    # Decided and said: another Ctrl-C while Python winds down (joining threads) exits at once
+    # with this code; once it stops handling signals (atexit runs just before), none is heard,
+    # so that none ends it as killed by SIGINT instead.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _signum, _frame: _exit_now(code))
+    atexit.register(_ignore_interrupts)
+    sys.exit(code)
+
+
+def _ignore_interrupts() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _as_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    signal.raise_signal(signal.SIGINT)
+
+
+def _exit_now(code: int) -> NoReturn:
+    from contextlib import suppress
+
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):  # a write the signal interrupted, a closed pipe: exit anyway
+            stream.flush()
+    os._exit(code)
 
 
 def run(argv: list[str] | None = None) -> int:

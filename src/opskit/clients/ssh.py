@@ -172,13 +172,13 @@ class Shell:
         )
         started = time.monotonic()
         self.process.stdin.write(script.encode())
-        (out, out_cut, rest), (err, err_cut, _) = await asyncio.wait_for(
-            asyncio.gather(
+        # asyncio.timeout, not wait_for: wait_for cancelled around a gather leaves the gather's
+        # CancelledError unretrieved ("_GatheringFuture exception was never retrieved" at Ctrl-C).
+        async with asyncio.timeout(timeout):
+            (out, out_cut, rest), (err, err_cut, _) = await asyncio.gather(
                 _read_until(self.process.stdout, f"\n{marker} ".encode(), b"\n"),
                 _read_until(self.process.stderr, f"\n{marker}\n".encode(), b""),
-            ),
-            timeout,
-        )
+            )
         return CommandResult(
             rc=int(rest.strip() or -1),
             stdout=out.decode("utf-8", "replace"),

@@ -18,12 +18,13 @@ from ..clients.connections import Connections
 from ..errors import (
     EXIT_FAILED,
     EXIT_GATE,
+    EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
     OpskitError,
     RenderError,
 )
-from ..model import ChangeKind, Inventory, Outcome, Risk, Step, Target
+from ..model import Change, ChangeKind, Inventory, Outcome, Risk, Step, Target
 from ..model.common import format_duration, resolve_count
 from ..model.plan import Plan, PlannedStep, TargetPlan
 from ..planner import ProbeSettings, gate_for, probe_step
@@ -140,7 +141,8 @@ class Execution:
         self.hard = False  # second Ctrl-C: cancel everything
         self.quit = False  # a gate was answered 'quit'
         self.preflight_failed = False
-        self.applying: set[asyncio.Future[Any]] = set()
+        self.applying: set[asyncio.Future[Any]] = set()  # what the grace period bounds
+        self.probing: set[asyncio.Future[Any]] = set()  # re-probes, cancelled at Ctrl-C
         self.target_tasks: set[asyncio.Task[Any]] = set()
         self.wakeup = asyncio.Event()
         self._commit_pending: asyncio.Future[None] | None = None
@@ -156,6 +158,15 @@ class Execution:
     # ----- the run -----------------------------------------------------------------------
 
     async def run(self) -> RunResult:
+        loop = asyncio.get_running_loop()
+        # Ours before the journal knows the run: every interrupt it records, it handles.
+        previous = self._install_signals(loop)
+        try:
+            return await self._run_journaled()
+        finally:
+            self._restore_signals(loop, previous)
+
+    async def _run_journaled(self) -> RunResult:
         started = time.monotonic()
         self.journal.start_run(
             self.run_id,
@@ -186,18 +197,19 @@ class Execution:
                 "fingerprint": self.plan.fingerprint,
             }
         )
-        loop = asyncio.get_running_loop()
-        handled = self._install_signals(loop)
-        flusher = asyncio.ensure_future(self._flush_journal())
-        say = lambda text: self.reporter.emit({"event": "message", "text": text})  # noqa: E731
-        self.connections = self.settings.connections(self.inventory, say)
         try:
-            await self._guarded(self._phases())
-        finally:
-            flusher.cancel()
-            await self.connections.aclose()
-            for sig in handled:
-                loop.remove_signal_handler(sig)
+            await self._execute()
+        except BaseException as exc:
+            # Ended by something else than its verdict (a bug, KeyboardInterrupt): the journal
+            # says so rather than leave the run "running".
+            stopped = isinstance(exc, KeyboardInterrupt | asyncio.CancelledError)
+            self.journal.finish_run(
+                self.run_id,
+                INTERRUPTED if stopped else FAILED,
+                EXIT_INTERRUPTED if stopped else EXIT_INTERNAL,
+                None if stopped else f"internal error: {type(exc).__name__}: {exc}",
+            )
+            raise
         status, code = self._verdict()
         message = None
         if self.preflight_failed:
@@ -229,6 +241,17 @@ class Execution:
             dict(self.counts),
             {t.target.name: t.status for t in self.runs},
         )
+
+    async def _execute(self) -> None:
+        flusher = asyncio.ensure_future(self._flush_journal())
+        say = lambda text: self.reporter.emit({"event": "message", "text": text})  # noqa: E731
+        self.connections = self.settings.connections(self.inventory, say)
+        try:
+            await self._guarded(self._phases())
+        finally:
+            flusher.cancel()
+            await asyncio.wait([flusher])  # ended, not left pending for the loop's shutdown
+            await self.connections.aclose()
 
     async def _commit(self) -> None:
         """Group commit: every step that starts in this turn of the loop shares one commit."""
@@ -289,15 +312,26 @@ class Execution:
 
     # ----- signals -----------------------------------------------------------------------
 
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
-        handled: list[int] = []
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> dict[int, Any]:
+        """SIGINT and SIGTERM call `interrupt`; returns the handlers they had before."""
+        previous: dict[int, Any] = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(sig)
             try:
                 loop.add_signal_handler(sig, self.interrupt)
-                handled.append(sig)
             except (RuntimeError, ValueError, NotImplementedError):
-                pass  # not the main thread: the caller handles interruption
-        return handled
+                continue  # not the main thread: the caller handles interruption
+            previous[sig] = handler
+        return previous
+
+    @staticmethod
+    def _restore_signals(loop: asyncio.AbstractEventLoop, previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            # remove_signal_handler leaves SIGTERM at its default (die at once): the caller's
+            # own handler (asyncio.run's for Ctrl-C, the CLI's for SIGTERM) is back instead.
+            if handler is not None:
+                signal.signal(sig, handler)
 
     def interrupt(self) -> None:
         """First call: start nothing new, give running steps `grace` seconds, then run
@@ -305,6 +339,9 @@ class Execution:
         if not self.stopping:
             self.stopping = True
             self.wakeup.set()
+            self.gates.interrupt()  # a question being asked: its step does not start
+            for task in list(self.probing):
+                task.cancel()  # read-only, and what it finds would not be acted on
             self.reporter.emit(
                 {
                     "event": "message",
@@ -387,6 +424,9 @@ class Execution:
             ok = await self._run_section(tr, "steps")
             if ok and not self.stopping:
                 await self._run_section(tr, "verify")
+        except asyncio.CancelledError:
+            tr.interrupted = True  # the second Ctrl-C: whatever it was doing did not finish
+            raise
         finally:
             if self.rb.always and not self.hard:
                 await self._run_section(tr, "always", always=True)
@@ -493,7 +533,10 @@ class Execution:
         change = None
         if item.risk is not Risk.READ and item.instance is not None:
             # The world as it is now, after the earlier steps: nothing to change, nothing to do.
-            change = await probe_step(item, tr.target, self.settings, self.connections)
+            found = await self._probe(tr, section, item)
+            if found is None:
+                return ItemResult(INTERRUPTED, {})
+            change = found
             if change.blockers:
                 self._finish(tr, item.id, FAILED, error="; ".join(change.blockers))
                 return ItemResult(FAILED, {})
@@ -501,8 +544,10 @@ class Execution:
                 self._finish(tr, item.id, UNCHANGED, summary=change.summary)
                 return ItemResult(UNCHANGED, {"ok": True, "changed": False})
             question = question or gate_for(item, change)
-        if question:
+        if question and not self._stopped(section):
             answer = await self.gates.check(tr.target.label(), planned, question, change)
+            if answer == "interrupted":
+                return ItemResult(INTERRUPTED, {})  # never started: journaled "not run"
             if answer != "yes":
                 if answer == "quit":
                     self.quit = True
@@ -510,11 +555,30 @@ class Execution:
                 tr.declined = True
                 self._finish(tr, item.id, DECLINED, summary=f"gate answered {answer}")
                 return ItemResult(DECLINED, {})
-        limit = self.step_limits.get(step.id)
-        if limit is None:
+        turn = self.step_limits.get(step.id) or contextlib.nullcontext()
+        async with turn:
+            if self._stopped(section):  # while it probed, asked or waited its turn: not started
+                return ItemResult(DECLINED if self.quit else INTERRUPTED, {})
             return await self._attempts(tr, section, step, item)
-        async with limit:
-            return await self._attempts(tr, section, step, item)
+
+    def _stopped(self, section: str) -> bool:
+        """Nothing new starts once the run is stopping, but its always-steps."""
+        return self.stopping and section != "always"
+
+    async def _probe(self, tr: TargetRun, section: str, item: RenderedStep) -> Change | None:
+        """The step's change as probed now; None when the first Ctrl-C cancelled the probe."""
+        task = asyncio.ensure_future(probe_step(item, tr.target, self.settings, self.connections))
+        if section != "always":
+            self.probing.add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the whole run is being cancelled
+            return None
+        finally:
+            self.probing.discard(task)
 
     async def _attempts(
         self, tr: TargetRun, section: str, step: Step, item: RenderedStep
@@ -588,6 +652,13 @@ class Execution:
         with open(self.options.host_logs / f"{tr.target.name}.log", "a", encoding="utf-8") as log:
             log.write(redactor.redact("\n".join(lines)) + "\n")
 
+    @staticmethod
+    async def _bounded(work: Awaitable[Outcome], seconds: float | None) -> Outcome:
+        # asyncio.timeout rather than wait_for: the work stays in this task, so cancelling it
+        # (the grace period, a second Ctrl-C) leaves no inner task nor result behind.
+        async with asyncio.timeout(seconds or None):
+            return await work
+
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake at once when the run is interrupted."""
         with contextlib.suppress(TimeoutError):
@@ -607,10 +678,7 @@ class Execution:
             connections=self.connections,
             root=self.settings.root,
         )
-        work = item.instance.apply(ctx)
-        if step.timeout:
-            work = asyncio.wait_for(work, step.timeout)
-        task = asyncio.ensure_future(work)
+        task = asyncio.ensure_future(self._bounded(item.instance.apply(ctx), step.timeout))
         if section != "always":
             self.applying.add(task)
         try:

@@ -13,7 +13,8 @@ from ..model.plan import PlannedStep
 from ..report.progress import Reporter
 from ..secrets import redactor
 
-Answer = Literal["yes", "no", "quit"]
+# "interrupted": the run was interrupted while the question waited; its step does not run.
+Answer = Literal["yes", "no", "quit", "interrupted"]
 ANSWERS = "[y]es / [n]o / [a]ll / [q]uit"
 
 
@@ -41,6 +42,15 @@ class Gatekeeper:
         self.reporter = reporter
         self.ask = ask
         self.lock = asyncio.Lock()
+        self.asking: asyncio.Future[str | None] | None = None  # the answer being waited for
+        # A question abandoned at Ctrl-C leaves its reader on the terminal; a later question
+        # would race it for the next line typed, so none is asked.
+        self.abandoned = False
+
+    def interrupt(self) -> None:
+        """The run was interrupted: the question being asked, if any, is abandoned."""
+        if self.asking is not None and not self.asking.done():
+            self.asking.set_result(None)
 
     async def check(
         self, label: str, step: PlannedStep, question: str, change: Change | None = None
@@ -61,6 +71,15 @@ class Gatekeeper:
         async with self.lock:
             if self.approve_all:
                 return "yes"
+            if self.abandoned:
+                self.reporter.emit(
+                    {
+                        "event": "message",
+                        "text": f"{label}: step {step.id} not asked: the run was interrupted"
+                        " at an earlier question",
+                    }
+                )
+                return "interrupted"
             now = change or step.change
             text = f"\n{label}: step {step.id} ({step.action}, {step.risk.value})\n"
             if now.kind != step.change.kind:
@@ -71,7 +90,10 @@ class Gatekeeper:
             text = redactor.redact(f"{text}  {question} {ANSWERS} ")
             with self.reporter.paused():
                 while True:
-                    reply = (await _in_thread(self.ask, text)).strip().lower()
+                    answer = await self._answer(text)
+                    if answer is None:
+                        return "interrupted"
+                    reply = answer.strip().lower()
                     if reply in ("y", "yes"):
                         return "yes"
                     if reply in ("n", "no"):
@@ -83,11 +105,25 @@ class Gatekeeper:
                         return "quit"
                     text = f"  please answer {ANSWERS} "
 
+    async def _answer(self, text: str) -> str | None:
+        """The line typed, or None when the run was interrupted while waiting for it."""
+        self.asking = _in_thread(self.ask, text)
+        try:
+            answer = await self.asking
+        except asyncio.CancelledError:
+            self.abandoned = True  # the second Ctrl-C: the run is being cancelled
+            raise
+        finally:
+            self.asking = None
+        if answer is None:
+            self.abandoned = True
+        return answer
 
-async def _in_thread(function: Callable[[str], str], arg: str) -> str:
+
+def _in_thread(function: Callable[[str], str], arg: str) -> asyncio.Future[str | None]:
     """Run a blocking prompt in a daemon thread, so an abandoned prompt never holds exit up."""
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[str] = loop.create_future()
+    future: asyncio.Future[str | None] = loop.create_future()
 
     def work() -> None:
         try:
@@ -98,12 +134,14 @@ async def _in_thread(function: Callable[[str], str], arg: str) -> str:
             loop.call_soon_threadsafe(_settle, future, result, None)
 
     threading.Thread(target=work, daemon=True, name="opskit-gate").start()
-    return await future
+    return future
 
 
-def _settle(future: asyncio.Future[str], result: str | None, exc: BaseException | None) -> None:
+def _settle(
+    future: asyncio.Future[str | None], result: str | None, exc: BaseException | None
+) -> None:
     if future.done():
-        return
+        return  # abandoned (Ctrl-C): nobody waits for this answer
     if exc is not None:
         future.set_exception(exc)
     else:

@@ -57,6 +57,7 @@ def describe(event: dict[str, Any]) -> str | None:
             f" {c.get('succeeded', 0)} ok, {c.get('unchanged', 0)} unchanged,"
             f" {c.get('failed', 0)} failed, {c.get('skipped', 0)} skipped"
             + (f", {c['declined']} declined" if c.get("declined") else "")
+            + (f", {c['interrupted']} interrupted" if c.get("interrupted") else "")
             + (f", {c['not run']} not run" if c.get("not run") else "")
             + (f"\nlog: {event['log']}" if event.get("log") else "")
             + (f" (each host's output: {event['host_logs']}/)" if event.get("host_logs") else "")

@@ -69,6 +69,7 @@ class ResourceArgs(ActionArgs):
     sleep: float = 0.0
     echo: str | None = None
     blocked: str | None = None  # the probe answers with this blocker
+    probe_sleep: float = 0.0  # the probe takes this long (Ctrl-C while planning)
 
 
 class Resource(Action[ResourceArgs]):
@@ -92,6 +93,8 @@ class Resource(Action[ResourceArgs]):
             return key in d["present"]
 
         present = world().update(look)
+        if self.args.probe_sleep:
+            await asyncio.sleep(self.args.probe_sleep)
         if self.args.blocked:
             return Change.unknown(f"{self.args.name} is blocked", blockers=[self.args.blocked])
         want = self.args.state == "present"

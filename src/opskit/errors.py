@@ -48,6 +48,19 @@ EXIT_CODES: dict[int, str] = {
     EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM)",
 }
 
+# The status in a `--json` stream's `done` event when no run's verdict gives it (the command
+# ended before a run, or otherwise than the run said).
+EXIT_STATUS: dict[int, str] = {
+    EXIT_OK: "succeeded",
+    EXIT_FAILED: "failed",
+    EXIT_USAGE: "usage error",
+    EXIT_GATE: "declined",
+    EXIT_STALE: "stale plan",
+    EXIT_LOCKED: "locked",
+    EXIT_INTERNAL: "internal error",
+    EXIT_INTERRUPTED: "interrupted",
+}
+
 
 class OpskitError(Exception):
     """Base of every user-facing error: `str(err)` is the whole message."""

@@ -31,6 +31,8 @@ INVENTORY_HELP = "Inventory file (default: $OPSKIT_INVENTORY, else inventory/hom
 if TYPE_CHECKING:
     from types import FrameType
 
+    from ..report.progress import EventStream
+
 
 class LazyGroup(click.Group):
     """Subcommands live in their own modules, imported only when invoked."""
@@ -117,20 +119,42 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
+# The JSON event stream of the command running, when it streams one (`--json` of run, apply,
+# resume). run() ends it with the exit code it decides, so every way a command ends (done,
+# an error, Ctrl-C) ends the stream the same way: an `error` event if it failed, one `done`.
+_events: EventStream | None = None
+
+
+def open_events() -> EventStream:
+    global _events
+    from ..report.progress import EventStream
+
+    _events = EventStream()
+    return _events
+
+
 def run(argv: list[str] | None = None) -> int:
+    global _events
     args = sys.argv[1:] if argv is None else argv
     lab_child: list[int] = []  # the exit code of the same command run inside the lab
-    code = _run(argv, lab_child)
+    _events = None
+    code, error = _run(argv, lab_child)
     if lab_child:
         return lab_child[0]  # already decided there, --detailed-exitcode included
     if _option_given(args, "--detailed-exitcode"):
         # Terraform's convention for CI: 0 no changes, 2 changes, 1 any error.
         known = {EXIT_OK: EXIT_OK, EXIT_PLAN_CHANGES: 2, EXIT_INTERRUPTED: EXIT_INTERRUPTED}
-        return known.get(code, 1)
-    return 2 if code == EXIT_PLAN_CHANGES else code
+        code = known.get(code, 1)
+    elif code == EXIT_PLAN_CHANGES:
+        code = 2
+    if _events is not None:
+        _events.end(code, error)
+        _events = None
+    return code
 
 
-def _run(argv: list[str] | None, lab_child: list[int]) -> int:
+def _run(argv: list[str] | None, lab_child: list[int]) -> tuple[int, str | None]:
+    """The command's exit code and, when it ended in an error, the message said on stderr."""
     try:
         if _wants_lab(sys.argv[1:] if argv is None else argv):
             from ..lab.enter import run_in_lab
@@ -138,46 +162,49 @@ def _run(argv: list[str] | None, lab_child: list[int]) -> int:
             lab_child.append(
                 run_in_lab(sys.argv[1:] if argv is None else argv, replace=argv is None)
             )
-            return lab_child[0]
+            return lab_child[0], None
         # Without standalone mode click returns ctx.exit()'s code instead of raising it.
         code = cli.main(args=argv, prog_name="opskit", standalone_mode=False)
     except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
+        return int(exc.exit_code), None
     except click.ClickException as exc:
         exc.show()
-        return EXIT_USAGE
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        return EXIT_INTERRUPTED
+        return EXIT_USAGE, _redact(exc.format_message())
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        return _said(EXIT_INTERRUPTED, "interrupted")
     except LoadError as exc:
-        for problem in exc.problems:
-            click.echo(_redact(str(problem)), err=True)
-        return exc.exit_code
+        return _said(exc.exit_code, "\n".join(str(problem) for problem in exc.problems))
     except OpskitError as exc:
         if exc.exit_code == 0:  # e.g. a saved plan already applied: said, not an error
-            click.echo(_redact(str(exc)))
-            return 0
-        click.echo(_redact(f"error: {exc}"), err=True)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        return EXIT_INTERRUPTED
+            if _events is not None:
+                _events.write({"event": "message", "text": str(exc)})
+            else:
+                click.echo(_redact(str(exc)))
+            return 0, None
+        return _said(exc.exit_code, str(exc), prefix="error: ")
     except BrokenPipeError:
         # The reader went away (`opskit list | head`): not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return 0, None
     except Exception as exc:
         if os.environ.get("OPSKIT_DEBUG"):
             raise
+        message = f"internal error: {type(exc).__name__}: {exc}"
         click.echo(
             _redact(
-                f"internal error: {type(exc).__name__}: {exc}\n"
-                "This is a bug in opskit; rerun with OPSKIT_DEBUG=1 for the traceback."
+                f"{message}\nThis is a bug in opskit; rerun with OPSKIT_DEBUG=1 for the traceback."
             ),
             err=True,
         )
-        return EXIT_INTERNAL
-    return code if isinstance(code, int) else 0
+        return EXIT_INTERNAL, _redact(message)
+    return (code if isinstance(code, int) else 0), None
+
+
+def _said(code: int, message: str, *, prefix: str = "") -> tuple[int, str]:
+    """The error's message, said once on stderr (redacted); returned for the event stream."""
+    message = _redact(message)
+    click.echo(prefix + message, err=True)
+    return code, message
 
 
 def _option_given(argv: list[str], option: str) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,8 +62,11 @@ def executes(func: Callable[..., None]) -> Callable[..., None]:
         tofu: bool,
         **kwargs: Any,
     ) -> None:
+        from . import open_events
+
+        events = open_events() if as_json else None  # ended by opskit.cli.run, however it ends
         req = _request(
-            yes=yes, approve=approve, as_json=as_json, lock_wait=_duration(lock_wait),
+            yes=yes, approve=approve, events=events, lock_wait=_duration(lock_wait),
             grace=_duration(grace), tofu=tofu,
         )  # fmt: skip
         func(*args, req=req, **kwargs)
@@ -130,8 +132,8 @@ def run(
     from ..workspace import parse_param_args
 
     loaded, targets, plan = make_plan(req, runbook, parse_param_args(params), limit)
-    if req.as_json:  # the first line of the JSON-lines event stream
-        echo(json.dumps({"event": "plan", "plan": plan.model_dump(mode="json")}))
+    if req.events is not None:  # the first event of the stream
+        req.events.write({"event": "plan", "plan": plan.model_dump(mode="json")})
     else:
         echo(render_plan(plan, "text").rstrip("\n"))
     ctx = click.get_current_context()
@@ -143,11 +145,11 @@ def run(
             + "\n  ".join(found)
         )
     if dry_run:
-        if not req.as_json:
+        if req.events is None:
             echo("dry run: nothing was changed")
         ctx.exit(EXIT_OK)
     if not targets or (nothing_to_do(plan) and not plan.counts()["check"]):
-        if not req.as_json:
+        if req.events is None:
             echo("nothing to do")
         ctx.exit(EXIT_OK)
     _exit(execute(req, loaded, targets, plan))

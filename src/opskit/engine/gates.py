@@ -6,7 +6,7 @@ import asyncio
 import sys
 import threading
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, TextIO
 
 from ..model import Change
 from ..model.plan import PlannedStep
@@ -18,10 +18,11 @@ Answer = Literal["yes", "no", "quit", "interrupted"]
 ANSWERS = "[y]es / [n]o / [a]ll / [q]uit"
 
 
-def ask_terminal(question: str) -> str:
-    """One line from the terminal (stdin); EOF reads as quit."""
-    sys.stdout.write(question)
-    sys.stdout.flush()
+def ask_terminal(question: str, out: TextIO | None = None) -> str:
+    """One line from the terminal (stdin), asked on `out` (stdout); EOF reads as quit."""
+    out = out or sys.stdout
+    out.write(question)
+    out.flush()
     line = sys.stdin.readline()
     return line.strip() if line else "quit"
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets as _random
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -18,7 +20,7 @@ from ..model.plan import Plan
 from ..place import plan_place_problem
 from ..planner import ProbeSettings, build_plan, file_ref
 from ..report import counted
-from ..report.progress import Reporter, reporter_for
+from ..report.progress import EventStream, Reporter, reporter_for
 from ..secrets import redactor, resolve_all
 from ..store import DONE, Journal, state_dir
 from ..workspace import LoadedRunbook, Workspace, resolve_params, targets_for
@@ -41,7 +43,7 @@ class Request:
     yes: bool = False
     approve: str | None = None
     interactive: bool = False
-    as_json: bool = False
+    events: EventStream | None = None  # --json: the event stream on stdout
     lock_wait: float = 0.0
     grace: float = 30.0
     ask: Callable[[str], str] = ask_terminal
@@ -232,7 +234,10 @@ def execute(
     values = resolve_all(loaded.runbook.secrets)
     journal = req.journal or Journal.open_default(redact=redactor.redact)
     log = state_dir() / "logs" / f"{run_id}.log"
-    reporter = req.reporter or reporter_for(as_json=req.as_json, log=log)
+    reporter = req.reporter or reporter_for(events=req.events, log=log)
+    ask = req.ask
+    if req.events is not None and ask is ask_terminal:
+        ask = functools.partial(ask_terminal, out=sys.stderr)  # stdout is the JSON stream
     locks = TargetLocks(
         state_dir() / "locks",
         run_id,
@@ -249,7 +254,7 @@ def execute(
             journal=journal,
             reporter=reporter,
             gatekeeper=Gatekeeper(
-                approved=approved, interactive=req.interactive, reporter=reporter, ask=req.ask
+                approved=approved, interactive=req.interactive, reporter=reporter, ask=ask
             ),
             options=RunOptions(
                 run_id=run_id,

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..errors import EXIT_STATUS
 from ..secrets import redactor
 from . import counted
 
@@ -110,15 +111,66 @@ class Reporter:
             self.log = None
 
 
+class EventStream:
+    """`--json`: one JSON object per line on stdout, every string redacted, and last one `done`.
+
+    A run's own `done` (its counts and duration) is held back: the command's end
+    (`opskit.cli.run`, where exit codes are decided) writes the one `done`, with the exit code
+    the command really ends with, after an `error` event when it ended in an error."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.run_done: dict[str, Any] = {}  # the run's own `done`, held back for end()
+        self.ended = False
+
+    def write(self, event: dict[str, Any]) -> None:
+        if self.ended:
+            return
+        if event["event"] == "done":
+            self.run_done = event
+            return
+        self._print(event)
+
+    def end(self, exit_code: int, error: str | None = None) -> None:
+        if self.ended:
+            return
+        if error is not None:
+            self._print({"event": "error", "message": error, "exit_code": exit_code})
+        done = {**self.run_done, "event": "done"}
+        if done.get("exit_code") != exit_code:
+            done["status"] = EXIT_STATUS.get(exit_code, "failed")
+        done["exit_code"] = exit_code
+        self._print(done)
+        self.ended = True
+
+    def _print(self, event: dict[str, Any]) -> None:
+        # Strings are redacted before encoding: a value JSON escapes still matches.
+        payload = _redacted({"event": event["event"], "time": round(time.time(), 3), **event})
+        print(json.dumps(payload, default=str), file=self.out, flush=True)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redactor.redact(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v) for v in value]
+    return value
+
+
 class JsonReporter(Reporter):
-    """One JSON object per line on stdout: the machine twin of the progress view."""
+    """Events into the `--json` stream: the machine twin of the progress view."""
+
+    def __init__(self, events: EventStream, log: Path | None = None) -> None:
+        super().__init__(events.out, log)
+        self.events = events
 
     def emit(self, event: dict[str, Any]) -> None:
         line = describe(event)
         if line is not None:
             self._write_log(line)
-        payload = {"time": round(time.time(), 3), **event}
-        print(redactor.redact(json.dumps(payload, default=str)), file=self.out, flush=True)
+        self.events.write(event)
 
 
 class LiveReporter(Reporter):
@@ -180,9 +232,9 @@ class LiveReporter(Reporter):
         super().close()
 
 
-def reporter_for(*, as_json: bool, log: Path | None) -> Reporter:
-    if as_json:
-        return JsonReporter(log=log)
+def reporter_for(*, events: EventStream | None, log: Path | None) -> Reporter:
+    if events is not None:
+        return JsonReporter(events, log=log)
     if sys.stdout.isatty():
         return LiveReporter(log=log)
     return Reporter(log=log)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,6 +55,44 @@ def _own_redactor() -> Iterator[None]:
     saved = dict(redactor._values)
     yield
     redactor._values = saved
+
+
+# Outputs a shipped kind registered in this test without documenting them (`outputs`).
+_undocumented: list[str] = []
+
+
+def _documented_only(cls: Any, apply: Any) -> Any:
+    @functools.wraps(apply)
+    async def checked(self: Any, ctx: Any) -> Any:
+        outcome = await apply(self, ctx)
+        extra = sorted(set(outcome.outputs) - set(cls.outputs))
+        if extra:
+            _undocumented.append(f"{cls.name} registered {extra}, not in {cls.__name__}.outputs")
+        return outcome
+
+    return checked
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _outputs_checked() -> Iterator[None]:
+    """Every apply of an installed kind, in every in-process test (real sshd, fakepve,
+    PocketBase...), is held to the outputs the kind documents: `opskit explain` cannot promise
+    fewer than a step registers."""
+    from opskit import actions
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in actions._entry_points():
+            cls = actions.get(name)
+            patch.setattr(cls, "apply", _documented_only(cls, cls.apply))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _outputs_documented(_outputs_checked: None) -> Iterator[None]:
+    _undocumented.clear()
+    yield
+    found, _undocumented[:] = list(_undocumented), []
+    assert not found, "; ".join(sorted(set(found)))
 
 
 @pytest.fixture

@@ -63,11 +63,22 @@ class ActionContext:
 
 
 class Action(Generic[A]):
-    """One step kind. Subclasses set `name`, `risk` and `Args`, and implement probe/apply."""
+    """One step kind. Subclasses set `name`, `risk` and `Args`, and implement probe/apply.
+
+    `opskit explain` shows a kind from these: its docstring's first line (the summary) and
+    the rest, its Args' fields (described with `Field(description=...)`), `outputs` and
+    `example`."""
 
     name: ClassVar[str]
     risk: ClassVar[Risk]
     Args: ClassVar[type[BaseModel]]
+    # Every name apply may put in Outcome.outputs (what `register: NAME` makes `NAME.x`), with
+    # what it holds. Empty: the kind registers nothing of its own (every step still registers
+    # ok, changed and summary).
+    outputs: ClassVar[dict[str, str]] = {}
+    # A runbook fragment using the kind: `steps:` (and `targets:`, `secrets:` where it needs
+    # them), as a user would copy it; the tests load it against the shipped inventory.
+    example: ClassVar[str] = ""
 
     def __init__(self, args: A) -> None:
         self.args = args

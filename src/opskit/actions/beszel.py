@@ -97,8 +97,12 @@ class HubArgs(ActionArgs):
     auth: Literal["auto", "superuser", "user"] = Field(
         "auto", description="log in as a superuser, a hub user, or try both (auto)"
     )
-    tls: TLS = Field(default_factory=TLS)
-    timeout: Duration = 15.0
+    tls: TLS = Field(
+        default_factory=TLS,
+        description="how to trust an https:// hub: system CAs, a CA file, or a pinned"
+        " certificate fingerprint",
+    )
+    timeout: Duration = Field(15.0, description="for each request to the hub")
 
 
 @asynccontextmanager
@@ -140,6 +144,14 @@ def _session(ctx: ActionContext, a: HubArgs) -> Any:
     )
 
 
+# What beszel.hub.system and check.beszel.hub register of the system's record (_ids).
+SYSTEM_OUTPUTS = {
+    "id": "the system record's id in the hub (str)",
+    "name": "its name (str)",
+    "status": "the hub's status for it: up, down, paused or pending ('' from a bare PocketBase)",
+}
+
+
 class SystemArgs(HubArgs):
     name: str | None = Field(None, description="the system's name (default: the target's name)")
     host: str | None = Field(
@@ -156,7 +168,9 @@ class SystemArgs(HubArgs):
         description="the agent's TOKEN for its fingerprint record: '{{ secrets.NAME }}'"
         " (default: keep the record's, or a random one for a new record, as the hub's UI does)",
     )
-    state: Literal["present", "absent"] = "present"
+    state: Literal["present", "absent"] = Field(
+        "present", description="present: added or brought up to date; absent: removed"
+    )
 
 
 @dataclass
@@ -175,6 +189,21 @@ class HubSystem(Action[SystemArgs]):
     name: ClassVar[str] = "beszel.hub.system"
     risk: ClassVar[Risk] = Risk.CHANGE
     Args = SystemArgs
+    outputs: ClassVar[dict[str, str]] = SYSTEM_OUTPUTS
+    example: ClassVar[str] = """
+        targets: tag:monitored
+        secrets:
+          hub_email: env:BESZEL_HUB_EMAIL
+          hub_password: env:BESZEL_HUB_PASSWORD
+        steps:
+          - id: register
+            beszel.hub.system:
+              hub_url: http://docker.tail0000.ts.net:8090
+              email: "{{ secrets.hub_email }}"
+              password: "{{ secrets.hub_password }}"
+              port: 45876
+            register: system          # later: {{ system.id }}, {{ system.status }}
+        """
 
     def describe(self) -> str:
         a = self.args
@@ -330,6 +359,24 @@ class CheckHub(Check[HubCheckArgs]):
 
     name: ClassVar[str] = "check.beszel.hub"
     Args = HubCheckArgs
+    outputs: ClassVar[dict[str, str]] = {
+        k: f"{v}; only with `system: true`" for k, v in SYSTEM_OUTPUTS.items()
+    }
+    example: ClassVar[str] = """
+        targets: tag:monitored
+        secrets:
+          hub_email: env:BESZEL_HUB_EMAIL
+          hub_password: env:BESZEL_HUB_PASSWORD
+        steps:
+          - id: hub-sees-it
+            check.beszel.hub:
+              hub_url: http://docker.tail0000.ts.net:8090
+              email: "{{ secrets.hub_email }}"
+              password: "{{ secrets.hub_password }}"
+              status: up
+            retries: 18               # the hub polls its agents about once a minute
+            interval: 5s
+        """
 
     def describe(self) -> str:
         a = self.args
@@ -390,9 +437,9 @@ def _failed(error: str) -> Outcome:
 
 class AgentCheckArgs(ActionArgs):
     host: str | None = Field(None, description="default: the target's address")
-    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="the agent's port")
     version: str | None = Field(None, pattern=_VERSION, description="the version it must run")
-    timeout: Duration = 5.0
+    timeout: Duration = Field(5.0, description="for the connection and the banner")
 
 
 class CheckAgent(Check[AgentCheckArgs]):
@@ -400,6 +447,17 @@ class CheckAgent(Check[AgentCheckArgs]):
 
     name: ClassVar[str] = "check.beszel.agent"
     Args = AgentCheckArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "banner": "the SSH identification line the port sent (str)",
+        "version": "the agent's version from it, when it is a Beszel agent (str)",
+    }
+    example: ClassVar[str] = """
+        targets: tag:monitored
+        steps:
+          - id: agent-answers
+            check.beszel.agent: {port: 45876, version: "0.18.8"}
+            register: agent           # later: {{ agent.version }}
+        """
 
     def describe(self) -> str:
         a = self.args
@@ -464,8 +522,14 @@ async def _banner(reader: Any) -> str:
 
 
 class AgentArgs(ActionArgs):
-    state: Literal["present", "absent"] = "present"
-    version: str | None = Field(None, pattern=_VERSION, description="the version to pin")
+    state: Literal["present", "absent"] = Field(
+        "present",
+        description="present: installed and running; absent: removed (binary, unit, token"
+        " file, user)",
+    )
+    version: str | None = Field(
+        None, pattern=_VERSION, description="the version to pin (needed for present)"
+    )
     release_url: str = Field(
         DEFAULT_RELEASES,
         pattern=_URL,
@@ -479,19 +543,29 @@ class AgentArgs(ActionArgs):
         None, description="the agent's TOKEN (with hub_url: it also connects out to the hub)"
     )
     hub_url: str | None = Field(None, pattern=_URL, description="the hub (HUB_URL, the key)")
-    hub_email: Annotated[str | None, SECRET] = Field(None, description="to ask the hub its key")
-    hub_password: Annotated[str | None, SECRET] = None
-    hub_auth: Literal["auto", "superuser", "user"] = "auto"
-    hub_tls: TLS = Field(default_factory=TLS)
+    hub_email: Annotated[str | None, SECRET] = Field(
+        None, description="a hub login, to ask the hub its key: '{{ secrets.NAME }}'"
+    )
+    hub_password: Annotated[str | None, SECRET] = Field(
+        None, description="its password: '{{ secrets.NAME }}'"
+    )
+    hub_auth: Literal["auto", "superuser", "user"] = Field(
+        "auto", description="log in as a superuser, a hub user, or try both (auto)"
+    )
+    hub_tls: TLS = Field(default_factory=TLS, description="how to trust an https:// hub")
     listen: str = Field(
         str(DEFAULT_PORT),
         pattern=r"^([0-9]{1,5}|[A-Za-z0-9.:\[\]-]*:[0-9]{1,5}|/[A-Za-z0-9._/-]+)$",
         description="LISTEN: a port, host:port, or a unix socket path",
     )
-    install_dir: str = Field("/opt/beszel-agent", pattern=_PATH)
-    unit_dir: str = Field("/etc/systemd/system", pattern=_PATH)
+    install_dir: str = Field("/opt/beszel-agent", pattern=_PATH, description="holds the binary")
+    unit_dir: str = Field(
+        "/etc/systemd/system", pattern=_PATH, description="where beszel-agent.service goes"
+    )
     env_file: str = Field("/etc/beszel-agent.env", pattern=_PATH, description="holds TOKEN")
-    user: str = Field("beszel", pattern=r"^[a-z_][a-z0-9_-]*$")
+    user: str = Field(
+        "beszel", pattern=r"^[a-z_][a-z0-9_-]*$", description="the system user it runs as"
+    )
     become: bool = Field(False, description="run through sudo (-n: never prompt)")
     timeout: Duration = Field(300.0, description="for the download")
 
@@ -554,6 +628,24 @@ class Agent(Action[AgentArgs]):
     name: ClassVar[str] = "beszel.agent"
     risk: ClassVar[Risk] = Risk.CHANGE
     Args = AgentArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "version": "the version installed (str)",
+        "arch": "the release's architecture for the host: amd64, arm64, ... (str)",
+        "done": "what it did, in order: binary, user, unit file, start, ... (list[str])",
+        "sha256": "the downloaded archive's SHA-256, when it installed a binary (hex str)",
+    }
+    example: ClassVar[str] = """
+        targets: tag:monitored
+        secrets:
+          hub_key: env:BESZEL_HUB_KEY       # the hub's public key line (ssh-ed25519 ...)
+        steps:
+          - id: agent
+            beszel.agent:
+              version: "0.18.8"
+              key: "{{ secrets.hub_key }}"
+              listen: 45876
+            register: agent           # later: {{ agent.done }}, {{ agent.version }}
+        """
 
     # ----- paths -------------------------------------------------------------------------
 

@@ -20,21 +20,29 @@ BODY_CAP = 64 * 1024
 
 class HttpArgs(ActionArgs):
     url: str = Field(..., pattern=r"^https?://[^\s/]+", description="http:// or https:// URL")
-    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = Field(
+        "GET", description="the HTTP method"
+    )
     expect: int | list[int] = Field(200, description="accepted status code(s)")
     json_match: dict[str, Any] | None = Field(
         None, alias="json", description="dotted JSON paths and the values they must equal"
     )
     contains: str | None = Field(None, description="text the body must contain")
     matches: str | None = Field(None, description="regex the body must match")
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict, description="request headers")
     body: Any = Field(None, description="request body: sent as JSON unless a string")
     bearer: Annotated[str | None, SECRET] = Field(
         None, description="bearer token: '{{ secrets.NAME }}'"
     )
-    tls: TLS = Field(default_factory=TLS)
-    timeout: Duration = 10.0
-    follow_redirects: bool = False
+    tls: TLS = Field(
+        default_factory=TLS,
+        description="how to trust an https:// server: system CAs, a CA file, or a pinned"
+        " certificate fingerprint",
+    )
+    timeout: Duration = Field(10.0, description="for the whole request")
+    follow_redirects: bool = Field(
+        False, description="follow 3xx redirects (else the redirect is the answer checked)"
+    )
 
     @field_validator("url")
     @classmethod
@@ -61,6 +69,25 @@ class HttpCheck(Check[HttpArgs]):
 
     name: ClassVar[str] = "check.http"
     Args = HttpArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "status": "the HTTP status code (int)",
+        "body": "the response body as text, its first 64 KiB (str)",
+        "elapsed": "seconds the request took (float)",
+        "json": "the body parsed as JSON, null if it is not JSON (only with `json:`)",
+    }
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: livez
+            check.http:
+              url: "http://{{ target.address }}:8811/livez"
+              expect: 200
+              json: {status: ok}      # dotted paths: {"checks.db": up}
+              timeout: 5s
+            retries: 30               # a service still starting gets a minute
+            interval: 2s
+            register: livez           # later: {{ livez.status }}, {{ livez.json.status }}
+        """
 
     def describe(self) -> str:
         a = self.args
@@ -170,8 +197,8 @@ def _failed(error: str) -> Outcome:
 
 class TcpArgs(ActionArgs):
     host: str | None = Field(None, description="default: the target's address")
-    port: int = Field(..., ge=1, le=65535)
-    timeout: Duration = 5.0
+    port: int = Field(..., ge=1, le=65535, description="the TCP port")
+    timeout: Duration = Field(5.0, description="for the connection and the banner")
     banner: str | None = Field(None, description="regex the server's first line must match")
 
 
@@ -180,6 +207,19 @@ class TcpCheck(Check[TcpArgs]):
 
     name: ClassVar[str] = "check.tcp"
     Args = TcpArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "banner": "the server's first line, stripped; '' unless `banner:` is given (str)",
+        "elapsed": "seconds to connect (and read the banner) (float)",
+    }
+    example: ClassVar[str] = """
+        targets: tag:monitored
+        steps:
+          - id: agent-port
+            check.tcp:
+              port: 45876
+              banner: '^SSH-2\\.0-beszel_'   # a regex the first line must match
+            register: agent           # later: {{ agent.banner }}
+        """
 
     def describe(self) -> str:
         host = self.args.host or "target"
@@ -240,6 +280,13 @@ class Wait(Check[WaitArgs]):
     name: ClassVar[str] = "wait"
     risk: ClassVar[Risk] = Risk.READ
     Args = WaitArgs
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: settle
+            description: let the service finish its migrations before it is checked
+            wait: {duration: 10s}
+        """
 
     def describe(self) -> str:
         return f"wait {format_duration(self.args.duration)}"

@@ -109,9 +109,9 @@ class FileArgs(HostArgs):
         default_factory=dict,
         description="names the template sees besides `target`, e.g. params: '{{ params }}'",
     )
-    mode: str = Field("0644", pattern=r"^0?[0-7]{3,4}$")
-    owner: str | None = Field(None, pattern=NAME)
-    group: str | None = Field(None, pattern=NAME)
+    mode: str = Field("0644", pattern=r"^0?[0-7]{3,4}$", description="octal file mode")
+    owner: str | None = Field(None, pattern=NAME, description="the owning user")
+    group: str | None = Field(None, pattern=NAME, description="the owning group")
     create_dirs: bool = Field(True, description="create missing parent directories")
     sensitive: bool = Field(
         False, description="the file holds secrets: hide lines the new content drops from diffs"
@@ -149,6 +149,26 @@ class HostFile(Action[FileArgs]):
     name: ClassVar[str] = "host.file"
     risk: ClassVar[Risk] = Risk.CHANGE
     Args = FileArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "path": "the file's path (str)",
+        "size": "its size in bytes (int)",
+        "sha256": "the SHA-256 of its content (hex str); left out when it holds a secret",
+        "commands": "the commands pyinfra ran, none when nothing changed (list[str])",
+    }
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: unit
+            host.file:
+              path: /etc/systemd/system/proxmoxmcp.service
+              template: deploy/proxmoxmcp/proxmoxmcp.service   # sees target and vars
+              mode: "0644"
+              owner: root
+              group: root
+            register: unit            # later: {{ unit.changed }}, {{ unit.sha256 }}
+          - id: motd
+            host.file: {path: /etc/motd, content: "{{ target.name }}: managed by opskit\\n"}
+        """
 
     def describe(self) -> str:
         return f"file {self.args.path}"
@@ -351,9 +371,9 @@ def _key(line: str) -> str | None:
 
 class DirectoryArgs(HostArgs):
     path: str = Field(..., description="absolute path")
-    mode: str | None = Field(None, pattern=r"^0?[0-7]{3,4}$")
-    owner: str | None = Field(None, pattern=NAME)
-    group: str | None = Field(None, pattern=NAME)
+    mode: str | None = Field(None, pattern=r"^0?[0-7]{3,4}$", description="octal mode")
+    owner: str | None = Field(None, pattern=NAME, description="the owning user")
+    group: str | None = Field(None, pattern=NAME, description="the owning group")
     recursive: bool = Field(False, description="apply owner and mode to everything below")
 
     @field_validator("path")
@@ -368,6 +388,22 @@ class HostDirectory(Action[DirectoryArgs]):
     name: ClassVar[str] = "host.directory"
     risk: ClassVar[Risk] = Risk.CHANGE
     Args = DirectoryArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "path": "the directory's path (str)",
+        "commands": "the commands pyinfra ran, none when nothing changed (list[str])",
+    }
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: dirs
+            loop:
+              - {path: /opt/proxmoxmcp, mode: "0755", owner: root}
+              - {path: /var/lib/proxmoxmcp, mode: "0750", owner: proxmoxmcp}
+            host.directory:
+              path: "{{ item.path }}"
+              mode: "{{ item.mode }}"
+              owner: "{{ item.owner }}"
+        """
 
     def describe(self) -> str:
         return f"directory {self.args.path}"
@@ -413,20 +449,22 @@ def _pairs(values: dict[str, Any]) -> str:
 
 
 class UserArgs(HostArgs):
-    name: str = Field(..., pattern=r"^[a-z_][a-z0-9_-]*\$?$", max_length=32)
+    name: str = Field(
+        ..., pattern=r"^[a-z_][a-z0-9_-]*\$?$", max_length=32, description="the login name"
+    )
     system: bool = Field(False, description="a system user (useradd -r)")
     home: str | None = Field(None, description="home directory (default /home/NAME)")
     create_home: bool | None = Field(
         None, description="create the home directory (default: yes, except for system users)"
     )
-    shell: str | None = None
+    shell: str | None = Field(None, description="login shell, e.g. /usr/sbin/nologin")
     group: str | None = Field(None, pattern=NAME, description="primary group (must exist)")
     groups: list[Annotated[str, Field(pattern=NAME)]] = Field(
         default_factory=list, description="supplementary groups (must exist)"
     )
     append_groups: bool = Field(False, description="add to the groups, keep the others")
-    uid: int | None = Field(None, ge=0)
-    comment: str | None = None
+    uid: int | None = Field(None, ge=0, description="numeric user id")
+    comment: str | None = Field(None, description="the GECOS field, e.g. a full name")
 
 
 class HostUser(Action[UserArgs]):
@@ -435,6 +473,20 @@ class HostUser(Action[UserArgs]):
     name: ClassVar[str] = "host.user"
     risk: ClassVar[Risk] = Risk.CHANGE
     Args = UserArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "user": "the login name (str)",
+        "commands": "the commands pyinfra ran, none when nothing changed (list[str])",
+    }
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: user
+            host.user:
+              name: proxmoxmcp
+              system: true
+              home: /var/lib/proxmoxmcp
+              shell: /usr/sbin/nologin
+        """
 
     def describe(self) -> str:
         return f"user {self.args.name}"
@@ -536,6 +588,20 @@ class HostPackages(Action[PackagesArgs]):
     name: ClassVar[str] = "host.packages"
     risk: ClassVar[Risk] = Risk.CHANGE
     Args = PackagesArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "packages": "the packages as given (list[str])",
+        "commands": "the commands pyinfra ran, none when nothing changed (list[str])",
+    }
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: tools
+            host.packages:
+              packages: [curl, python3-venv]
+              update: true
+              cache_time: 1h          # no apt-get update if the lists are younger
+              become: true
+        """
 
     def describe(self) -> str:
         verb = "install" if self.args.present else "remove"
@@ -610,12 +676,14 @@ def _pin(packages: list[str], name: str) -> str:
 
 
 class DownloadArgs(HostArgs):
-    url: str = Field(..., pattern=r"^(https?|ftp)://\S+$")
+    url: str = Field(..., pattern=r"^(https?|ftp)://\S+$", description="fetched by the host")
     sha256: str = Field(..., pattern=r"^[0-9a-fA-F]{64}$", description="required: checked first")
     dest: str = Field(..., description="absolute path")
-    mode: str | None = Field("0644", pattern=r"^0?[0-7]{3,4}$")
-    owner: str | None = Field(None, pattern=NAME)
-    group: str | None = Field(None, pattern=NAME)
+    mode: str | None = Field(
+        "0644", pattern=r"^0?[0-7]{3,4}$", description="octal file mode (null: leave it)"
+    )
+    owner: str | None = Field(None, pattern=NAME, description="the owning user")
+    group: str | None = Field(None, pattern=NAME, description="the owning group")
 
     @field_validator("dest")
     @classmethod
@@ -634,6 +702,21 @@ class HostDownload(Action[DownloadArgs]):
     name: ClassVar[str] = "host.download"
     risk: ClassVar[Risk] = Risk.CHANGE
     Args = DownloadArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "path": "where the file is (str)",
+        "sha256": "its SHA-256, as given (hex str)",
+        "commands": "the commands pyinfra ran, none when nothing changed (list[str])",
+    }
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: tool
+            host.download:
+              url: https://releases.example.org/tool/1.2.3/tool-linux-amd64.tar.gz
+              # the release's published checksum: nothing else is accepted
+              sha256: 0f3c5e1a9b2d4c6e8f0a1b3c5d7e9f1a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e
+              dest: /opt/tool/tool-1.2.3.tar.gz
+        """
 
     def describe(self) -> str:
         return f"download {self.args.dest}"
@@ -724,6 +807,23 @@ class HostService(Action[ServiceArgs]):
     name: ClassVar[str] = "host.service"
     risk: ClassVar[Risk] = Risk.CHANGE
     Args = ServiceArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "unit": "the unit's full name, e.g. proxmoxmcp.service (str)",
+        "commands": "the commands pyinfra ran, none when nothing changed (list[str])",
+    }
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: unit
+            host.file:
+              path: /etc/systemd/system/proxmoxmcp.service
+              template: deploy/proxmoxmcp/proxmoxmcp.service
+            register: unit
+          - id: service
+            host.service:
+              name: proxmoxmcp
+              restart_on: ["{{ unit }}"]   # restarted when the unit file changed
+        """
 
     @property
     def unit(self) -> str:

@@ -111,7 +111,7 @@ FRESH = 2.0
 
 
 class GuestArgs(ActionArgs):
-    vmid: int | None = Field(None, ge=100, description="default: the target's vmid")
+    vmid: int | None = Field(None, ge=100, description="the guest's VMID (default: the target's)")
     timeout: Duration = Field(300.0, description="how long to wait for the Proxmox task")
 
 
@@ -135,6 +135,10 @@ class Power(Action[GuestArgs]):
     verb: ClassVar[str]
     endpoint: ClassVar[str]
     Args = GuestArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "vmid": "the guest's VMID (int)",
+        "node": "the node the guest is on (str)",
+    }
 
     def describe(self) -> str:
         return f"{self.verb} vm {self.args.vmid}" if self.args.vmid else self.verb
@@ -193,10 +197,19 @@ def _transition(g: Guest, verb: str, before: str, after: str) -> Change:
 
 
 class Start(Power):
+    """Start a VM or container; a running (or paused) guest is no change."""
+
     name: ClassVar[str] = "proxmox.vm.start"
     risk: ClassVar[Risk] = Risk.CHANGE
     verb = "start"
     endpoint = "start"
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: vm-up
+            proxmox.vm.start: {}      # the target's guest; vmid: N for another
+            register: vm              # later: {{ vm.node }}
+        """
 
     def wanted(self, g: Guest) -> Change:
         if g.running:
@@ -218,13 +231,23 @@ class ShutdownArgs(GuestArgs):
 
 
 class Shutdown(Power):
-    """Power off through ACPI (QEMU) or init (LXC)."""
+    """Power off through ACPI (QEMU) or init (LXC); a stopped guest is no change.
+
+    A guest that outlasts the timeout fails the step and keeps running, unless `force_stop`
+    stops it hard."""
 
     name: ClassVar[str] = "proxmox.vm.shutdown"
     risk: ClassVar[Risk] = Risk.DESTRUCTIVE
     verb = "shut down"
     endpoint = "shutdown"
     Args = ShutdownArgs
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: down
+            proxmox.vm.shutdown: {timeout: 3m, force_stop: true}
+            confirm: "Shut down {{ target.name }}?"
+        """
 
     def wanted(self, g: Guest) -> Change:
         if not g.running:
@@ -253,12 +276,18 @@ class Shutdown(Power):
 
 
 class Stop(Power):
-    """Power off at once, like pulling the plug."""
+    """Power off at once, like pulling the plug; a stopped guest is no change."""
 
     name: ClassVar[str] = "proxmox.vm.stop"
     risk: ClassVar[Risk] = Risk.DESTRUCTIVE
     verb = "stop"
     endpoint = "stop"
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: pull-the-plug
+            proxmox.vm.stop: {}
+        """
 
     def wanted(self, g: Guest) -> Change:
         if not g.running:
@@ -267,10 +296,21 @@ class Stop(Power):
 
 
 class Reboot(Power):
+    """Reboot a running guest through ACPI (QEMU) or init (LXC); a stopped one is refused at
+    plan time (start it instead)."""
+
     name: ClassVar[str] = "proxmox.vm.reboot"
     risk: ClassVar[Risk] = Risk.DESTRUCTIVE
     verb = "reboot"
     endpoint = "reboot"
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: reboot
+            proxmox.vm.reboot: {timeout: 5m}
+          - id: back
+            proxmox.vm.wait: {status: running, agent: true}
+        """
 
     def wanted(self, g: Guest) -> Change:
         summary = f"reboot {g.label}"
@@ -288,10 +328,19 @@ class Reboot(Power):
 
 
 class Reset(Power):
+    """Hard-reset a running QEMU VM, like its reset button (containers have none)."""
+
     name: ClassVar[str] = "proxmox.vm.reset"
     risk: ClassVar[Risk] = Risk.DESTRUCTIVE
     verb = "reset"
     endpoint = "reset"
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: reset
+            description: the VM hangs and ignores ACPI
+            proxmox.vm.reset: {}
+        """
 
     def wanted(self, g: Guest) -> Change:
         summary = f"reset {g.label}"
@@ -308,10 +357,18 @@ class Reset(Power):
 
 
 class Suspend(Power):
+    """Pause a running guest (kept in memory until resumed); a paused guest is no change."""
+
     name: ClassVar[str] = "proxmox.vm.suspend"
     risk: ClassVar[Risk] = Risk.DESTRUCTIVE
     verb = "suspend"
     endpoint = "suspend"
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: pause
+            proxmox.vm.suspend: {}
+        """
 
     def wanted(self, g: Guest) -> Change:
         if g.paused:
@@ -322,10 +379,18 @@ class Suspend(Power):
 
 
 class Resume(Power):
+    """Resume a paused guest; a running guest is no change, a stopped one is refused."""
+
     name: ClassVar[str] = "proxmox.vm.resume"
     risk: ClassVar[Risk] = Risk.CHANGE
     verb = "resume"
     endpoint = "resume"
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: unpause
+            proxmox.vm.resume: {}
+        """
 
     def wanted(self, g: Guest) -> Change:
         if g.status == "running":
@@ -340,7 +405,7 @@ class Resume(Power):
 
 class SnapshotArgs(GuestArgs):
     name: str = Field(..., pattern=r"^[A-Za-z][A-Za-z0-9_\-]{1,39}$", description="snapshot name")
-    description: str | None = None
+    description: str | None = Field(None, description="the snapshot's description in Proxmox")
 
 
 async def _snapshots(ctx: ActionContext, g: Guest) -> set[str]:
@@ -350,9 +415,17 @@ async def _snapshots(ctx: ActionContext, g: Guest) -> set[str]:
 
 
 class Snapshot(Action[SnapshotArgs]):
+    """Take a named snapshot of a guest; a snapshot of that name already there is no change."""
+
     name: ClassVar[str] = "proxmox.vm.snapshot"
     risk: ClassVar[Risk] = Risk.CHANGE
     Args = SnapshotArgs
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: before
+            proxmox.vm.snapshot: {name: before-upgrade, description: taken before the upgrade}
+        """
 
     def describe(self) -> str:
         return f"snapshot {self.args.name}"
@@ -381,9 +454,18 @@ class SnapshotNameArgs(GuestArgs):
 
 
 class Rollback(Action[SnapshotNameArgs]):
+    """Roll a guest back to a snapshot (what changed since is lost); a missing snapshot
+    blocks the plan."""
+
     name: ClassVar[str] = "proxmox.vm.rollback"
     risk: ClassVar[Risk] = Risk.DESTRUCTIVE
     Args = SnapshotNameArgs
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: back
+            proxmox.vm.rollback: {name: before-upgrade, start: true}
+        """
 
     def describe(self) -> str:
         return f"roll back to snapshot {self.args.name}"
@@ -405,9 +487,17 @@ class Rollback(Action[SnapshotNameArgs]):
 
 
 class DeleteSnapshot(Action[SnapshotNameArgs]):
+    """Delete a guest's snapshot; a snapshot that is not there is no change."""
+
     name: ClassVar[str] = "proxmox.vm.delete_snapshot"
     risk: ClassVar[Risk] = Risk.DESTRUCTIVE
     Args = SnapshotNameArgs
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: forget
+            proxmox.vm.delete_snapshot: {name: before-upgrade}
+        """
 
     def describe(self) -> str:
         return f"delete snapshot {self.args.name}"
@@ -430,18 +520,31 @@ class DeleteSnapshot(Action[SnapshotNameArgs]):
 
 
 class CloneArgs(GuestArgs):
-    newid: int = Field(..., ge=100)
+    newid: int = Field(..., ge=100, description="the new guest's VMID")
     name: str | None = Field(None, description="name (hostname for a container)")
-    full: bool = True
+    full: bool = Field(True, description="a full copy (false: a linked clone of a template)")
     target: str | None = Field(None, description="node to clone to")
-    storage: str | None = None
-    timeout: Duration = 1800.0
+    storage: str | None = Field(None, description="storage for a full clone's disks")
+    timeout: Duration = Field(1800.0, description="how long to wait for the clone task")
 
 
 class Clone(Action[CloneArgs]):
+    """Clone a guest (VM or container) to a new VMID; a guest already at that VMID is no
+    change."""
+
     name: ClassVar[str] = "proxmox.vm.clone"
     risk: ClassVar[Risk] = Risk.CHANGE
     Args = CloneArgs
+    outputs: ClassVar[dict[str, str]] = {"vmid": "the new guest's VMID (int)"}
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: copy
+            proxmox.vm.clone: {newid: 210, name: ai-staging, full: true}
+            register: copy            # later: {{ copy.vmid }}
+          - id: copy-up
+            proxmox.vm.start: {vmid: 210}
+        """
 
     def describe(self) -> str:
         return f"clone to {self.args.newid}"
@@ -496,10 +599,12 @@ class Clone(Action[CloneArgs]):
 
 
 class WaitArgs(GuestArgs):
-    status: Literal["running", "stopped", "paused"] | None = "running"
+    status: Literal["running", "stopped", "paused"] | None = Field(
+        "running", description="the state to wait for (null: any)"
+    )
     agent: bool = Field(False, description="also wait until the QEMU guest agent answers")
-    timeout: Duration = 300.0
-    interval: Duration = 2.0
+    timeout: Duration = Field(300.0, description="how long to wait before failing")
+    interval: Duration = Field(2.0, description="between looks")
 
 
 async def _agent_up(ctx: ActionContext, g: Guest) -> bool:
@@ -527,6 +632,14 @@ class WaitFor(Check[WaitArgs]):
 
     name: ClassVar[str] = "proxmox.vm.wait"
     Args = WaitArgs
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: vm-up
+            proxmox.vm.start: {}
+          - id: agent-up
+            proxmox.vm.wait: {status: running, agent: true, timeout: 3m}
+        """
 
     def describe(self) -> str:
         agent = " with its guest agent up" if self.args.agent else ""
@@ -552,8 +665,10 @@ class WaitFor(Check[WaitArgs]):
 
 
 class CheckArgs(GuestArgs):
-    status: Literal["running", "stopped", "paused"] | None = "running"
-    agent: bool = False
+    status: Literal["running", "stopped", "paused"] | None = Field(
+        "running", description="the state it must be in (null: any)"
+    )
+    agent: bool = Field(False, description="its QEMU guest agent must answer")
     unlocked: bool = Field(True, description="fail if the guest holds a lock (backup, ...)")
 
 
@@ -562,6 +677,22 @@ class CheckVm(Check[CheckArgs]):
 
     name: ClassVar[str] = "check.proxmox.vm"
     Args = CheckArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "status": "running, stopped or paused (str)",
+        "node": "the node the guest is on (str)",
+        "lock": "the guest's Proxmox lock, e.g. backup, or null",
+        "agent": "whether its guest agent answered; false unless `agent: true` (bool)",
+    }
+    example: ClassVar[str] = """
+        targets: vm:110
+        preflight:
+          - id: not-in-backup
+            check.proxmox.vm: {status: null, unlocked: true}
+        steps:
+          - id: running
+            check.proxmox.vm: {status: running, agent: true}
+            register: vm              # later: {{ vm.node }}, {{ vm.lock }}
+        """
 
     def describe(self) -> str:
         return f"vm is {self.args.status or 'known'}" + (" with agent" if self.args.agent else "")
@@ -585,7 +716,7 @@ class ExecArgs(GuestArgs):
     command: list[str] = Field(..., min_length=1, description="argv, run by the guest agent")
     input: str | None = Field(None, description="stdin for the command")
     expect: list[int] = Field(default_factory=lambda: [0], description="accepted exit codes")
-    timeout: Duration = 300.0
+    timeout: Duration = Field(300.0, description="how long the command may run")
 
 
 class AgentExec(Action[ExecArgs]):
@@ -594,6 +725,19 @@ class AgentExec(Action[ExecArgs]):
     name: ClassVar[str] = "proxmox.agent.exec"
     risk: ClassVar[Risk] = Risk.CHANGE
     Args = ExecArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "rc": "the command's exit code (int)",
+        "stdout": "its standard output (str)",
+        "stderr": "its standard error (str)",
+    }
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: ip
+            description: the VM's addresses, without its network
+            proxmox.agent.exec: {command: [ip, -brief, address]}
+            register: ip              # later: {{ ip.stdout }}, {{ ip.rc }}
+        """
 
     def describe(self) -> str:
         return "agent exec " + " ".join(self.args.command)

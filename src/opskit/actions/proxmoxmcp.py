@@ -38,8 +38,12 @@ API_KEY = "PROXMOX_API_KEY"
 
 
 class ConfigArgs(ActionArgs):
-    path: str = Field("/etc/proxmoxmcp/config.json", pattern=_PATH)
-    env_file: str = Field("/etc/proxmoxmcp/proxmoxmcp.env", pattern=_PATH)
+    path: str = Field("/etc/proxmoxmcp/config.json", pattern=_PATH, description="config.json")
+    env_file: str = Field(
+        "/etc/proxmoxmcp/proxmoxmcp.env",
+        pattern=_PATH,
+        description="the environment file (PROXMOX_API_KEY and `environment`), root's",
+    )
     cluster: str | None = Field(None, description="the inventory's cluster (default: the target's)")
     api_key: Annotated[str, SECRET] = Field(
         ..., description="PROXMOX_API_KEY, the key clients present: '{{ secrets.NAME }}'"
@@ -52,7 +56,11 @@ class ConfigArgs(ActionArgs):
     )
     verify_ssl: bool = Field(True, description="check the Proxmox certificate (keep it on)")
     owner: str = Field("proxmoxmcp", pattern=r"^[a-z_][a-z0-9_-]*$", description="reads config")
-    group: str = Field("proxmoxmcp", pattern=r"^[a-z_][a-z0-9_-]*$")
+    group: str = Field(
+        "proxmoxmcp",
+        pattern=r"^[a-z_][a-z0-9_-]*$",
+        description="config.json's group, and the group that may enter its directories",
+    )
     backup: bool = Field(
         True, description="keep a replaced file as FILE.previous, for a rollback to restore"
     )
@@ -85,6 +93,23 @@ class Config(Action[ConfigArgs]):
     name: ClassVar[str] = "proxmoxmcp.config"
     risk: ClassVar[Risk] = Risk.CHANGE
     Args = ConfigArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "written": "the files written (list[str])",
+        "changes": "what differed: file and keys, never values (list[str])",
+    }
+    example: ClassVar[str] = """
+        targets: vm:110
+        secrets:
+          api_key: env:PROXMOXMCP_API_KEY
+        steps:
+          - id: config
+            proxmoxmcp.config:
+              api_key: "{{ secrets.api_key }}"
+              environment: {API_HOST: 0.0.0.0, API_PORT: "8811"}
+              settings:
+                jobs: {sqlite_path: /var/lib/proxmoxmcp/jobs.sqlite3}
+            register: config          # later: {{ config.changes }}
+        """
 
     def describe(self) -> str:
         return f"ProxmoxMCP-Plus config {self.args.path} and {self.args.env_file}"

@@ -70,6 +70,21 @@ class Venv(Action[VenvArgs]):
     name: ClassVar[str] = "python.venv"
     risk: ClassVar[Risk] = Risk.CHANGE
     Args = VenvArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "version": "the version now installed (str)",
+        "previous": "the version the venv held before, or null for a new venv",
+        "path": "the venv's path (str)",
+    }
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: venv
+            python.venv:
+              package: proxmox-mcp-plus
+              version: "0.6.7"
+              path: /opt/proxmoxmcp/releases/0.6.7
+            register: venv            # later: {{ venv.previous }} (to roll back to)
+        """
 
     def describe(self) -> str:
         a = self.args

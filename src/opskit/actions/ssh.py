@@ -30,13 +30,13 @@ class Guards(ActionArgs):
 class CommandArgs(Guards):
     expect: list[int] = Field(default_factory=lambda: [0], description="accepted exit codes")
     become: bool = Field(False, description="run through sudo (-n: never prompt)")
-    become_user: str = "root"
+    become_user: str = Field("root", description="the user sudo runs it as")
     become_password: Annotated[str | None, SECRET] = Field(
         None, description="sudo password: '{{ secrets.NAME }}', fed on stdin"
     )
     env: dict[str, str] = Field(default_factory=dict, description="exported for the command")
-    chdir: str | None = None
-    timeout: Duration | None = None
+    chdir: str | None = Field(None, description="the directory to run it in")
+    timeout: Duration | None = Field(None, description="how long it may run (default: no limit)")
     output_cap: int = Field(OUTPUT_CAP, ge=0, description="characters of output registered")
 
 
@@ -107,12 +107,41 @@ class RunArgs(CommandArgs):
     pty: bool = Field(False, description="give the command a terminal")
 
 
+# What ssh.run and ssh.script register.
+COMMAND_OUTPUTS = {
+    "rc": "the exit code (int)",
+    "stdout": "standard output, its first `output_cap` characters (str)",
+    "stderr": "standard error, likewise (str)",
+    "truncated": "whether stdout or stderr was cut short (bool)",
+}
+
+
 class Run(Action[RunArgs]):
-    """Run a shell command; `creates:` and `unless:` make it idempotent."""
+    """Run a shell command; `creates:` and `unless:` make it idempotent.
+
+    The plan cannot know what a command changes: without a guard it is "known after apply",
+    and the probe runs only the guards, never the command."""
 
     name: ClassVar[str] = "ssh.run"
     risk: ClassVar[Risk] = Risk.CHANGE
     Args = RunArgs
+    outputs: ClassVar[dict[str, str]] = COMMAND_OUTPUTS
+    example: ClassVar[str] = """
+        targets: vm:110
+        params:
+          release: {type: str, default: "1.4.2"}
+        steps:
+          - id: unpack
+            ssh.run:
+              cmd: "tar -xzf /var/tmp/app-{{ params.release }}.tar.gz -C /opt/app"
+              creates: "/opt/app/{{ params.release }}"   # done once that exists
+            register: unpack          # later: {{ unpack.rc }}, {{ unpack.stdout }}
+          - id: compose-up
+            ssh.run:
+              cmd: docker compose -f /opt/app/compose.yaml up -d
+              unless: docker compose -f /opt/app/compose.yaml ps -q --status running | grep -q .
+              become: true
+        """
 
     def describe(self) -> str:
         return f"run {_short(self.args.cmd)}"
@@ -133,7 +162,9 @@ class Run(Action[RunArgs]):
 class ScriptArgs(CommandArgs):
     script: str = Field(..., description="a local script (relative to the project)")
     args: list[str] = Field(default_factory=list, description="its arguments, each quoted")
-    interpreter: str = Field("sh", pattern=r"^[A-Za-z0-9_./-]+$")
+    interpreter: str = Field(
+        "sh", pattern=r"^[A-Za-z0-9_./-]+$", description="reads the script on stdin: sh, bash, ..."
+    )
 
 
 class Script(Action[ScriptArgs]):
@@ -142,6 +173,17 @@ class Script(Action[ScriptArgs]):
     name: ClassVar[str] = "ssh.script"
     risk: ClassVar[Risk] = Risk.CHANGE
     Args = ScriptArgs
+    outputs: ClassVar[dict[str, str]] = COMMAND_OUTPUTS
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: is-current
+            ssh.script:
+              script: deploy/proxmoxmcp/proxmoxmcp-ctl
+              args: [venv, is-current, "0.6.7"]
+              expect: [0, 1]          # 1 is an answer, not a failure
+            register: current         # later: {{ current.rc == 0 }}
+        """
 
     def describe(self) -> str:
         return f"script {self.args.script}"
@@ -171,9 +213,9 @@ class UploadArgs(ActionArgs):
     src: str | None = Field(None, description="a local file (relative to the project)")
     content: str | None = Field(None, description="the file's content, instead of src")
     dest: str = Field(..., description="absolute path on the host")
-    mode: str = Field("0644", pattern=r"^0?[0-7]{3,4}$")
-    owner: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
-    group: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    mode: str = Field("0644", pattern=r"^0?[0-7]{3,4}$", description="octal file mode")
+    owner: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="chown to this user")
+    group: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="and this group")
 
     @field_validator("dest")
     @classmethod
@@ -189,6 +231,22 @@ class Upload(Action[UploadArgs]):
     name: ClassVar[str] = "ssh.upload"
     risk: ClassVar[Risk] = Risk.CHANGE
     Args = UploadArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "sha256": "the SHA-256 of the bytes written (hex str)",
+        "size": "how many bytes were written (int)",
+    }
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: ctl
+            ssh.upload:
+              src: deploy/proxmoxmcp/proxmoxmcp-ctl    # relative to the project
+              dest: /usr/local/bin/proxmoxmcp-ctl
+              mode: "0755"
+              owner: root
+          - id: motd
+            ssh.upload: {content: "Managed by opskit\\n", dest: /etc/motd}
+        """
 
     def describe(self) -> str:
         return f"upload {self.args.dest}"
@@ -259,7 +317,7 @@ class Upload(Action[UploadArgs]):
 
 
 class SshCheckArgs(ActionArgs):
-    timeout: Duration = 15.0
+    timeout: Duration = Field(15.0, description="for the login and one command")
 
 
 class CheckSsh(Check[SshCheckArgs]):
@@ -267,6 +325,16 @@ class CheckSsh(Check[SshCheckArgs]):
 
     name: ClassVar[str] = "check.ssh"
     Args = SshCheckArgs
+    outputs: ClassVar[dict[str, str]] = {"uname": "the host's `uname -srm` (str)"}
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: ssh
+            description: the VM answers SSH (it may still be booting)
+            check.ssh: {}
+            retries: 20
+            interval: 3s
+        """
 
     def describe(self) -> str:
         return "ssh reachable and authenticated"
@@ -279,12 +347,12 @@ class CheckSsh(Check[SshCheckArgs]):
 
 
 class CommandCheckArgs(ActionArgs):
-    cmd: Annotated[str, SHELL]
-    expect: list[int] = Field(default_factory=lambda: [0])
-    contains: str | None = None
-    matches: str | None = None
-    become: bool = False
-    timeout: Duration = 60.0
+    cmd: Annotated[str, SHELL] = Field(..., description="a shell command; {{ values }} are quoted")
+    expect: list[int] = Field(default_factory=lambda: [0], description="accepted exit codes")
+    contains: str | None = Field(None, description="text its standard output must contain")
+    matches: str | None = Field(None, description="regex its standard output must match")
+    become: bool = Field(False, description="run through sudo (-n: never prompt)")
+    timeout: Duration = Field(60.0, description="how long it may run")
 
 
 class CheckCommand(Check[CommandCheckArgs]):
@@ -292,6 +360,17 @@ class CheckCommand(Check[CommandCheckArgs]):
 
     name: ClassVar[str] = "check.command"
     Args = CommandCheckArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "rc": "the exit code (int)",
+        "stdout": "standard output, its first 64 KiB (str)",
+    }
+    example: ClassVar[str] = """
+        targets: vm:110
+        steps:
+          - id: active
+            check.command: {cmd: systemctl is-active proxmoxmcp, contains: active}
+            register: active          # later: {{ active.stdout }}
+        """
 
     def describe(self) -> str:
         return f"{_short(self.args.cmd)} exits {'|'.join(map(str, self.args.expect))}"

@@ -72,6 +72,19 @@ def test_validate_does_not_import_clients():
     assert not offending, f"`opskit validate` imports {', '.join(offending)}"
 
 
+def test_explain_imports_no_client():
+    """Explaining every kind imports every kind's module: none may import a client (or rich,
+    when the output is not a terminal) to be explained."""
+    report, out = _fresh_modules(
+        "from opskit.cli import run\n"
+        "result['rc'] = run(['explain']) + run(['explain', 'host.file'])",
+    )
+    assert report["rc"] == 0, out
+    assert "host.file" in out, out
+    offending = _loaded(report["modules"], (*HEAVY, "rich", "asyncio"))
+    assert not offending, f"`opskit explain` imports {', '.join(offending)}"
+
+
 def test_package_import_is_bare():
     report, _ = _fresh_modules("import opskit")
     offending = _loaded(report["modules"], ("pydantic", "click"))

@@ -61,6 +61,7 @@ class LazyGroup(click.Group):
         "list": "opskit.cli.files.list_runbooks",
         "show": "opskit.cli.files.show",
         "schema": "opskit.cli.files.schema",
+        "explain": "opskit.cli.explain.explain",
         "inventory": "opskit.cli.inventory.inventory",
         "run": "opskit.cli.runs.run",
         "plan": "opskit.cli.runs.plan",

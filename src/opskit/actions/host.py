@@ -38,6 +38,10 @@ PLACEHOLDER = re.compile(r"(?:‹|\\u2039)secret:[A-Za-z_][A-Za-z0-9_]*(?:›|\\
 HIDDEN = "‹hidden: this line may hold a secret›"
 
 
+# Every host.* kind registers the commands its pyinfra operation ran.
+COMMANDS_RAN = "the commands pyinfra ran, none when nothing changed (list[str])"
+
+
 class HostArgs(ActionArgs):
     become: bool = Field(False, description="run through sudo as root (-n: never prompt)")
 
@@ -153,7 +157,7 @@ class HostFile(Action[FileArgs]):
         "path": "the file's path (str)",
         "size": "its size in bytes (int)",
         "sha256": "the SHA-256 of its content (hex str); left out when it holds a secret",
-        "commands": "the commands pyinfra ran, none when nothing changed (list[str])",
+        "commands": COMMANDS_RAN,
     }
     example: ClassVar[str] = """
         targets: vm:110
@@ -390,7 +394,7 @@ class HostDirectory(Action[DirectoryArgs]):
     Args = DirectoryArgs
     outputs: ClassVar[dict[str, str]] = {
         "path": "the directory's path (str)",
-        "commands": "the commands pyinfra ran, none when nothing changed (list[str])",
+        "commands": COMMANDS_RAN,
     }
     example: ClassVar[str] = """
         targets: vm:110
@@ -475,7 +479,7 @@ class HostUser(Action[UserArgs]):
     Args = UserArgs
     outputs: ClassVar[dict[str, str]] = {
         "user": "the login name (str)",
-        "commands": "the commands pyinfra ran, none when nothing changed (list[str])",
+        "commands": COMMANDS_RAN,
     }
     example: ClassVar[str] = """
         targets: vm:110
@@ -590,7 +594,7 @@ class HostPackages(Action[PackagesArgs]):
     Args = PackagesArgs
     outputs: ClassVar[dict[str, str]] = {
         "packages": "the packages as given (list[str])",
-        "commands": "the commands pyinfra ran, none when nothing changed (list[str])",
+        "commands": COMMANDS_RAN,
     }
     example: ClassVar[str] = """
         targets: vm:110
@@ -705,7 +709,7 @@ class HostDownload(Action[DownloadArgs]):
     outputs: ClassVar[dict[str, str]] = {
         "path": "where the file is (str)",
         "sha256": "its SHA-256, as given (hex str)",
-        "commands": "the commands pyinfra ran, none when nothing changed (list[str])",
+        "commands": COMMANDS_RAN,
     }
     example: ClassVar[str] = """
         targets: vm:110
@@ -809,19 +813,17 @@ class HostService(Action[ServiceArgs]):
     Args = ServiceArgs
     outputs: ClassVar[dict[str, str]] = {
         "unit": "the unit's full name, e.g. proxmoxmcp.service (str)",
-        "commands": "the commands pyinfra ran, none when nothing changed (list[str])",
+        "commands": COMMANDS_RAN,
     }
     example: ClassVar[str] = """
         targets: vm:110
         steps:
           - id: unit
-            host.file:
-              path: /etc/systemd/system/proxmoxmcp.service
-              template: deploy/proxmoxmcp/proxmoxmcp.service
+            host.file: {path: /etc/systemd/system/app.service, template: deploy/app.service}
             register: unit
           - id: service
             host.service:
-              name: proxmoxmcp
+              name: app
               restart_on: ["{{ unit }}"]   # restarted when the unit file changed
         """
 

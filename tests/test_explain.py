@@ -188,7 +188,7 @@ def test_a_kind_shows_its_arguments_risk_outputs_and_example(opskit, name: str) 
     for wanted in SHOWN[name]:
         assert wanted in lines[at:], f"{wanted!r} missing after line {at}:\n{result.out}"
         at = lines.index(wanted, at) + 1
-    assert "Every step also registers ok, changed and summary." in result.out
+    assert "Besides these, a step registers ok, changed and summary." in result.out
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -25,7 +25,7 @@ from .base import Action
 # What a risk means for a runbook's author (README: Gates).
 RISK_MEANING: dict[str, str] = {
     "read": "It only looks, so it may also run among a runbook's preflight and verify checks.",
-    "change": "It changes the world; it asks before it runs only when the step has confirm:.",
+    "change": "It changes the world; it asks before it runs only when its step has `confirm`.",
     "destructive": "It asks at a gate before it runs; where nobody can answer, a run needs"
     " --yes or --approve with the plan's fingerprint.",
 }
@@ -38,8 +38,10 @@ COMMON_OUTPUTS: dict[str, str] = {
 # When the kind's own outputs are there: the engine applies a changing step only when the
 # world still needs the change when its turn comes.
 OUTPUTS_NOTE = (
-    "A changing step that finds nothing left to change when it runs registers only ok and"
-    " changed; a step with `loop` registers `results`, one entry per item."
+    "A step that does not run (false `when`, a declined gate) registers nothing; a changing"
+    " step that finds nothing left to change when it runs registers only ok and changed; a"
+    " failed step may lack the outputs it got no answer for; a step with `loop` registers"
+    " `results`, one entry per item."
 )
 
 

@@ -92,7 +92,8 @@ def _layout(doc: KindDoc) -> list[Line]:
     *first, last = doc.common_outputs
     common = f"{', '.join(first)} and {last}" if first else last
     lines.append([])
-    lines += _wrapped(f"Every step also registers {common}. {OUTPUTS_NOTE}", width, "  ", "dim")
+    lead = "Besides these, a step" if doc.outputs else "A step"
+    lines += _wrapped(f"{lead} registers {common}. {OUTPUTS_NOTE}", width, "  ", "dim")
 
     lines += [[], [("EXAMPLE", "bold")]]
     if doc.example:

@@ -257,10 +257,11 @@ def test_down_leaves_nothing_and_up_again_works(tmp_path: Path) -> None:
             ssh.run: {cmd: "echo hello from $(hostname)"}
     """)  # fmt: skip
     runs = []
-    for _ in range(2):  # up, down, up, down
+    # --lab after the command, or before it as a newcomer may type it
+    for where in (["run", "hello", "--lab"], ["--lab", "run", "hello"]):  # up, down, up, down
         up = lab.opskit("lab", "up")
         assert up.returncode == 0, up.stdout + up.stderr
-        done = lab.opskit("--runbooks", str(runbooks), "run", "hello", "--lab", "--yes")
+        done = lab.opskit("--runbooks", str(runbooks), *where, "--yes")
         assert done.returncode == 0, done.stdout + done.stderr
         # Where the logs are is said at the end; the record is kept outside the lab.
         log = re.search(r"^log: (\S+)", done.stdout, re.M)
@@ -282,9 +283,12 @@ def test_down_leaves_nothing_and_up_again_works(tmp_path: Path) -> None:
         assert machine_network() == network
         assert "kept the lab's runs" in down.stdout
     # The lab is down and its runs are still there, with --lab on every command that reads them.
-    history = lab.opskit("history", "--lab", "--json")
-    assert history.returncode == 0, history.stderr
-    assert [r["id"] for r in json.loads(history.stdout)] == runs[::-1]
+    for history in (
+        lab.opskit("history", "--lab", "--json"),
+        lab.opskit("--lab", "history", "--json"),
+    ):
+        assert history.returncode == 0, history.stderr
+        assert [r["id"] for r in json.loads(history.stdout)] == runs[::-1]
     shown = lab.opskit("show-run", runs[0], "--lab")
     assert shown.returncode == 0 and "hello" in shown.stdout, shown.stdout + shown.stderr
     locks = lab.opskit("unlock", "--lab", "--json")

@@ -34,6 +34,17 @@ if TYPE_CHECKING:
     from ..report.progress import EventStream
 
 
+def use_lab_state(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """`--lab` reaching a command in this process: one that acts was already re-run inside
+    the lab (run() below, OPSKIT_LAB_ACTIVE set there); one that only reads state (history,
+    show-run, unlock) reads the lab's, kept outside the lab so it outlives `opskit lab down`,
+    whether the lab is up or not."""
+    if value and not os.environ.get("OPSKIT_LAB_ACTIVE"):
+        from ..lab.core import lab_state_dir
+
+        os.environ["OPSKIT_STATE_DIR"] = str(lab_state_dir())
+
+
 class LazyGroup(click.Group):
     """Subcommands live in their own modules, imported only when invoked."""
 
@@ -79,6 +90,10 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, "--version", prog_name="opskit", message="%(prog)s %(version)s")
 @click.option("--runbooks", "runbooks_dir", metavar="DIR", help=RUNBOOKS_HELP)
 @click.option("--inventory", "inventory_path", metavar="FILE", help=INVENTORY_HELP)
+@click.option(
+    "--lab", is_flag=True, is_eager=True, expose_value=False, callback=use_lab_state,
+    help="The same as --lab after the command: inside the lab (`opskit lab up`).",
+)  # fmt: skip
 @click.pass_context
 def cli(ctx: click.Context, runbooks_dir: str | None, inventory_path: str | None) -> None:
     """Declarative runbooks for a Proxmox homelab: validate, show, plan and run them."""

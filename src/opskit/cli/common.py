@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from ..workspace import Workspace
-from . import INVENTORY_HELP, RUNBOOKS_HELP
+from . import INVENTORY_HELP, RUNBOOKS_HELP, use_lab_state
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,23 +76,11 @@ lab_option = click.option(
 )
 
 
-def _lab_state(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    """`--lab` on a command that only reads state (history, show-run, unlock): the lab's
-    journal, logs and locks, kept outside the lab so they outlive `opskit lab down`; the lab
-    need not be up."""
-    import os
-
-    if value and not os.environ.get("OPSKIT_LAB_ACTIVE"):
-        from ..lab.core import lab_state_dir
-
-        os.environ["OPSKIT_STATE_DIR"] = str(lab_state_dir())
-
-
 lab_state_option = click.option(
     "--lab",
     is_flag=True,
     is_eager=True,
     expose_value=False,
-    callback=_lab_state,
+    callback=use_lab_state,
     help="The lab's runs (kept after `opskit lab down`; the lab need not be up).",
 )

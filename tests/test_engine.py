@@ -428,6 +428,25 @@ def test_resume_runs_exactly_the_unfinished_steps(env):
     assert statuses[("ai", "second")] == "succeeded" and statuses[("docker", "first")] == "skipped"
 
 
+def test_resume_keeps_the_runs_own_params_null_defaults_included(env):
+    """A param left at its null default is journaled as null: resume takes it back as the run
+    had it (it used to refuse it: `param version: expected a string, got None`, exit 2)."""
+    env.project.runbook(
+        "deploy",
+        RUNBOOK.replace(
+            "thing: {default: app}", "thing: {default: app}\n  version: {type: str, default: null}"
+        ).replace('"{{ params.thing }}-2"', '"{{ params.thing }}-{{ params.version or 2 }}"'),
+    )
+    env.world.fail("ai/app-2", 1)
+    assert env.run("run", "deploy").code == 1
+    run = env.runs()[0]
+    assert run.params == {"thing": "app", "version": None}
+    resumed = env.run("resume", run.id)
+    assert resumed.code == 0, resumed.err
+    assert env.runs()[0].params == run.params
+    assert "ai/app-2" in env.world.present()
+
+
 def test_resume_refuses_a_changed_runbook_unless_forced(env):
     env.project.runbook("deploy", RUNBOOK)
     env.world.fail("ai/app-2", 1)

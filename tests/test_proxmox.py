@@ -655,3 +655,110 @@ def test_a_rejected_token_is_said_once_in_the_step_line_and_the_plan(lab, opskit
     line = next(x for x in planned.out.splitlines() if "BLOCKED" in x)
     assert line.count("401 authentication failure") == 1, line
     assert "probe failed  [BLOCKED: Proxmox GET /cluster/resources: 401" in line
+
+
+# --- why a connection failed: refused, unreachable, timed out; TLS errors stay TLS errors -----
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_refused_proxmox_is_reported_as_refused_not_as_tls(lab):
+    """The lab's inventory pins the certificate: before, the refused connection of the pin
+    check read `TLS handshake failed: [Errno 111] Connect call failed`."""
+    port = _closed_port()
+    lab.project(POWER)
+    inventory = lab.root / "inventory" / "homelab.yaml"
+    inventory.write_text(inventory.read_text().replace(lab.pve.url, f"https://127.0.0.1:{port}"))
+    _, _, plan = lab.plan()
+    blockers = [b for t in plan.targets for s in t.steps for b in s.change.blockers]
+    assert blockers and set(blockers) == {
+        f"cannot connect to Proxmox at 127.0.0.1:{port}: connection refused"
+    }
+
+
+def test_the_client_says_refused_and_keeps_tls_errors_tls(lab, fakepve_cafile):
+    from opskit.clients.proxmox import ProxmoxUnreachable
+
+    port = _closed_port()
+
+    async def go() -> None:
+        closed = ProxmoxClient(
+            f"https://127.0.0.1:{port}/api2/json",
+            Credentials(token_id=TOKEN_ID, token_secret=TOKEN),
+            verify=ssl.create_default_context(cafile=fakepve_cafile),
+        )
+        untrusting = ProxmoxClient(  # the system CAs do not know fakepve's certificate
+            lab.pve.url + "/api2/json", Credentials(token_id=TOKEN_ID, token_secret=TOKEN)
+        )
+        try:
+            with pytest.raises(ProxmoxUnreachable) as refused:
+                await closed.call("version")
+            assert str(refused.value) == (
+                f"cannot connect to Proxmox at 127.0.0.1:{port}: connection refused (GET /version)"
+            )
+            assert refused.value.status == 0
+            with pytest.raises(ProxmoxError) as untrusted:
+                await untrusting.call("version")
+            text = str(untrusted.value)
+            assert "TLS certificate not trusted (CERTIFICATE_VERIFY_FAILED" in text, text
+            assert "cannot connect" not in text
+        finally:
+            await closed.aclose()
+            await untrusting.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_pin_mismatch_stays_a_tls_error(lab):
+    lab.project(POWER)
+    inventory = lab.root / "inventory" / "homelab.yaml"
+    inventory.write_text(inventory.read_text().replace(lab.pin, "AB:" * 31 + "AB"))
+    _, _, plan = lab.plan()
+    (blocker,) = {b for t in plan.targets for s in t.steps for b in s.change.blockers}
+    assert "certificate fingerprint mismatch: the server presents" in blocker, blocker
+    assert "cannot connect" not in blocker
+
+
+def test_connect_reasons_name_the_category():
+    import errno
+    import socket
+
+    import httpx
+
+    from opskit.clients.net import connect_reason, tls_reason
+
+    def wrapped(cause: BaseException) -> BaseException:
+        """As httpx raises it: its ConnectError from anyio's OSError from the OS's error."""
+        try:
+            try:
+                try:
+                    raise cause
+                except BaseException as exc:
+                    raise OSError("All connection attempts failed") from exc
+            except OSError as exc:
+                raise httpx.ConnectError("All connection attempts failed") from exc
+        except httpx.ConnectError as exc:
+            return exc
+
+    assert connect_reason(wrapped(ConnectionRefusedError(errno.ECONNREFUSED, "x"))) == (
+        "connection refused"
+    )
+    for code in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        assert connect_reason(wrapped(OSError(code, "x"))) == "unreachable (no route to the host)"
+    assert connect_reason(wrapped(TimeoutError())) == "timed out"
+    assert connect_reason(httpx.ConnectTimeout("")) == "timed out"
+    assert connect_reason(wrapped(socket.gaierror(-2, "Name or service not known"))) == (
+        "unknown host (the name does not resolve)"
+    )
+    bad = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify")
+    bad.reason, bad.verify_message = "CERTIFICATE_VERIFY_FAILED", "self-signed certificate"
+    assert connect_reason(wrapped(bad)) is None
+    assert tls_reason(wrapped(bad)) == (
+        "TLS certificate not trusted (CERTIFICATE_VERIFY_FAILED: self-signed certificate)"
+    )

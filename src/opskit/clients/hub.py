@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit
 
 from ..errors import OpskitError
+from .net import ConnectFailed, connect_reason, tls_reason
 
 if TYPE_CHECKING:
     import httpx
@@ -218,11 +220,19 @@ class HubClient:
             return await self._http.request(
                 method, path, params=dict(params or {}), json=json, headers=headers
             )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # Nothing reached the hub: TLS refused it, or nothing answered.
+            host = urlsplit(self.url).netloc or self.url
+            tls = tls_reason(exc)
+            if tls is not None:
+                raise HubError(f"Beszel hub {host}: {tls}") from None
+            reason = connect_reason(exc) or _transport_reason(exc)
+            raise HubUnreachable(str(ConnectFailed(f"the Beszel hub at {host}", reason))) from None
         except httpx.TimeoutException:
-            raise HubUnreachable(f"Beszel hub {self.url} unreachable: no answer in time") from None
+            raise HubError(f"Beszel hub {self.url}: {method} {path}: no answer in time") from None
         except httpx.HTTPError as exc:
-            raise HubUnreachable(
-                f"Beszel hub {self.url} unreachable: {_transport_reason(exc)}"
+            raise HubError(
+                f"Beszel hub {self.url}: {method} {path}: {_transport_reason(exc)}"
             ) from None
 
     def _json(self, response: httpx.Response, method: str, path: str) -> Any:
@@ -324,7 +334,7 @@ def _transport_reason(exc: Exception) -> str:
     # httpx wraps the OS error; its errno says it best ("Connection refused").
     cause: BaseException | None = exc
     while cause is not None:
-        if isinstance(cause, OSError) and cause.errno:
+        if isinstance(cause, OSError) and cause.errno and not isinstance(cause, ssl.SSLError):
             return os.strerror(cause.errno)
         cause = cause.__cause__ or cause.__context__
     return str(exc) or type(exc).__name__

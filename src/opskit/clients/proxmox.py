@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OpskitError
+from .net import ConnectFailed, connect_reason, tls_reason
 
 if TYPE_CHECKING:
     import httpx
@@ -106,6 +107,15 @@ class ProxmoxError(OpskitError):
         self.errors = dict(errors or {})
         detail = "".join(f"; {k}: {str(v).strip()}" for k, v in sorted(self.errors.items()))
         super().__init__(f"Proxmox {method} {path}: {status} {self.message}{detail}")
+
+
+class ProxmoxUnreachable(ProxmoxError):
+    """The request never reached Proxmox: nothing answered, or TLS refused the connection."""
+
+    def __init__(self, method: str, path: str, text: str) -> None:
+        self.method, self.path, self.status = method, path, 0
+        self.message, self.errors = text, {}
+        OpskitError.__init__(self, f"{text} ({method} {path})")
 
 
 class ReadOnlyRefused(OpskitError):
@@ -242,11 +252,12 @@ class ProxmoxClient:
                             method, path, data=_form(params), headers=headers
                         )
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                # Nothing reached the server: safe to try again, whatever the method.
-                if attempt <= GET_RETRIES:
+                # Nothing reached the server: safe to try again, whatever the method (but a
+                # certificate TLS refuses stays refused).
+                if attempt <= GET_RETRIES and tls_reason(exc) is None:
                     await _backoff(attempt)
                     continue
-                raise ProxmoxError(method, path, 0, f"cannot connect: {exc}") from None
+                raise ProxmoxUnreachable(method, path, self._unreachable(exc)) from None
             except httpx.TransportError as exc:
                 if method == "GET" and attempt <= GET_RETRIES:
                     await _backoff(attempt)
@@ -270,6 +281,17 @@ class ProxmoxClient:
                     method, path, response.status_code, "answer is not JSON"
                 ) from None
             return body.get("data") if isinstance(body, dict) else body
+
+    def _unreachable(self, exc: Exception) -> str:
+        """'cannot connect to Proxmox at HOST:PORT: connection refused', or what TLS said."""
+        from urllib.parse import urlsplit
+
+        url = urlsplit(self.api_url)
+        where = f"Proxmox at {url.hostname}:{url.port or 8006}"
+        tls = tls_reason(exc)
+        if tls is not None:
+            return f"{where}: {tls}"
+        return str(ConnectFailed(where, connect_reason(exc) or f"{type(exc).__name__}: {exc}"))
 
     async def get(self, path: str, **params: Any) -> Any:
         return await self.request("GET", path, params)
@@ -302,8 +324,10 @@ class ProxmoxClient:
                 response = await self._http.post(
                     path, data={"username": c.user or "", "password": c.password or ""}
                 )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                raise ProxmoxUnreachable("POST", path, self._unreachable(exc)) from None
             except httpx.TransportError as exc:
-                raise ProxmoxError("POST", path, 0, f"cannot connect: {exc}") from None
+                raise ProxmoxError("POST", path, 0, f"{type(exc).__name__}: {exc}") from None
             if response.status_code >= 400:
                 raise _error("POST", path, response)
             data = response.json()["data"]

@@ -204,6 +204,37 @@ def test_hub_client_errors_are_one_clear_line_without_the_password(hub):
     assert "host: Cannot be blank." in text and "users: Cannot be blank." in text
 
 
+def test_a_hub_change_whose_answer_is_lost_is_outcome_unknown(hub):
+    """The record was created, the answer never came: not 'unreachable', not a plain failure,
+    but unknown (the engine journals it so, and resume probes the hub again)."""
+    from opskit.clients.hub import HubAnswerLost
+    from opskit.errors import OutcomeUnknown
+
+    class DropCreates(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await self.inner.handle_async_request(request)
+            if request.method == "POST" and request.url.path.endswith("/systems/records"):
+                await response.aread()
+                raise httpx.ReadError("the connection dropped", request=request)
+            return response
+
+    async def go() -> None:
+        async with HubClient(hub.url, *hub.superuser, transport=DropCreates()) as client:
+            with pytest.raises(HubAnswerLost) as lost:
+                await client.create("systems", {"name": "lost-answer", "host": "h", "port": "1",
+                                                "users": [hub.user_id]})  # fmt: skip
+            assert isinstance(lost.value, OutcomeUnknown)
+            assert "POST /api/collections/systems/records was sent, but its answer was lost" in (
+                str(lost.value)
+            )
+            assert await client.system("lost-answer") is not None  # it was made
+
+    run(go())
+
+
 def test_hub_client_refreshes_an_old_token_and_logs_in_again_on_401(hub):
     recording = Recording()
 

@@ -762,3 +762,170 @@ def test_connect_reasons_name_the_category():
     assert tls_reason(wrapped(bad)) == (
         "TLS certificate not trusted (CERTIFICATE_VERIFY_FAILED: self-signed certificate)"
     )
+
+
+# --- a change sent and its answer lost: journaled `unknown`, resume probes it again ----------
+
+
+class DropAnswers:
+    """An httpx transport that sends each request and, for the matching ones, loses the
+    answer the way a dropped connection does (after the server acted on the request)."""
+
+    def __init__(self, cafile: str, path_suffix: str, error: type[Exception]) -> None:
+        import httpx
+
+        self.inner = httpx.AsyncHTTPTransport(verify=ssl.create_default_context(cafile=cafile))
+        self.path_suffix, self.error, self.dropped = path_suffix, error, 0
+
+    async def handle_async_request(self, request):  # type: ignore[no-untyped-def]
+        import httpx
+
+        if self.error in (httpx.ConnectError,) and request.url.path.endswith(self.path_suffix):
+            raise httpx.ConnectError("All connection attempts failed", request=request)
+        response = await self.inner.handle_async_request(request)
+        if request.method != "GET" and request.url.path.endswith(self.path_suffix):
+            await response.aread()
+            await response.aclose()
+            self.dropped += 1
+            raise self.error("the connection dropped", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("error", ["ReadError", "RemoteProtocolError", "ReadTimeout"])
+def test_a_post_whose_answer_is_lost_is_outcome_unknown(lab, fakepve_cafile, error):
+    import httpx
+
+    from opskit.clients.proxmox import ProxmoxAnswerLost
+    from opskit.errors import OutcomeUnknown
+
+    transport = DropAnswers(fakepve_cafile, "/status/start", getattr(httpx, error))
+
+    async def go() -> None:
+        client = _client(lab, fakepve_cafile, transport=transport)
+        try:
+            with pytest.raises(ProxmoxAnswerLost) as lost:
+                await client.call("start", node="pve1", kind="qemu", vmid=110)
+            assert isinstance(lost.value, OutcomeUnknown)
+            assert str(lost.value).startswith(
+                "Proxmox POST /nodes/pve1/qemu/110/status/start was sent, but its answer was"
+                f" lost ({error}: "
+            )
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    assert transport.dropped == 1  # sent once: a change is never retried blindly
+    assert lab.pve.vm(110).status == "running"  # and Proxmox did act on it
+
+
+def test_a_post_that_never_connected_is_not_unknown(lab, fakepve_cafile):
+    import httpx
+
+    from opskit.clients.proxmox import ProxmoxUnreachable
+    from opskit.errors import OutcomeUnknown
+
+    transport = DropAnswers(fakepve_cafile, "/status/start", httpx.ConnectError)
+
+    async def go() -> None:
+        client = _client(lab, fakepve_cafile, transport=transport)
+        try:
+            with pytest.raises(ProxmoxUnreachable) as refused:
+                await client.call("start", node="pve1", kind="qemu", vmid=110)
+            assert not isinstance(refused.value, OutcomeUnknown)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    assert lab.pve.vm(110).status == "stopped"
+
+
+def _show_run(lab: Lab, run_id: str) -> dict[str, Any]:
+    from click.testing import CliRunner
+
+    from opskit.cli import cli
+
+    shown = CliRunner().invoke(cli, ["show-run", run_id, "--json"], catch_exceptions=False)
+    assert shown.exit_code == 0, shown.output
+    import json
+
+    return dict(json.loads(shown.output))
+
+
+def test_a_token_revoked_mid_task_is_journaled_unknown_and_resume_probes_it(lab):
+    lab.pve.time_scale = 0.05
+    lab.pve.vm(110).start_secs = 10  # half a second: the token goes while the task runs
+    lab.project(POWER)
+    seen: list[str] = []
+
+    def revoke(method: str, path: str, params: Any) -> None:
+        seen.append(f"{method} {path}")
+        if "/tasks/" in path and TOKEN_ID in lab.pve.apitokens:
+            del lab.pve.apitokens[TOKEN_ID]
+
+    req = lab.request(yes=True)
+    req.settings.on_proxmox_request = revoke
+    loaded, targets, plan = session.make_plan(req, "rb", {}, None)
+    result = session.execute(req, loaded, targets, plan)
+    assert result.exit_code == 1
+    shown = _show_run(lab, result.run_id)
+    assert shown["status"] == "failed" and shown["exit_code"] == 1
+    steps = {s["step"]: s for s in shown["steps"]}
+    assert steps["up"]["status"] == "unknown", steps["up"]
+    assert steps["up"]["error"].startswith("outcome unknown: task UPID:")
+    assert "was started, but its end could not be read" in steps["up"]["error"]
+    assert steps["up"]["error"].endswith("; resume probes it again")
+    assert steps["ready"]["status"] == "not run"
+    assert result.counts.get("unknown") == 1
+    # The token comes back, the task ends meanwhile; resume probes `up` first: nothing to do.
+    lab.pve.apitokens[TOKEN_ID] = TOKEN
+    deadline = time.monotonic() + 10
+    while lab.pve.vm(110).status != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    starts = [p for p in seen if p.endswith("/status/start")]
+    resumed = session.resume(lab.request(yes=True), result.run_id)
+    assert resumed.exit_code == 0
+    again = {s["step"]: s["status"] for s in _show_run(lab, resumed.run_id)["steps"]}
+    assert again == {"up": "unchanged", "ready": "succeeded"}
+    assert len(starts) == 1  # the run sent it once,
+    assert not [p for p in lab.posts() if p.endswith("/status/start")]  # resume never again
+
+
+def test_a_lost_answer_to_a_snapshot_is_unknown_and_resume_finds_it_made(
+    lab, fakepve_cafile, monkeypatch
+):
+    import httpx
+
+    from opskit.clients.connections import Connections
+
+    transport = DropAnswers(fakepve_cafile, "/snapshot", httpx.RemoteProtocolError)
+    original = Connections.__init__
+
+    def with_transport(self, *args, **kw):  # type: ignore[no-untyped-def]
+        original(self, *args, **kw)
+        self.transport = transport
+
+    monkeypatch.setattr(Connections, "__init__", with_transport)
+    lab.project(SNAPSHOTS.split("  - id: back")[0])
+    _, result = lab.run()
+    assert result.exit_code == 1
+    shown = _show_run(lab, result.run_id)
+    (step,) = shown["steps"]
+    assert step["status"] == "unknown" and "its answer was lost" in step["error"], step
+    assert "before_upgrade" in lab.pve.vm(100).snapshots  # it was made
+    # `history` counts it as what it is.
+    from click.testing import CliRunner
+
+    from opskit.cli import cli
+
+    listed = CliRunner().invoke(cli, ["history", "--json"], catch_exceptions=False)
+    import json
+
+    assert json.loads(listed.output)[0]["steps"] == {"unknown": 1}
+    resumed = session.resume(lab.request(yes=True), result.run_id)
+    assert resumed.exit_code == 0
+    (again,) = _show_run(lab, resumed.run_id)["steps"]
+    assert again["status"] == "unchanged" and transport.dropped == 1

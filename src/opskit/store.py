@@ -71,7 +71,9 @@ CREATE TABLE IF NOT EXISTS attempts (
 );
 """
 
-# Step statuses. "started" with no end means the process died or was killed mid-step.
+# Step statuses. "started" with no end means the process died or was killed mid-step;
+# "unknown" that the step sent a change and lost its answer (it may have happened). Resume
+# runs every step not DONE again, probing it first, so neither is trusted nor repeated blindly.
 PENDING, STARTED, SUCCEEDED, UNCHANGED, FAILED = (
     "pending",
     "started",
@@ -80,6 +82,7 @@ PENDING, STARTED, SUCCEEDED, UNCHANGED, FAILED = (
     "failed",
 )
 SKIPPED, DECLINED, INTERRUPTED, NOT_RUN = "skipped", "declined", "interrupted", "not run"
+UNKNOWN = "unknown"
 DONE = frozenset({SUCCEEDED, UNCHANGED, SKIPPED})
 
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from ..errors import OpskitError
+from ..errors import OpskitError, OutcomeUnknown
 from ..model import Change, ChangeKind, Duration, Outcome, Risk
 from ..model.common import format_duration
 from .base import Action, ActionArgs, ActionContext, Check
@@ -180,6 +180,8 @@ class Power(Action[GuestArgs]):
         )
 
     async def failed(self, ctx: ActionContext, g: Guest, exc: OpskitError) -> Outcome:
+        if isinstance(exc, OutcomeUnknown):
+            raise exc  # the engine journals it unknown; resume probes the guest again
         return Outcome(ok=False, summary=f"{self.verb} {g.label} failed", error=str(exc))
 
 
@@ -206,9 +208,18 @@ class Start(Power):
     async def failed(self, ctx: ActionContext, g: Guest, exc: OpskitError) -> Outcome:
         # A start racing another ("already running"), or LXC answering 500 for a running
         # container: what counts is whether it runs now.
-        now = await guest(ctx, g.vmid)
+        # A lost answer to the start asks the same question.
+        try:
+            now = await guest(ctx, g.vmid)
+        except OpskitError:
+            if isinstance(exc, OutcomeUnknown):
+                raise exc from None
+            raise
         if now.running:
-            return Outcome(ok=True, summary=f"{g.label} is running (started elsewhere meanwhile)")
+            why = "its start's answer was lost" if isinstance(exc, OutcomeUnknown) else None
+            return Outcome(
+                ok=True, summary=f"{g.label} is running ({why or 'started elsewhere meanwhile'})"
+            )
         return await super().failed(ctx, g, exc)
 
 
@@ -617,7 +628,15 @@ class AgentExec(Action[ExecArgs]):
         deadline = time.monotonic() + a.timeout
         delay = 0.1
         while True:
-            status = await client.call("agent_exec_status", {"pid": pid}, node=g.node, vmid=g.vmid)
+            try:
+                status = await client.call(
+                    "agent_exec_status", {"pid": pid}, node=g.node, vmid=g.vmid
+                )
+            except OpskitError as exc:
+                raise OutcomeUnknown(
+                    f"command (pid {pid}) started in {g.label}, but how it ended could not be"
+                    f" read: {exc}"
+                ) from None
             if status.get("exited"):
                 break
             if time.monotonic() >= deadline:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import OpskitError
+from ..errors import OpskitError, OutcomeUnknown
 from .net import ConnectFailed, connect_reason, tls_reason
 
 if TYPE_CHECKING:
@@ -23,6 +23,14 @@ TICKET_RENEW = 110 * 60.0  # PVE tickets live 2 hours: renew 10 minutes before
 GET_RETRIES = 3
 IN_FLIGHT = 8  # requests at once per cluster: more only queue inside httpx, at a CPU cost
 TASK_POLL_MAX = 2.0
+
+
+def _not_sent() -> tuple[type[Exception], ...]:
+    import httpx
+
+    # Errors httpx raises before a request's first byte is written.
+    return (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError,
+            httpx.UnsupportedProtocol, httpx.LocalProtocolError)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,26 @@ class ProxmoxUnreachable(ProxmoxError):
         self.method, self.path, self.status = method, path, 0
         self.message, self.errors = text, {}
         OpskitError.__init__(self, f"{text} ({method} {path})")
+
+
+class ProxmoxAnswerLost(ProxmoxError, OutcomeUnknown):
+    """A change was sent to Proxmox and its answer lost: it may have been made."""
+
+    def __init__(self, method: str, path: str, exc: Exception) -> None:
+        self.method, self.path, self.status = method, path, 0
+        self.message, self.errors = f"{type(exc).__name__}: {exc}", {}
+        OpskitError.__init__(
+            self, f"Proxmox {method} {path} was sent, but its answer was lost ({self.message})"
+        )
+
+
+class TaskOutcomeUnknown(OutcomeUnknown):
+    """A task Proxmox accepted could not be followed to its end (a revoked token, the
+    connection gone): it may have ended either way, or still run."""
+
+    def __init__(self, upid: str, exc: Exception) -> None:
+        self.upid = upid
+        super().__init__(f"task {upid} was started, but its end could not be read: {exc}")
 
 
 class ReadOnlyRefused(OpskitError):
@@ -262,6 +290,9 @@ class ProxmoxClient:
                 if method == "GET" and attempt <= GET_RETRIES:
                     await _backoff(attempt)
                     continue
+                if method != "GET" and not isinstance(exc, _not_sent()):
+                    # Written (or partly): Proxmox may have acted on it. Not retried.
+                    raise ProxmoxAnswerLost(method, path, exc) from None
                 raise ProxmoxError(method, path, 0, f"{type(exc).__name__}: {exc}") from None
             if response.status_code == 401 and self.credentials.user and not relogged:
                 # The ticket expired or was revoked: log in again, once.
@@ -341,7 +372,10 @@ class ProxmoxClient:
         deadline = time.monotonic() + timeout
         delay = 0.05
         while True:
-            status = await self.call("task_status", node=node, upid=upid)
+            try:
+                status = await self.call("task_status", node=node, upid=upid)
+            except ProxmoxError as exc:
+                raise TaskOutcomeUnknown(upid, exc) from None
             if status.get("status") == "stopped":
                 exit_status = str(status.get("exitstatus", ""))
                 if exit_status == "OK":

@@ -21,6 +21,7 @@ from ..errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     OpskitError,
+    OutcomeUnknown,
     RenderError,
 )
 from ..model import ChangeKind, Inventory, Outcome, Risk, Step, Target
@@ -37,6 +38,7 @@ from ..store import (
     SKIPPED,
     SUCCEEDED,
     UNCHANGED,
+    UNKNOWN,
     Journal,
 )
 from ..workspace import LoadedRunbook, RenderedStep, base_context, render_step
@@ -406,7 +408,7 @@ class Execution:
             if status == INTERRUPTED:
                 tr.interrupted = True
                 return False
-            if status == FAILED:
+            if status in (FAILED, UNKNOWN):
                 tr.failed = True
                 ok = False
                 if step.on_failure == "continue" or always:
@@ -434,9 +436,9 @@ class Execution:
         for item in items:
             result = await self._run_item(tr, section, step, item)
             results.append(result)
-            if result.status in (FAILED, DECLINED, INTERRUPTED):
+            if result.status in (FAILED, UNKNOWN, DECLINED, INTERRUPTED):
                 status = result.status
-                if result.status != FAILED or step.on_failure != "continue":
+                if result.status not in (FAILED, UNKNOWN) or step.on_failure != "continue":
                     break
         if step.register_as:
             if step.loop is None:
@@ -539,7 +541,10 @@ class Execution:
             self.journal.attempt_finished(
                 self.run_id, tr.target.name, item.id, attempt, status, outcome.error
             )
-            if status == INTERRUPTED or outcome.ok or attempt > step.retries or self.stopping:
+            # An unknown outcome is not retried blindly: the change may have happened (resume
+            # probes first).
+            done = status in (INTERRUPTED, UNKNOWN) or outcome.ok
+            if done or attempt > step.retries or self.stopping:
                 break
             delay = min(step.interval * step.backoff ** (attempt - 1), MAX_RETRY_DELAY)
             delay *= random.uniform(0.9, 1.1)  # jitter: targets retrying together spread out
@@ -624,6 +629,9 @@ class Execution:
                 raise  # the whole run is being cancelled
             error = "interrupted: the grace period ran out"
             return Outcome(ok=False, summary=error, error=error), INTERRUPTED
+        except OutcomeUnknown as exc:
+            error = f"outcome unknown: {exc}; resume probes it again"
+            return Outcome(ok=False, summary=error, error=error), UNKNOWN
         except OpskitError as exc:
             return Outcome(ok=False, summary=str(exc), error=str(exc)), FAILED
         except Exception as exc:  # an action's bug fails its step, not the run

@@ -24,6 +24,7 @@ STATUS_WORDS = {
     "skipped": "skipped",
     "declined": "declined",
     "interrupted": "interrupted",
+    "unknown": "OUTCOME UNKNOWN",
 }
 
 
@@ -160,7 +161,7 @@ class LiveReporter(Reporter):
 
     def show(self, event: dict[str, Any], line: str) -> None:
         style = None
-        if event.get("status") == "failed" or event["event"] == "retry":
+        if event.get("status") in ("failed", "unknown") or event["event"] == "retry":
             style = "red"
         elif event.get("status") in ("succeeded", "unchanged"):
             style = "green"

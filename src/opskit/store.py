@@ -358,6 +358,15 @@ class Journal:
             lines.append(f"  ... and {len(ids) - shown} more (opskit history lists them)")
         return "\n".join(lines)
 
+    def step_counts(self, run_id: str) -> dict[str, int]:
+        """How many steps of the run ended in each status: what its summary line and
+        `history` both show."""
+        rows = self.db.execute(
+            "SELECT status, COUNT(*) FROM steps WHERE run_id = ? GROUP BY status ORDER BY status",
+            (run_id,),
+        ).fetchall()
+        return {str(status): int(n) for status, n in rows}
+
     def steps(self, run_id: str) -> list[StepRow]:
         rows = self.db.execute(
             "SELECT run_id, target, step_id, seq, section, action, status, attempts, change,"

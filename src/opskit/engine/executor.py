@@ -7,7 +7,6 @@ import contextlib
 import random
 import signal
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,7 +136,6 @@ class Execution:
         self.steps_by_id: dict[str, tuple[str, Step]] = {
             step.id: (section, step) for section, _, step in self.rb.all_steps()
         }
-        self.counts: Counter[str] = Counter()
         self.stopping = False  # first Ctrl-C: start nothing new
         self.hard = False  # second Ctrl-C: cancel everything
         self.quit = False  # a gate was answered 'quit'
@@ -205,6 +203,8 @@ class Execution:
         if self.preflight_failed:
             message = "preflight failed: nothing was changed"
         self.journal.finish_run(self.run_id, status, code, message)
+        # The summary counts what the journal holds, so it and `history` say the same.
+        counts = self.journal.step_counts(self.run_id)
         for tr in self.runs:
             if tr.started:
                 self.reporter.emit(
@@ -216,7 +216,7 @@ class Execution:
                 "run_id": self.run_id,
                 "status": status,
                 "exit_code": code,
-                "counts": dict(self.counts) | {"not run": self._not_run()},
+                "counts": counts,
                 "duration": time.monotonic() - started,
                 "log": str(self.options.log) if self.options.log else None,
                 "host_logs": str(self.options.host_logs)
@@ -228,7 +228,7 @@ class Execution:
             self.run_id,
             status,
             code,
-            dict(self.counts),
+            counts,
             {t.target.name: t.status for t in self.runs},
         )
 
@@ -458,7 +458,6 @@ class Execution:
         outputs: dict[str, Any] | None = None,
         duration: float | None = None,
     ) -> None:
-        self.counts[status] += 1
         self.journal.step_finished(
             self.run_id, tr.target.name, step_id, status, summary=summary, error=error,
             outputs=outputs,

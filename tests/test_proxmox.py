@@ -929,3 +929,38 @@ def test_a_lost_answer_to_a_snapshot_is_unknown_and_resume_finds_it_made(
     assert resumed.exit_code == 0
     (again,) = _show_run(lab, resumed.run_id)["steps"]
     assert again["status"] == "unchanged" and transport.dropped == 1
+
+
+def test_a_task_left_running_is_waited_for_before_the_guest_is_changed(lab, fakepve_cafile):
+    """A run killed mid-reboot leaves the task running and holding the guest's lock: the next
+    run's reboot failed `can't lock file ... got timeout`. Now it waits for the task to end,
+    then looks at the guest again (a shutdown finds it stopped: nothing left to do)."""
+    lab.pve.time_scale = 0.05
+    lab.pve.vm(100).shutdown_secs = 20  # one real second
+
+    async def left_running() -> str:
+        client = ProxmoxClient(
+            lab.pve.url + "/api2/json",
+            Credentials(token_id=TOKEN_ID, token_secret=TOKEN),
+            verify=ssl.create_default_context(cafile=fakepve_cafile),
+        )
+        try:
+            return str(await client.call("shutdown", node="pve1", kind="qemu", vmid=100))
+        finally:
+            await client.aclose()
+
+    lab.project("name: rb\ntargets: vm:100\nsteps:\n  - id: down\n    proxmox.vm.shutdown: {}\n")
+    upid = asyncio.run(left_running())
+    import io
+
+    out = io.StringIO()
+    req = lab.request(yes=True)
+    req.reporter = Reporter(out=out)
+    loaded, targets, plan = session.make_plan(req, "rb", {}, None)
+    assert plan.targets[0].steps[0].change.kind.value == "update"
+    result = session.execute(req, loaded, targets, plan)
+    assert result.exit_code == 0, out.getvalue()
+    assert f"vm 100 (docker): waiting for task {upid} to end" in out.getvalue()
+    assert "[docker] down: ok" in out.getvalue() and lab.pve.vm(100).status == "stopped"
+    # The run sent no shutdown of its own: the one left running did it.
+    assert [p for p in lab.posts() if p.endswith("/status/shutdown")] == []

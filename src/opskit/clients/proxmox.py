@@ -94,6 +94,7 @@ ENDPOINTS: dict[str, Endpoint] = {
     "agent_exec_status": _e(
         "GET", "/nodes/{node}/qemu/{vmid}/agent/exec-status", "pid", kinds=("qemu",)
     ),
+    "tasks": _e("GET", "/nodes/{node}/tasks", "vmid", "source"),
     "task_status": _e("GET", "/nodes/{node}/tasks/{upid}/status"),
     "task_log": _e("GET", "/nodes/{node}/tasks/{upid}/log", "start", "limit"),
 }

@@ -662,4 +662,4 @@ def test_a_refused_http_check_says_its_error_once(project, opskit):
     result = opskit("run", "refused", cwd=project.root)
     assert result.code == 1
     line = next(x for x in result.out.splitlines() if x.startswith("[local] c: FAILED"))
-    assert line.count("ConnectError") == 1 and line.count(url) == 1, line
+    assert line.count("connection refused") == 1 and line.count(url) == 1, line

@@ -47,7 +47,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def journal(lab: Lab, since: float) -> tuple[str, Statuses] | None:
     """The newest run started since `since`, read from the lab's journal as it is written
     (read-only: WAL lets the run commit meanwhile)."""
-    path = lab.root / "state" / "journal.db"
+    path = lab.state_dir / "journal.db"
     if not path.exists():
         return None
     try:
@@ -71,7 +71,7 @@ def journal(lab: Lab, since: float) -> tuple[str, Statuses] | None:
 
 def steps_of(lab: Lab, run_id: str) -> Statuses:
     """A finished run's steps and their statuses, from the journal."""
-    db = sqlite3.connect(f"file:{lab.root / 'state' / 'journal.db'}?mode=ro", uri=True)
+    db = sqlite3.connect(f"file:{lab.state_dir / 'journal.db'}?mode=ro", uri=True)
     try:
         rows = db.execute(
             "SELECT target, step_id, status FROM steps WHERE run_id = ?", (run_id,)
@@ -265,7 +265,7 @@ def kill_beszel(lab: Lab, tmp: Path, sig: int, runbook: str, step: str) -> None:
         # Its params default to null (the version comes from the inventory's vars): resume
         # takes them as the run had them (it exited 2: `param version: expected a string,
         # got None`).
-        db = sqlite3.connect(f"file:{lab.root / 'state' / 'journal.db'}?mode=ro", uri=True)
+        db = sqlite3.connect(f"file:{lab.state_dir / 'journal.db'}?mode=ro", uri=True)
         (params,) = db.execute("SELECT params FROM runs WHERE id = ?", (run_id,)).fetchone()
         db.close()
         assert json.loads(params) == dict.fromkeys(("hub_url", "release_url", "version"))

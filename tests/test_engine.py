@@ -428,6 +428,25 @@ def test_resume_runs_exactly_the_unfinished_steps(env):
     assert statuses[("ai", "second")] == "succeeded" and statuses[("docker", "first")] == "skipped"
 
 
+def test_resume_keeps_the_runs_own_params_null_defaults_included(env):
+    """A param left at its null default is journaled as null: resume takes it back as the run
+    had it (it used to refuse it: `param version: expected a string, got None`, exit 2)."""
+    env.project.runbook(
+        "deploy",
+        RUNBOOK.replace(
+            "thing: {default: app}", "thing: {default: app}\n  version: {type: str, default: null}"
+        ).replace('"{{ params.thing }}-2"', '"{{ params.thing }}-{{ params.version or 2 }}"'),
+    )
+    env.world.fail("ai/app-2", 1)
+    assert env.run("run", "deploy").code == 1
+    run = env.runs()[0]
+    assert run.params == {"thing": "app", "version": None}
+    resumed = env.run("resume", run.id)
+    assert resumed.code == 0, resumed.err
+    assert env.runs()[0].params == run.params
+    assert "ai/app-2" in env.world.present()
+
+
 def test_resume_refuses_a_changed_runbook_unless_forced(env):
     env.project.runbook("deploy", RUNBOOK)
     env.world.fail("ai/app-2", 1)
@@ -448,6 +467,54 @@ def test_history_and_show_run(env):
     shown = json.loads(env.run("show-run", history[0]["id"][:12], "--json").out)
     assert [s["step"] for s in shown["steps"]] == ["first", "second"]
     assert env.run("show-run", "nope").code == 2
+
+
+THREE = """
+name: three
+targets: [docker, ai]
+steps:
+  - id: a
+    test.resource: {name: a}
+  - id: b
+    test.resource: {name: b}
+  - id: c
+    test.resource: {name: c}
+"""
+
+
+def _history_row(env, run_id: str) -> str:
+    listed = env.run("history")
+    assert listed.code == 0, listed.err
+    (line,) = [line for line in listed.out.splitlines() if line.startswith(run_id)]
+    return line
+
+
+def _summary_counts(out: str, run_id: str) -> str:
+    (line,) = [line for line in out.splitlines() if line.startswith(f"run {run_id} ")]
+    return line.split(": ", 1)[1]
+
+
+def test_the_summary_and_history_count_the_same_steps(env):
+    """A failed run: the end-of-run summary counted targets as 'not run' where history counts
+    steps; both now count the journal's steps, in the same words."""
+    env.project.runbook("three", THREE)
+    env.world.fail("ai/b", 1)
+    ran = env.run("run", "three", "--json")
+    assert ran.code == 1, ran.err
+    done = json.loads(ran.out.splitlines()[-1])
+    history = json.loads(env.run("history", "--json").out)
+    assert history[0]["id"] == done["run_id"] and history[0]["exit_code"] == 1
+    assert done["counts"] == history[0]["steps"] == {"succeeded": 4, "failed": 1, "not run": 1}
+    # The text twins: the summary line's counts are the history row's.
+    env.world.fail("ai/b", 1)
+    env.project.runbook("three", THREE.replace("name: c}", "name: c2}"))
+    text = env.run("run", "three")
+    run_id = env.runs()[0].id
+    counts = _summary_counts(text.out, run_id)
+    assert counts == "1 ok, 3 unchanged, 1 failed, 0 skipped, 1 not run", text.out
+    row = _history_row(env, run_id)
+    assert row.split()[5:7] == ["failed", "1"], row  # STATUS, EXIT
+    assert row.endswith(counts), row
 
 
 # --- processes: SIGKILL, Ctrl-C, locks ---------------------------------------------------
@@ -489,16 +556,28 @@ def test_sigkill_mid_run_leaves_an_honest_journal_then_resume(env):
     assert statuses[("ai", "last")] == "pending"
     history = env.run("history")
     assert "killed" in history.out
+    # Killed: no exit code was ever recorded (the process died before it could), shown '-'
+    # and null, never invented.
+    row = _history_row(env, run.id)
+    assert row.split()[5:7] == ["killed", "-"], row
+    (listed,) = [r for r in json.loads(env.run("history", "--json").out) if r["id"] == run.id]
+    assert listed["status"] == "killed" and listed["exit_code"] is None
+    assert listed["steps"] == {"succeeded": 1, "started": 1, "pending": 2}
     # The killed apply never finished: resume re-probes it, runs it and what followed, and
     # not what succeeded. (The runbook drops the sleep, so resuming needs --force.)
     env.project.runbook("slow", SLOW.replace("SLEEP", "0"))
     assert env.run("resume", run.id).code == 4
     resumed = env.spawn("resume", run.id, "--force")
-    _, err = resumed.communicate(timeout=60)
+    out, err = resumed.communicate(timeout=60)
     assert resumed.returncode == 0, err
     applies = env.world.calls("apply")
     assert applies.count("ai/quick") == 1 and applies.count("ai/slow") == 2
     assert applies.count("ai/last") == 1 and env.world.present() >= {"ai/slow", "ai/last"}
+    # The resumed run's summary and its history row agree.
+    again = env.runs()[0]
+    counts = _summary_counts(out, again.id)
+    assert counts == "3 ok, 0 unchanged, 0 failed, 1 skipped", out
+    assert _history_row(env, again.id).endswith(counts)
 
 
 def test_ctrl_c_lets_the_running_step_finish_then_runs_always(env):

@@ -254,3 +254,51 @@ def test_hostile_yaml_is_a_load_error(project, opskit, text, pattern):
     assert result.code == 2, result
     assert "Traceback" not in result.err
     assert re.search(pattern, result.err), result.err
+
+
+@pytest.mark.parametrize("kind", ["runbook", "inventory"])
+def test_a_file_over_the_size_limit_is_refused_before_parsing(project, opskit, monkeypatch, kind):
+    """A 50 MB runbook took 28 s of CPU to be refused by the node limit: now its size alone
+    refuses it, and the parser never sees it."""
+    import time
+
+    from opskit import loader
+
+    path = project.runbooks / "big.yaml" if kind == "runbook" else project.root / "big.yaml"
+    line = "  - {id: s, wait: {duration: 1s}}\n"
+    path.write_text("name: big\ntargets: all\nsteps:\n" + line * (50_000_000 // len(line)))
+
+    def parse(*args, **kw):  # pragma: no cover - the point is that it is not called
+        raise AssertionError("the parser was called")
+
+    monkeypatch.setattr(loader, "_parse", parse)
+    started = time.monotonic()
+    with pytest.raises(loader.LoadError) as caught:
+        if kind == "runbook":
+            loader.load_runbook(path, ["wait"])
+        else:
+            loader.load_inventory(path)
+    assert time.monotonic() - started < 2
+    assert str(caught.value) == (
+        f"{path}:1:1: file too large: 47.7 MiB, over the 2 MiB limit for a runbook or"
+        " inventory (not parsed)"
+    )
+    monkeypatch.undo()
+    # The same from the command line, as exit 2 with the located message.
+    args = (
+        ("validate", str(path))
+        if kind == "runbook"
+        else ("--inventory", str(path), "inventory", "list")
+    )
+    result = opskit(*args, cwd=project.root)
+    assert result.code == 2, result
+    assert "file too large" in result.err and "2 MiB limit" in result.err
+
+
+def test_text_over_the_size_limit_is_refused_too():
+    from opskit import loader
+
+    with pytest.raises(loader.LoadError, match=r"file too large: 2\.0 MiB"):
+        loader.read_yaml("given.yaml", "#" * (loader.MAX_BYTES + 1))
+    data, _ = loader.read_yaml("given.yaml", "a: 1\n" + "#" * 1000 + "\n")
+    assert data == {"a": 1}

@@ -655,3 +655,312 @@ def test_a_rejected_token_is_said_once_in_the_step_line_and_the_plan(lab, opskit
     line = next(x for x in planned.out.splitlines() if "BLOCKED" in x)
     assert line.count("401 authentication failure") == 1, line
     assert "probe failed  [BLOCKED: Proxmox GET /cluster/resources: 401" in line
+
+
+# --- why a connection failed: refused, unreachable, timed out; TLS errors stay TLS errors -----
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_refused_proxmox_is_reported_as_refused_not_as_tls(lab):
+    """The lab's inventory pins the certificate: before, the refused connection of the pin
+    check read `TLS handshake failed: [Errno 111] Connect call failed`."""
+    port = _closed_port()
+    lab.project(POWER)
+    inventory = lab.root / "inventory" / "homelab.yaml"
+    inventory.write_text(inventory.read_text().replace(lab.pve.url, f"https://127.0.0.1:{port}"))
+    _, _, plan = lab.plan()
+    blockers = [b for t in plan.targets for s in t.steps for b in s.change.blockers]
+    assert blockers and set(blockers) == {
+        f"cannot connect to Proxmox at 127.0.0.1:{port}: connection refused"
+    }
+
+
+def test_the_client_says_refused_and_keeps_tls_errors_tls(lab, fakepve_cafile):
+    from opskit.clients.proxmox import ProxmoxUnreachable
+
+    port = _closed_port()
+
+    async def go() -> None:
+        closed = ProxmoxClient(
+            f"https://127.0.0.1:{port}/api2/json",
+            Credentials(token_id=TOKEN_ID, token_secret=TOKEN),
+            verify=ssl.create_default_context(cafile=fakepve_cafile),
+        )
+        untrusting = ProxmoxClient(  # the system CAs do not know fakepve's certificate
+            lab.pve.url + "/api2/json", Credentials(token_id=TOKEN_ID, token_secret=TOKEN)
+        )
+        try:
+            with pytest.raises(ProxmoxUnreachable) as refused:
+                await closed.call("version")
+            assert str(refused.value) == (
+                f"cannot connect to Proxmox at 127.0.0.1:{port}: connection refused (GET /version)"
+            )
+            assert refused.value.status == 0
+            with pytest.raises(ProxmoxError) as untrusted:
+                await untrusting.call("version")
+            text = str(untrusted.value)
+            assert "TLS certificate not trusted (CERTIFICATE_VERIFY_FAILED" in text, text
+            assert "cannot connect" not in text
+        finally:
+            await closed.aclose()
+            await untrusting.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_pin_mismatch_stays_a_tls_error(lab):
+    lab.project(POWER)
+    inventory = lab.root / "inventory" / "homelab.yaml"
+    inventory.write_text(inventory.read_text().replace(lab.pin, "AB:" * 31 + "AB"))
+    _, _, plan = lab.plan()
+    (blocker,) = {b for t in plan.targets for s in t.steps for b in s.change.blockers}
+    assert "certificate fingerprint mismatch: the server presents" in blocker, blocker
+    assert "cannot connect" not in blocker
+
+
+def test_connect_reasons_name_the_category():
+    import errno
+    import socket
+
+    import httpx
+
+    from opskit.clients.net import connect_reason, tls_reason
+
+    def wrapped(cause: BaseException) -> BaseException:
+        """As httpx raises it: its ConnectError from anyio's OSError from the OS's error."""
+        try:
+            try:
+                try:
+                    raise cause
+                except BaseException as exc:
+                    raise OSError("All connection attempts failed") from exc
+            except OSError as exc:
+                raise httpx.ConnectError("All connection attempts failed") from exc
+        except httpx.ConnectError as exc:
+            return exc
+
+    assert connect_reason(wrapped(ConnectionRefusedError(errno.ECONNREFUSED, "x"))) == (
+        "connection refused"
+    )
+    for code in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        assert connect_reason(wrapped(OSError(code, "x"))) == "unreachable (no route to the host)"
+    assert connect_reason(wrapped(TimeoutError())) == "timed out"
+    assert connect_reason(httpx.ConnectTimeout("")) == "timed out"
+    assert connect_reason(wrapped(socket.gaierror(-2, "Name or service not known"))) == (
+        "unknown host (the name does not resolve)"
+    )
+    bad = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify")
+    bad.reason, bad.verify_message = "CERTIFICATE_VERIFY_FAILED", "self-signed certificate"
+    assert connect_reason(wrapped(bad)) is None
+    assert tls_reason(wrapped(bad)) == (
+        "TLS certificate not trusted (CERTIFICATE_VERIFY_FAILED: self-signed certificate)"
+    )
+
+
+# --- a change sent and its answer lost: journaled `unknown`, resume probes it again ----------
+
+
+class DropAnswers:
+    """An httpx transport that sends each request and, for the matching ones, loses the
+    answer the way a dropped connection does (after the server acted on the request)."""
+
+    def __init__(self, cafile: str, path_suffix: str, error: type[Exception]) -> None:
+        import httpx
+
+        self.inner = httpx.AsyncHTTPTransport(verify=ssl.create_default_context(cafile=cafile))
+        self.path_suffix, self.error, self.dropped = path_suffix, error, 0
+
+    async def handle_async_request(self, request):  # type: ignore[no-untyped-def]
+        import httpx
+
+        if self.error in (httpx.ConnectError,) and request.url.path.endswith(self.path_suffix):
+            raise httpx.ConnectError("All connection attempts failed", request=request)
+        response = await self.inner.handle_async_request(request)
+        if request.method != "GET" and request.url.path.endswith(self.path_suffix):
+            await response.aread()
+            await response.aclose()
+            self.dropped += 1
+            raise self.error("the connection dropped", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("error", ["ReadError", "RemoteProtocolError", "ReadTimeout"])
+def test_a_post_whose_answer_is_lost_is_outcome_unknown(lab, fakepve_cafile, error):
+    import httpx
+
+    from opskit.clients.proxmox import ProxmoxAnswerLost
+    from opskit.errors import OutcomeUnknown
+
+    transport = DropAnswers(fakepve_cafile, "/status/start", getattr(httpx, error))
+
+    async def go() -> None:
+        client = _client(lab, fakepve_cafile, transport=transport)
+        try:
+            with pytest.raises(ProxmoxAnswerLost) as lost:
+                await client.call("start", node="pve1", kind="qemu", vmid=110)
+            assert isinstance(lost.value, OutcomeUnknown)
+            assert str(lost.value).startswith(
+                "Proxmox POST /nodes/pve1/qemu/110/status/start was sent, but its answer was"
+                f" lost ({error}: "
+            )
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    assert transport.dropped == 1  # sent once: a change is never retried blindly
+    assert lab.pve.vm(110).status == "running"  # and Proxmox did act on it
+
+
+def test_a_post_that_never_connected_is_not_unknown(lab, fakepve_cafile):
+    import httpx
+
+    from opskit.clients.proxmox import ProxmoxUnreachable
+    from opskit.errors import OutcomeUnknown
+
+    transport = DropAnswers(fakepve_cafile, "/status/start", httpx.ConnectError)
+
+    async def go() -> None:
+        client = _client(lab, fakepve_cafile, transport=transport)
+        try:
+            with pytest.raises(ProxmoxUnreachable) as refused:
+                await client.call("start", node="pve1", kind="qemu", vmid=110)
+            assert not isinstance(refused.value, OutcomeUnknown)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    assert lab.pve.vm(110).status == "stopped"
+
+
+def _show_run(lab: Lab, run_id: str) -> dict[str, Any]:
+    from click.testing import CliRunner
+
+    from opskit.cli import cli
+
+    shown = CliRunner().invoke(cli, ["show-run", run_id, "--json"], catch_exceptions=False)
+    assert shown.exit_code == 0, shown.output
+    import json
+
+    return dict(json.loads(shown.output))
+
+
+def test_a_token_revoked_mid_task_is_journaled_unknown_and_resume_probes_it(lab):
+    lab.pve.time_scale = 0.05
+    lab.pve.vm(110).start_secs = 10  # half a second: the token goes while the task runs
+    lab.project(POWER)
+    seen: list[str] = []
+
+    def revoke(method: str, path: str, params: Any) -> None:
+        seen.append(f"{method} {path}")
+        if "/tasks/" in path and TOKEN_ID in lab.pve.apitokens:
+            del lab.pve.apitokens[TOKEN_ID]
+
+    req = lab.request(yes=True)
+    req.settings.on_proxmox_request = revoke
+    loaded, targets, plan = session.make_plan(req, "rb", {}, None)
+    result = session.execute(req, loaded, targets, plan)
+    assert result.exit_code == 1
+    shown = _show_run(lab, result.run_id)
+    assert shown["status"] == "failed" and shown["exit_code"] == 1
+    steps = {s["step"]: s for s in shown["steps"]}
+    assert steps["up"]["status"] == "unknown", steps["up"]
+    assert steps["up"]["error"].startswith("outcome unknown: task UPID:")
+    assert "was started, but its end could not be read" in steps["up"]["error"]
+    assert steps["up"]["error"].endswith("; resume probes it again")
+    assert steps["ready"]["status"] == "not run"
+    assert result.counts.get("unknown") == 1
+    # The token comes back, the task ends meanwhile; resume probes `up` first: nothing to do.
+    lab.pve.apitokens[TOKEN_ID] = TOKEN
+    deadline = time.monotonic() + 10
+    while lab.pve.vm(110).status != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    starts = [p for p in seen if p.endswith("/status/start")]
+    resumed = session.resume(lab.request(yes=True), result.run_id)
+    assert resumed.exit_code == 0
+    again = {s["step"]: s["status"] for s in _show_run(lab, resumed.run_id)["steps"]}
+    assert again == {"up": "unchanged", "ready": "succeeded"}
+    assert len(starts) == 1  # the run sent it once,
+    assert not [p for p in lab.posts() if p.endswith("/status/start")]  # resume never again
+
+
+def test_a_lost_answer_to_a_snapshot_is_unknown_and_resume_finds_it_made(
+    lab, fakepve_cafile, monkeypatch
+):
+    import httpx
+
+    from opskit.clients.connections import Connections
+
+    transport = DropAnswers(fakepve_cafile, "/snapshot", httpx.RemoteProtocolError)
+    original = Connections.__init__
+
+    def with_transport(self, *args, **kw):  # type: ignore[no-untyped-def]
+        original(self, *args, **kw)
+        self.transport = transport
+
+    monkeypatch.setattr(Connections, "__init__", with_transport)
+    lab.project(SNAPSHOTS.split("  - id: back")[0])
+    _, result = lab.run()
+    assert result.exit_code == 1
+    shown = _show_run(lab, result.run_id)
+    (step,) = shown["steps"]
+    assert step["status"] == "unknown" and "its answer was lost" in step["error"], step
+    assert "before_upgrade" in lab.pve.vm(100).snapshots  # it was made
+    # `history` counts it as what it is.
+    from click.testing import CliRunner
+
+    from opskit.cli import cli
+
+    listed = CliRunner().invoke(cli, ["history", "--json"], catch_exceptions=False)
+    import json
+
+    assert json.loads(listed.output)[0]["steps"] == {"unknown": 1}
+    resumed = session.resume(lab.request(yes=True), result.run_id)
+    assert resumed.exit_code == 0
+    (again,) = _show_run(lab, resumed.run_id)["steps"]
+    assert again["status"] == "unchanged" and transport.dropped == 1
+
+
+def test_a_task_left_running_is_waited_for_before_the_guest_is_changed(lab, fakepve_cafile):
+    """A run killed mid-reboot leaves the task running and holding the guest's lock: the next
+    run's reboot failed `can't lock file ... got timeout`. Now it waits for the task to end,
+    then looks at the guest again (a shutdown finds it stopped: nothing left to do)."""
+    lab.pve.time_scale = 0.05
+    lab.pve.vm(100).shutdown_secs = 20  # one real second
+
+    async def left_running() -> str:
+        client = ProxmoxClient(
+            lab.pve.url + "/api2/json",
+            Credentials(token_id=TOKEN_ID, token_secret=TOKEN),
+            verify=ssl.create_default_context(cafile=fakepve_cafile),
+        )
+        try:
+            return str(await client.call("shutdown", node="pve1", kind="qemu", vmid=100))
+        finally:
+            await client.aclose()
+
+    lab.project("name: rb\ntargets: vm:100\nsteps:\n  - id: down\n    proxmox.vm.shutdown: {}\n")
+    upid = asyncio.run(left_running())
+    import io
+
+    out = io.StringIO()
+    req = lab.request(yes=True)
+    req.reporter = Reporter(out=out)
+    loaded, targets, plan = session.make_plan(req, "rb", {}, None)
+    assert plan.targets[0].steps[0].change.kind.value == "update"
+    result = session.execute(req, loaded, targets, plan)
+    assert result.exit_code == 0, out.getvalue()
+    assert f"vm 100 (docker): waiting for task {upid} to end" in out.getvalue()
+    assert "[docker] down: ok" in out.getvalue() and lab.pve.vm(100).status == "stopped"
+    # The run sent no shutdown of its own: the one left running did it.
+    assert [p for p in lab.posts() if p.endswith("/status/shutdown")] == []

@@ -10,7 +10,8 @@
     ├── StalePlanError               exit 4  a saved plan no longer matches the world
     ├── LockError                    exit 5  a target is locked by another run
     ├── StepError                    exit 1  a step failed on a target
-    │   └── CheckFailed              exit 1  a check's expectation was not met
+    │   ├── CheckFailed              exit 1  a check's expectation was not met
+    │   └── OutcomeUnknown           exit 1  a change was sent, its answer lost: did it happen?
     └── Interrupted                  exit 130
 
 The CLI catches OpskitError at one place (`opskit.cli.main`) and exits with `exit_code`.
@@ -125,6 +126,12 @@ class StepError(OpskitError):
 
 class CheckFailed(StepError):
     pass
+
+
+class OutcomeUnknown(StepError):
+    """A request that changes something reached the other side, and its answer was lost (the
+    connection dropped, a timeout, the token revoked while its task ran): the change may or
+    may not have happened. The engine journals the step `unknown`; resume probes it again."""
 
 
 class Interrupted(OpskitError):

@@ -71,7 +71,9 @@ CREATE TABLE IF NOT EXISTS attempts (
 );
 """
 
-# Step statuses. "started" with no end means the process died or was killed mid-step.
+# Step statuses. "started" with no end means the process died or was killed mid-step;
+# "unknown" that the step sent a change and lost its answer (it may have happened). Resume
+# runs every step not DONE again, probing it first, so neither is trusted nor repeated blindly.
 PENDING, STARTED, SUCCEEDED, UNCHANGED, FAILED = (
     "pending",
     "started",
@@ -80,6 +82,7 @@ PENDING, STARTED, SUCCEEDED, UNCHANGED, FAILED = (
     "failed",
 )
 SKIPPED, DECLINED, INTERRUPTED, NOT_RUN = "skipped", "declined", "interrupted", "not run"
+UNKNOWN = "unknown"
 DONE = frozenset({SUCCEEDED, UNCHANGED, SKIPPED})
 
 
@@ -354,6 +357,15 @@ class Journal:
         if len(ids) > shown:
             lines.append(f"  ... and {len(ids) - shown} more (opskit history lists them)")
         return "\n".join(lines)
+
+    def step_counts(self, run_id: str) -> dict[str, int]:
+        """How many steps of the run ended in each status: what its summary line and
+        `history` both show."""
+        rows = self.db.execute(
+            "SELECT status, COUNT(*) FROM steps WHERE run_id = ? GROUP BY status ORDER BY status",
+            (run_id,),
+        ).fetchall()
+        return {str(status): int(n) for status, n in rows}
 
     def steps(self, run_id: str) -> list[StepRow]:
         rows = self.db.execute(

@@ -325,7 +325,11 @@ def resolve_params(runbook: Runbook, given: Mapping[str, Any]) -> dict[str, Any]
                 f"runbook {runbook.name!r} has no param {name!r}{hint} (params: {known})"
             )
     for name, param in runbook.params.items():
-        if name in given:
+        if name in given and given[name] is None and param.default is None and not param.required:
+            # Unset, as a run records a param left at its null default (resume passes the
+            # run's recorded params back through here).
+            values[name] = None
+        elif name in given:
             try:
                 values[name] = param.coerce(given[name])
             except ValueError as exc:

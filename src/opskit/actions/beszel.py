@@ -125,7 +125,9 @@ async def hub_session(
     if parts.scheme == "https":
         from ..clients.tls import ssl_context
 
-        verify = await ssl_context(tls or TLS(), parts.hostname or "", parts.port or 443, timeout)
+        verify = await ssl_context(
+            tls or TLS(), parts.hostname or "", parts.port or 443, timeout, service="Beszel hub"
+        )
     client = HubClient(
         url, email, password, auth=auth, verify=verify, timeout=timeout,
         transport=ctx.http_transport,

@@ -98,6 +98,7 @@ class HttpCheck(Check[HttpArgs]):
     async def apply(self, ctx: ActionContext) -> Outcome:
         import httpx
 
+        from ..clients.net import ConnectFailed
         from ..clients.tls import TLSError, ssl_context
 
         a = self.args
@@ -125,8 +126,10 @@ class HttpCheck(Check[HttpArgs]):
             ) as client:
                 response = await client.request(a.method, a.url, headers=headers, **kwargs)
                 body = response.text[:BODY_CAP]
-        except TLSError as exc:
+        except (TLSError, ConnectFailed) as exc:
             return _failed(str(exc))
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            return _failed(f"{a.method} {a.url}: {_connect_failure(parts, exc)}")
         except httpx.TimeoutException:
             return _failed(f"{a.method} {a.url}: no answer within {format_duration(a.timeout)}")
         except httpx.HTTPError as exc:
@@ -191,6 +194,18 @@ def _same(got: Any, want: Any) -> bool:
     return bool(got == want)
 
 
+def _connect_failure(parts: Any, exc: Exception) -> str:
+    """A connection that never carried the request: TLS refused it, or nothing answered."""
+    from ..clients.net import connect_reason, tls_reason
+
+    tls = tls_reason(exc)
+    if tls is not None:
+        return tls
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    reason = connect_reason(exc) or f"{type(exc).__name__}: {exc}"
+    return f"cannot connect to {parts.hostname}:{port}: {reason}"
+
+
 def _failed(error: str) -> Outcome:
     return Outcome(ok=False, summary=error, error=error)
 
@@ -240,7 +255,9 @@ class TcpCheck(Check[TcpArgs]):
         except TimeoutError:
             return _failed(f"tcp {where}: no answer within {format_duration(a.timeout)}")
         except OSError as exc:
-            return _failed(f"tcp {where}: {exc.strerror or exc}")
+            from ..clients.net import connect_reason
+
+            return _failed(f"tcp {where}: {connect_reason(exc) or exc.strerror or exc}")
         line = ""
         try:
             if a.banner is not None:

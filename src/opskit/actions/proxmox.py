@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from ..errors import OpskitError
+from ..errors import OpskitError, OutcomeUnknown
 from ..model import Change, ChangeKind, Duration, Outcome, Risk
 from ..model.common import format_duration
 from .base import Action, ActionArgs, ActionContext, Check
@@ -96,6 +96,29 @@ async def _sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
+async def idle(ctx: ActionContext, g: Guest, timeout: float) -> Guest:
+    """The guest once no task runs on it, as it is then (`g` when none ran).
+
+    A task another run started (or a run killed mid-task left running) holds the guest's
+    lock: a new task would fail `can't lock file`, and what it should do depends on how the
+    running one ends (a resumed shutdown finds the guest already stopped)."""
+    client = await ctx.proxmox()
+    deadline = time.monotonic() + timeout
+    waited = False
+    while True:
+        listed = await client.call("tasks", {"vmid": g.vmid, "source": "active"}, node=g.node)
+        running = [t for t in listed or [] if not t.get("endtime") and not t.get("status")]
+        if not running:
+            return await guest(ctx, g.vmid) if waited else g
+        upid = running[0].get("upid", "?")
+        if not waited:
+            ctx.log(f"{g.label}: waiting for task {upid} to end")
+            waited = True
+        if time.monotonic() >= deadline:
+            raise OpskitError(f"{g.label} is busy: task {upid} still runs after {timeout:g}s")
+        await _sleep(0.25)
+
+
 def _blocked(g: Guest, summary: str, reason: str) -> Change:
     return Change.unknown(summary, blockers=[f"{g.label}: {reason}"])
 
@@ -166,7 +189,7 @@ class Power(Action[GuestArgs]):
         return await guest(ctx, _vmid(self.args, ctx))
 
     async def apply(self, ctx: ActionContext) -> Outcome:
-        g = await self._current(ctx)
+        g = await idle(ctx, await self._current(ctx), self.args.timeout)
         change = self.wanted(g)
         if change.kind is ChangeKind.NONE:
             return Outcome(ok=True, summary=change.summary)
@@ -184,6 +207,8 @@ class Power(Action[GuestArgs]):
         )
 
     async def failed(self, ctx: ActionContext, g: Guest, exc: OpskitError) -> Outcome:
+        if isinstance(exc, OutcomeUnknown):
+            raise exc  # the engine journals it unknown; resume probes the guest again
         return Outcome(ok=False, summary=f"{self.verb} {g.label} failed", error=str(exc))
 
 
@@ -219,9 +244,18 @@ class Start(Power):
     async def failed(self, ctx: ActionContext, g: Guest, exc: OpskitError) -> Outcome:
         # A start racing another ("already running"), or LXC answering 500 for a running
         # container: what counts is whether it runs now.
-        now = await guest(ctx, g.vmid)
+        # A lost answer to the start asks the same question.
+        try:
+            now = await guest(ctx, g.vmid)
+        except OpskitError:
+            if isinstance(exc, OutcomeUnknown):
+                raise exc from None
+            raise
         if now.running:
-            return Outcome(ok=True, summary=f"{g.label} is running (started elsewhere meanwhile)")
+            why = "its start's answer was lost" if isinstance(exc, OutcomeUnknown) else None
+            return Outcome(
+                ok=True, summary=f"{g.label} is running ({why or 'started elsewhere meanwhile'})"
+            )
         return await super().failed(ctx, g, exc)
 
 
@@ -440,7 +474,7 @@ class Snapshot(Action[SnapshotArgs]):
         )
 
     async def apply(self, ctx: ActionContext) -> Outcome:
-        g = await guest(ctx, _vmid(self.args, ctx))
+        g = await idle(ctx, await guest(ctx, _vmid(self.args, ctx)), self.args.timeout)
         if self.args.name in await _snapshots(ctx, g):
             return Outcome(ok=True, summary=f"{g.label} has snapshot {self.args.name}")
         params = {"snapname": self.args.name, "description": self.args.description}
@@ -480,7 +514,7 @@ class Rollback(Action[SnapshotNameArgs]):
         )
 
     async def apply(self, ctx: ActionContext) -> Outcome:
-        g = await guest(ctx, _vmid(self.args, ctx))
+        g = await idle(ctx, await guest(ctx, _vmid(self.args, ctx)), self.args.timeout)
         params = {"start": True} if self.args.start else {}
         await _run_task(ctx, g, "rollback", params, self.args.timeout, snapname=self.args.name)
         return Outcome(ok=True, changed=True, summary=f"{g.label} rolled back to {self.args.name}")
@@ -512,7 +546,7 @@ class DeleteSnapshot(Action[SnapshotNameArgs]):
         )
 
     async def apply(self, ctx: ActionContext) -> Outcome:
-        g = await guest(ctx, _vmid(self.args, ctx))
+        g = await idle(ctx, await guest(ctx, _vmid(self.args, ctx)), self.args.timeout)
         if self.args.name not in await _snapshots(ctx, g):
             return Outcome(ok=True, summary=f"{g.label} has no snapshot {self.args.name}")
         await _run_task(ctx, g, "delsnapshot", {}, self.args.timeout, snapname=self.args.name)
@@ -572,7 +606,7 @@ class Clone(Action[CloneArgs]):
         )
 
     async def apply(self, ctx: ActionContext) -> Outcome:
-        g = await guest(ctx, _vmid(self.args, ctx))
+        g = await idle(ctx, await guest(ctx, _vmid(self.args, ctx)), self.args.timeout)
         a = self.args
         params: dict[str, Any] = {
             "newid": a.newid,
@@ -761,7 +795,15 @@ class AgentExec(Action[ExecArgs]):
         deadline = time.monotonic() + a.timeout
         delay = 0.1
         while True:
-            status = await client.call("agent_exec_status", {"pid": pid}, node=g.node, vmid=g.vmid)
+            try:
+                status = await client.call(
+                    "agent_exec_status", {"pid": pid}, node=g.node, vmid=g.vmid
+                )
+            except OpskitError as exc:
+                raise OutcomeUnknown(
+                    f"command (pid {pid}) started in {g.label}, but how it ended could not be"
+                    f" read: {exc}"
+                ) from None
             if status.get("exited"):
                 break
             if time.monotonic() >= deadline:

@@ -31,7 +31,7 @@ def history(runbook: str | None, last: int, as_json: bool) -> None:
     journal = Journal.open_default()
     try:
         rows = journal.runs(runbook, last)
-        counts = {r.id: _counts(journal, r.id) for r in rows}
+        counts = {r.id: journal.step_counts(r.id) for r in rows}
     finally:
         journal.close()
     if as_json:
@@ -53,11 +53,13 @@ def history(runbook: str | None, last: int, as_json: bool) -> None:
     if not rows:
         echo("no runs yet" + (f"; {lab_note}" if lab_note else ""))
         return
+    from ..report.progress import count_words
+
     table(
-        ["RUN", "RUNBOOK", "STARTED", "TOOK", "STATUS", "STEPS"],
+        ["RUN", "RUNBOOK", "STARTED", "TOOK", "STATUS", "EXIT", "STEPS"],
         [
             [r.id, r.runbook, _when(r.started_at), _took(r.started_at, r.ended_at),
-             r.shown_status, ", ".join(f"{n} {s}" for s, n in sorted(counts[r.id].items()))]
+             r.shown_status, _exit(r.exit_code), count_words(counts[r.id])]
             for r in rows
         ],
     )  # fmt: skip
@@ -65,11 +67,10 @@ def history(runbook: str | None, last: int, as_json: bool) -> None:
         echo(lab_note)
 
 
-def _counts(journal, run_id: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    out: dict[str, int] = {}
-    for s in journal.steps(run_id):
-        out[s.status] = out.get(s.status, 0) + 1
-    return out
+def _exit(code: int | None) -> str:
+    """A run still running, or killed (its process died without ending it), has no exit code
+    opskit could record: `-` (null in JSON)."""
+    return "-" if code is None else str(code)
 
 
 @click.command("show-run")
@@ -108,7 +109,7 @@ def show_run(run_id: str, as_json: bool) -> None:
         return
     echo(f"run {row.id}: {row.runbook} ({row.runbook_path}) {row.shown_status}")
     echo(f"started {_when(row.started_at)}, took {_took(row.started_at, row.ended_at)},"
-         f" exit {row.exit_code if row.exit_code is not None else '-'}")  # fmt: skip
+         f" exit {_exit(row.exit_code)}")  # fmt: skip
     if row.resumed_from:
         echo(f"resumes run {row.resumed_from}")
     if row.message:

@@ -91,7 +91,9 @@ class Connections:
         )
         verify: Any = True
         if url.scheme == "https":
-            verify = await ssl_context(spec.tls, url.hostname or "", url.port or 8006)
+            verify = await ssl_context(
+                spec.tls, url.hostname or "", url.port or 8006, service="Proxmox"
+            )
         return ProxmoxClient(
             spec.api_url,
             credentials,

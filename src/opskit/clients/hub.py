@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit
 
-from ..errors import OpskitError
+from ..errors import OpskitError, OutcomeUnknown
+from .net import ConnectFailed, connect_reason, tls_reason
 
 if TYPE_CHECKING:
     import httpx
@@ -47,6 +49,10 @@ class HubUnreachable(HubError):
 
 class HubAuthError(HubError):
     pass
+
+
+class HubAnswerLost(HubError, OutcomeUnknown):
+    """A change was sent to the hub and its answer lost: it may have been made."""
 
 
 class ReadOnlyRefused(OpskitError):
@@ -189,13 +195,18 @@ class HubClient:
         if self._read_only and method != "GET":
             raise ReadOnlyRefused(f"planning is read-only: refused {method} {path}")
         await self._ensure_token()
-        response = await self._send(method, path, params=params, json=json, authenticated=True)
+        changes = method != "GET"
+        response = await self._send(
+            method, path, params=params, json=json, authenticated=True, changes=changes
+        )
         stale = time.monotonic() - self._root._issued > RELOGIN_AFTER
         if response.status_code in (401, 403) and stale:
             # PocketBase takes a token it no longer accepts as no token at all (403 where the
             # rules need a login): log in again, once, unless the token is brand new
             await self.login()
-            response = await self._send(method, path, params=params, json=json, authenticated=True)
+            response = await self._send(
+                method, path, params=params, json=json, authenticated=True, changes=changes
+            )
         return self._json(response, method, path)
 
     async def _send(
@@ -206,6 +217,7 @@ class HubClient:
         params: Mapping[str, Any] | None = None,
         json: Any = None,
         authenticated: bool,
+        changes: bool = False,
     ) -> httpx.Response:
         import httpx
 
@@ -218,12 +230,26 @@ class HubClient:
             return await self._http.request(
                 method, path, params=dict(params or {}), json=json, headers=headers
             )
-        except httpx.TimeoutException:
-            raise HubUnreachable(f"Beszel hub {self.url} unreachable: no answer in time") from None
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # Nothing reached the hub: TLS refused it, or nothing answered.
+            host = urlsplit(self.url).netloc or self.url
+            tls = tls_reason(exc)
+            if tls is not None:
+                raise HubError(f"Beszel hub {host}: {tls}") from None
+            reason = connect_reason(exc) or _transport_reason(exc)
+            raise HubUnreachable(str(ConnectFailed(f"the Beszel hub at {host}", reason))) from None
+        except (httpx.PoolTimeout, httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+            raise HubError(f"Beszel hub {self.url}: {method} {path}: {exc}") from None
         except httpx.HTTPError as exc:
-            raise HubUnreachable(
-                f"Beszel hub {self.url} unreachable: {_transport_reason(exc)}"
-            ) from None
+            # Sent (or partly): a change may have been made.
+            timed_out = isinstance(exc, httpx.TimeoutException)
+            reason = "no answer in time" if timed_out else _transport_reason(exc)
+            if changes:
+                raise HubAnswerLost(
+                    f"Beszel hub {self.url}: {method} {path} was sent, but its answer was lost"
+                    f" ({reason})"
+                ) from None
+            raise HubError(f"Beszel hub {self.url}: {method} {path}: {reason}") from None
 
     def _json(self, response: httpx.Response, method: str, path: str) -> Any:
         if response.status_code >= 400:
@@ -324,7 +350,7 @@ def _transport_reason(exc: Exception) -> str:
     # httpx wraps the OS error; its errno says it best ("Connection refused").
     cause: BaseException | None = exc
     while cause is not None:
-        if isinstance(cause, OSError) and cause.errno:
+        if isinstance(cause, OSError) and cause.errno and not isinstance(cause, ssl.SSLError):
             return os.strerror(cause.errno)
         cause = cause.__cause__ or cause.__context__
     return str(exc) or type(exc).__name__

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import OpskitError
+from ..errors import OpskitError, OutcomeUnknown
+from .net import ConnectFailed, connect_reason, tls_reason
 
 if TYPE_CHECKING:
     import httpx
@@ -22,6 +23,14 @@ TICKET_RENEW = 110 * 60.0  # PVE tickets live 2 hours: renew 10 minutes before
 GET_RETRIES = 3
 IN_FLIGHT = 8  # requests at once per cluster: more only queue inside httpx, at a CPU cost
 TASK_POLL_MAX = 2.0
+
+
+def _not_sent() -> tuple[type[Exception], ...]:
+    import httpx
+
+    # Errors httpx raises before a request's first byte is written.
+    return (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError,
+            httpx.UnsupportedProtocol, httpx.LocalProtocolError)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,7 @@ ENDPOINTS: dict[str, Endpoint] = {
     "agent_exec_status": _e(
         "GET", "/nodes/{node}/qemu/{vmid}/agent/exec-status", "pid", kinds=("qemu",)
     ),
+    "tasks": _e("GET", "/nodes/{node}/tasks", "vmid", "source"),
     "task_status": _e("GET", "/nodes/{node}/tasks/{upid}/status"),
     "task_log": _e("GET", "/nodes/{node}/tasks/{upid}/log", "start", "limit"),
 }
@@ -106,6 +116,35 @@ class ProxmoxError(OpskitError):
         self.errors = dict(errors or {})
         detail = "".join(f"; {k}: {str(v).strip()}" for k, v in sorted(self.errors.items()))
         super().__init__(f"Proxmox {method} {path}: {status} {self.message}{detail}")
+
+
+class ProxmoxUnreachable(ProxmoxError):
+    """The request never reached Proxmox: nothing answered, or TLS refused the connection."""
+
+    def __init__(self, method: str, path: str, text: str) -> None:
+        self.method, self.path, self.status = method, path, 0
+        self.message, self.errors = text, {}
+        OpskitError.__init__(self, f"{text} ({method} {path})")
+
+
+class ProxmoxAnswerLost(ProxmoxError, OutcomeUnknown):
+    """A change was sent to Proxmox and its answer lost: it may have been made."""
+
+    def __init__(self, method: str, path: str, exc: Exception) -> None:
+        self.method, self.path, self.status = method, path, 0
+        self.message, self.errors = f"{type(exc).__name__}: {exc}", {}
+        OpskitError.__init__(
+            self, f"Proxmox {method} {path} was sent, but its answer was lost ({self.message})"
+        )
+
+
+class TaskOutcomeUnknown(OutcomeUnknown):
+    """A task Proxmox accepted could not be followed to its end (a revoked token, the
+    connection gone): it may have ended either way, or still run."""
+
+    def __init__(self, upid: str, exc: Exception) -> None:
+        self.upid = upid
+        super().__init__(f"task {upid} was started, but its end could not be read: {exc}")
 
 
 class ReadOnlyRefused(OpskitError):
@@ -242,15 +281,19 @@ class ProxmoxClient:
                             method, path, data=_form(params), headers=headers
                         )
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                # Nothing reached the server: safe to try again, whatever the method.
-                if attempt <= GET_RETRIES:
+                # Nothing reached the server: safe to try again, whatever the method (but a
+                # certificate TLS refuses stays refused).
+                if attempt <= GET_RETRIES and tls_reason(exc) is None:
                     await _backoff(attempt)
                     continue
-                raise ProxmoxError(method, path, 0, f"cannot connect: {exc}") from None
+                raise ProxmoxUnreachable(method, path, self._unreachable(exc)) from None
             except httpx.TransportError as exc:
                 if method == "GET" and attempt <= GET_RETRIES:
                     await _backoff(attempt)
                     continue
+                if method != "GET" and not isinstance(exc, _not_sent()):
+                    # Written (or partly): Proxmox may have acted on it. Not retried.
+                    raise ProxmoxAnswerLost(method, path, exc) from None
                 raise ProxmoxError(method, path, 0, f"{type(exc).__name__}: {exc}") from None
             if response.status_code == 401 and self.credentials.user and not relogged:
                 # The ticket expired or was revoked: log in again, once.
@@ -270,6 +313,17 @@ class ProxmoxClient:
                     method, path, response.status_code, "answer is not JSON"
                 ) from None
             return body.get("data") if isinstance(body, dict) else body
+
+    def _unreachable(self, exc: Exception) -> str:
+        """'cannot connect to Proxmox at HOST:PORT: connection refused', or what TLS said."""
+        from urllib.parse import urlsplit
+
+        url = urlsplit(self.api_url)
+        where = f"Proxmox at {url.hostname}:{url.port or 8006}"
+        tls = tls_reason(exc)
+        if tls is not None:
+            return f"{where}: {tls}"
+        return str(ConnectFailed(where, connect_reason(exc) or f"{type(exc).__name__}: {exc}"))
 
     async def get(self, path: str, **params: Any) -> Any:
         return await self.request("GET", path, params)
@@ -302,8 +356,10 @@ class ProxmoxClient:
                 response = await self._http.post(
                     path, data={"username": c.user or "", "password": c.password or ""}
                 )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                raise ProxmoxUnreachable("POST", path, self._unreachable(exc)) from None
             except httpx.TransportError as exc:
-                raise ProxmoxError("POST", path, 0, f"cannot connect: {exc}") from None
+                raise ProxmoxError("POST", path, 0, f"{type(exc).__name__}: {exc}") from None
             if response.status_code >= 400:
                 raise _error("POST", path, response)
             data = response.json()["data"]
@@ -317,7 +373,10 @@ class ProxmoxClient:
         deadline = time.monotonic() + timeout
         delay = 0.05
         while True:
-            status = await self.call("task_status", node=node, upid=upid)
+            try:
+                status = await self.call("task_status", node=node, upid=upid)
+            except ProxmoxError as exc:
+                raise TaskOutcomeUnknown(upid, exc) from None
             if status.get("status") == "stopped":
                 exit_status = str(status.get("exitstatus", ""))
                 if exit_status == "OK":

@@ -7,7 +7,6 @@ import contextlib
 import random
 import signal
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from ..errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     OpskitError,
+    OutcomeUnknown,
     RenderError,
 )
 from ..model import Change, ChangeKind, Inventory, Outcome, Risk, Step, Target
@@ -38,6 +38,7 @@ from ..store import (
     SKIPPED,
     SUCCEEDED,
     UNCHANGED,
+    UNKNOWN,
     Journal,
 )
 from ..workspace import LoadedRunbook, RenderedStep, base_context, render_step
@@ -136,7 +137,6 @@ class Execution:
         self.steps_by_id: dict[str, tuple[str, Step]] = {
             step.id: (section, step) for section, _, step in self.rb.all_steps()
         }
-        self.counts: Counter[str] = Counter()
         self.stopping = False  # first Ctrl-C: start nothing new
         self.hard = False  # second Ctrl-C: cancel everything
         self.quit = False  # a gate was answered 'quit'
@@ -215,6 +215,8 @@ class Execution:
         if self.preflight_failed:
             message = "preflight failed: nothing was changed"
         self.journal.finish_run(self.run_id, status, code, message)
+        # The summary counts what the journal holds, so it and `history` say the same.
+        counts = self.journal.step_counts(self.run_id)
         for tr in self.runs:
             if tr.started:
                 self.reporter.emit(
@@ -226,7 +228,7 @@ class Execution:
                 "run_id": self.run_id,
                 "status": status,
                 "exit_code": code,
-                "counts": dict(self.counts) | {"not run": self._not_run()},
+                "counts": counts,
                 "duration": time.monotonic() - started,
                 "log": str(self.options.log) if self.options.log else None,
                 "host_logs": str(self.options.host_logs)
@@ -238,7 +240,7 @@ class Execution:
             self.run_id,
             status,
             code,
-            dict(self.counts),
+            counts,
             {t.target.name: t.status for t in self.runs},
         )
 
@@ -446,7 +448,7 @@ class Execution:
             if status == INTERRUPTED:
                 tr.interrupted = True
                 return False
-            if status == FAILED:
+            if status in (FAILED, UNKNOWN):
                 tr.failed = True
                 ok = False
                 if step.on_failure == "continue" or always:
@@ -474,9 +476,9 @@ class Execution:
         for item in items:
             result = await self._run_item(tr, section, step, item)
             results.append(result)
-            if result.status in (FAILED, DECLINED, INTERRUPTED):
+            if result.status in (FAILED, UNKNOWN, DECLINED, INTERRUPTED):
                 status = result.status
-                if result.status != FAILED or step.on_failure != "continue":
+                if result.status not in (FAILED, UNKNOWN) or step.on_failure != "continue":
                     break
         if step.register_as:
             if step.loop is None:
@@ -496,7 +498,6 @@ class Execution:
         outputs: dict[str, Any] | None = None,
         duration: float | None = None,
     ) -> None:
-        self.counts[status] += 1
         self.journal.step_finished(
             self.run_id, tr.target.name, step_id, status, summary=summary, error=error,
             outputs=outputs,
@@ -603,7 +604,10 @@ class Execution:
             self.journal.attempt_finished(
                 self.run_id, tr.target.name, item.id, attempt, status, outcome.error
             )
-            if status == INTERRUPTED or outcome.ok or attempt > step.retries or self.stopping:
+            # An unknown outcome is not retried blindly: the change may have happened (resume
+            # probes first).
+            done = status in (INTERRUPTED, UNKNOWN) or outcome.ok
+            if done or attempt > step.retries or self.stopping:
                 break
             delay = min(step.interval * step.backoff ** (attempt - 1), MAX_RETRY_DELAY)
             delay *= random.uniform(0.9, 1.1)  # jitter: targets retrying together spread out
@@ -692,6 +696,9 @@ class Execution:
                 raise  # the whole run is being cancelled
             error = "interrupted: the grace period ran out"
             return Outcome(ok=False, summary=error, error=error), INTERRUPTED
+        except OutcomeUnknown as exc:
+            error = f"outcome unknown: {exc}; resume probes it again"
+            return Outcome(ok=False, summary=error, error=error), UNKNOWN
         except OpskitError as exc:
             return Outcome(ok=False, summary=str(exc), error=str(exc)), FAILED
         except Exception as exc:  # an action's bug fails its step, not the run

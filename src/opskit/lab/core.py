@@ -412,9 +412,11 @@ class Lab:
             "keyfile": str(self.root / "pve" / "pve.key"),
             "request_log": str(self.root / "pve" / "requests.jsonl"),
             "nodes": nodes or ["pve"],
+            # A guest takes PVE seconds to boot and to power off (1 s and 2 s here), as a
+            # real one does: a power task lasts long enough to be interrupted mid-task.
             "guests": [
                 {"vmid": g.vmid, "name": g.name, "kind": g.kind, "status": "running",
-                 "node": g.node or (nodes or ["pve"])[0]}
+                 "node": g.node or (nodes or ["pve"])[0], "start_secs": 20, "shutdown_secs": 40}
                 for g in self.inventory.guests
             ],
         }  # fmt: skip

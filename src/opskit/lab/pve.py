@@ -42,7 +42,10 @@ async def serve(spec: dict[str, Any]) -> None:
         pve.add_node(node)
     for guest in spec["guests"]:
         add = pve.add_ct if guest["kind"] == "lxc" else pve.add_vm
-        add(guest["vmid"], guest["name"], node=guest["node"], status=guest["status"])
+        made = add(guest["vmid"], guest["name"], node=guest["node"], status=guest["status"])
+        for key in ("start_secs", "shutdown_secs"):
+            if key in guest:
+                setattr(made, key, guest[key])
     if spec.get("request_log"):
         pve.requests = RequestLog(Path(spec["request_log"]))
     await pve.start(spec["certfile"], spec["keyfile"])

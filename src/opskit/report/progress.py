@@ -25,6 +25,7 @@ STATUS_WORDS = {
     "skipped": "skipped",
     "declined": "declined",
     "interrupted": "interrupted",
+    "unknown": "OUTCOME UNKNOWN",
 }
 
 
@@ -52,14 +53,9 @@ def describe(event: dict[str, Any]) -> str | None:
     if kind == "message":
         return str(event["text"])
     if kind == "done":
-        c = event["counts"]
         return (
             f"run {event['run_id']} {event['status']} in {event['duration']:.1f}s:"
-            f" {c.get('succeeded', 0)} ok, {c.get('unchanged', 0)} unchanged,"
-            f" {c.get('failed', 0)} failed, {c.get('skipped', 0)} skipped"
-            + (f", {c['declined']} declined" if c.get("declined") else "")
-            + (f", {c['interrupted']} interrupted" if c.get("interrupted") else "")
-            + (f", {c['not run']} not run" if c.get("not run") else "")
+            f" {count_words(event['counts'])}"
             + (f"\nlog: {event['log']}" if event.get("log") else "")
             + (f" (each host's output: {event['host_logs']}/)" if event.get("host_logs") else "")
         )
@@ -73,6 +69,20 @@ def summary_and_error(summary: str | None, error: str | None) -> str:
     if summary and error and (summary in error or error in summary):
         return max(summary, error, key=len)
     return ": ".join(part for part in (summary, error) if part)
+
+
+ALWAYS_COUNTED = ("succeeded", "unchanged", "failed", "skipped")
+
+
+def count_words(counts: dict[str, int]) -> str:
+    """Step counts by status as the summary line and `history` both say them:
+    `7 ok, 1 unchanged, 0 failed, 2 skipped, 1 unknown, 3 not run`."""
+    words = {"succeeded": "ok"}
+    shown = [f"{counts.get(s, 0)} {words.get(s, s)}" for s in ALWAYS_COUNTED]
+    order = ("declined", "unknown", "interrupted", "started", "pending", "not run")
+    rest = sorted((s for s in counts if s not in ALWAYS_COUNTED), key=lambda s: (
+        order.index(s) if s in order else len(order), s))  # fmt: skip
+    return ", ".join(shown + [f"{counts[s]} {s}" for s in rest if counts[s]])
 
 
 class Reporter:
@@ -213,7 +223,7 @@ class LiveReporter(Reporter):
 
     def show(self, event: dict[str, Any], line: str) -> None:
         style = None
-        if event.get("status") == "failed" or event["event"] == "retry":
+        if event.get("status") in ("failed", "unknown") or event["event"] == "retry":
             style = "red"
         elif event.get("status") in ("succeeded", "unchanged"):
             style = "green"

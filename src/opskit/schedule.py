@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
@@ -22,11 +22,13 @@ from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError
+from .errors import EXIT_WINDOW, OpskitError, UsageError
 
 if TYPE_CHECKING:
+    from .engine.session import Request
     from .model.plan import Plan, PlannedStep
     from .model.schedule import Approve, Schedule
+    from .workspace import LoadedRunbook
 
 SYSTEMD_ANALYZE = "systemd-analyze"
 # Present while systemd runs as the init system (sd_booted(3) looks at the same place).
@@ -36,8 +38,8 @@ SYSTEM_ENV_DIR = Path("/etc/opskit")
 UNIT_PREFIX = "opskit-"
 # The first line of every unit opskit writes: `remove` deletes only files that carry it.
 MARKER = "# Written by opskit schedule install"
-# A scheduled run that finds its window closed exits with this (opskit.errors.EXIT_WINDOW).
-WINDOW_EXIT = 6
+# A scheduled run that finds its window closed exits with this (SuccessExitStatus= of the unit).
+WINDOW_EXIT = EXIT_WINDOW
 
 
 class CalendarError(ValueError):
@@ -493,3 +495,154 @@ def describe_time(when: datetime | None) -> str:
 
 def as_json_time(when: datetime | None) -> Any:
     return when.isoformat() if when is not None else None
+
+
+# --- the scheduled run -----------------------------------------------------------------------
+
+
+class WindowClosed(OpskitError):
+    """A scheduled run outside its maintenance window: it refused to start."""
+
+    exit_code = WINDOW_EXIT
+
+
+def run_scheduled(
+    req: Request,
+    name: str,
+    given: Mapping[str, Any],
+    limit: str | None,
+    *,
+    dry_run: bool = False,
+    show: Callable[[Plan], None] = lambda plan: None,
+    say: Callable[[str], None] = lambda text: None,
+) -> int:
+    """`opskit run RUNBOOK --scheduled`, what the timer starts: nobody at a terminal, the
+    window and the standing approvals enforced, the run journaled as scheduled. An
+    interrupted scheduled run (its window closed) is continued, not started over."""
+    from .engine.session import execute, make_plan, resume
+    from .errors import GateError, LockError, StepError
+
+    loaded = req.workspace.load(name)
+    block = loaded.runbook.schedule
+    if block is None:
+        raise UsageError(
+            f"runbook {loaded.name!r} has no schedule: a scheduled run needs one (schedule:)"
+        )
+    req.interactive = False
+    req.scheduled = True
+    req.standing = block.approve
+    if block.lock_wait and not req.lock_wait:
+        req.lock_wait = block.lock_wait
+    state = window_state(block)
+    if not state.open:
+        opens = describe_time(state.next_open) if state.next_open else "never again"
+        message = f"outside its maintenance window (it opens next at {opens}): not started"
+        if not dry_run:
+            _journal_refusal(req, loaded, "refused", WINDOW_EXIT, message)
+        raise WindowClosed(f"{loaded.name}: {message}")
+    if state.closes_at is not None:
+        req.deadline = state.closes_at.timestamp()
+        say(f"maintenance window open until {describe_time(state.closes_at)}")
+    unfinished = None if dry_run else _interrupted_run(req, loaded)
+    plan = None
+    try:
+        if unfinished is not None:
+            say(f"continuing scheduled run {unfinished} (interrupted when its window closed)")
+            result = resume(req, unfinished)
+        else:
+            loaded, targets, plan = make_plan(req, name, given, limit)
+            show(plan)
+            found = plan.blockers()
+            if found:
+                raise StepError(
+                    f"the plan has blockers; nothing was run: {len(found)}:\n  "
+                    + "\n  ".join(found)
+                )
+            if dry_run:
+                reasons = needs_approval(block.approve, plan)
+                if reasons:
+                    raise GateError(
+                        "a scheduled run would need approval (schedule.approve does not cover):"
+                        "\n  " + "\n  ".join(reasons)
+                    )
+                say("dry run: a scheduled run would pass its gates; nothing was changed")
+                return 0
+            result = execute(req, loaded, targets, plan)
+    except GateError as exc:
+        if not dry_run:
+            _journal_refusal(req, loaded, "needs approval", exc.exit_code, str(exc), plan)
+        raise
+    except OpskitError as exc:
+        if not dry_run:
+            status = "locked" if isinstance(exc, LockError) else "failed"
+            _journal_refusal(req, loaded, status, exc.exit_code, str(exc), plan)
+        raise
+    return result.exit_code
+
+
+def _interrupted_run(req: Request, loaded: LoadedRunbook) -> str | None:
+    """The last scheduled run of this runbook, when its window closed on it (journaled
+    interrupted, not resumed since, the runbook unchanged): the next window continues it."""
+    from .planner import file_ref
+    from .secrets import redactor
+    from .store import Journal
+
+    journal = req.journal or Journal.open_default(redact=redactor.redact)
+    try:
+        last = journal.runs(loaded.name, 1, scheduled=True)
+        if not last or last[0].status != "interrupted":
+            return None
+        row = last[0]
+        resumed = journal.db.execute(
+            "SELECT 1 FROM runs WHERE resumed_from = ? LIMIT 1", (row.id,)
+        ).fetchone()
+        path = Path(row.runbook_path)
+        if resumed or not path.is_file() or file_ref(path).sha256 != row.runbook_sha:
+            return None
+        return row.id
+    finally:
+        if req.journal is None:
+            journal.close()
+
+
+def _journal_refusal(
+    req: Request,
+    loaded: LoadedRunbook,
+    status: str,
+    code: int,
+    message: str,
+    plan: Plan | None = None,
+) -> str:
+    """A scheduled run that did not start (window closed, needs approval, locked, failed
+    before its first step) still has a record: `history` and `schedule list` show it."""
+    from . import __version__
+    from .engine.session import new_run_id
+    from .planner import file_ref
+    from .secrets import redactor
+    from .store import Journal
+
+    run_id = new_run_id()
+    journal = req.journal or Journal.open_default(redact=redactor.redact)
+    try:
+        runbook_ref = file_ref(loaded.path)
+        inventory_ref = file_ref(req.workspace.inventory_path)
+        journal.start_run(
+            run_id, runbook=loaded.name, runbook_path=str(loaded.path.resolve()),
+            runbook_sha=runbook_ref.sha256, inventory_path=str(req.workspace.inventory_path),
+            inventory_sha=inventory_ref.sha256,
+            fingerprint=plan.fingerprint if plan is not None else "",
+            params=plan.params if plan is not None else {},
+            limit=plan.limit if plan is not None else None, opskit_version=__version__,
+            plan=plan.model_dump(mode="json") if plan is not None else {},
+            steps=[
+                (tp.target, s.id, seq, s.section, s.action, s.change.kind.value, s.change.summary)
+                for tp in (plan.targets if plan is not None else [])
+                for seq, s in enumerate(tp.steps)
+            ],
+            scheduled=True,
+        )  # fmt: skip
+        journal.finish_run(run_id, status, code, message)
+    finally:
+        if req.journal is None:
+            journal.close()
+    return run_id

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import EXIT_WINDOW, OpskitError, UsageError
 
 if TYPE_CHECKING:
+    from .engine.executor import RunResult
     from .engine.session import Request
     from .model.plan import Plan, PlannedStep
     from .model.schedule import Approve, Schedule
@@ -515,6 +516,7 @@ def run_scheduled(
     dry_run: bool = False,
     show: Callable[[Plan], None] = lambda plan: None,
     say: Callable[[str], None] = lambda text: None,
+    warn: Callable[[str], None] = lambda text: None,
 ) -> int:
     """`opskit run RUNBOOK --scheduled`, what the timer starts: nobody at a terminal, the
     window and the standing approvals enforced, the run journaled as scheduled. An
@@ -568,16 +570,72 @@ def run_scheduled(
                 say("dry run: a scheduled run would pass its gates; nothing was changed")
                 return 0
             result = execute(req, loaded, targets, plan)
-    except GateError as exc:
-        if not dry_run:
-            _journal_refusal(req, loaded, "needs approval", exc.exit_code, str(exc), plan)
-        raise
     except OpskitError as exc:
         if not dry_run:
-            status = "locked" if isinstance(exc, LockError) else "failed"
-            _journal_refusal(req, loaded, status, exc.exit_code, str(exc), plan)
+            if isinstance(exc, GateError):
+                status = "needs approval"
+            else:
+                status = "locked" if isinstance(exc, LockError) else "failed"
+            run_id = _journal_refusal(req, loaded, status, exc.exit_code, str(exc), plan)
+            notify_run(req, loaded, status, run_id, message=str(exc), say=say, warn=warn)
         raise
+    notify_run(req, loaded, result.status, result.run_id, result=result, say=say, warn=warn)
     return result.exit_code
+
+
+def notify_run(
+    req: Request,
+    loaded: LoadedRunbook,
+    status: str,
+    run_id: str | None,
+    *,
+    message: str | None = None,
+    result: RunResult | None = None,
+    say: Callable[[str], None] = lambda text: None,
+    warn: Callable[[str], None] = lambda text: None,
+) -> None:
+    """Tell the runbook's `schedule.notify` receivers how the run ended: run ID, runbook,
+    failed targets, the first error (or why it did not start), never a secret."""
+    from .notify import Notice, send
+    from .secrets import redactor
+    from .store import Journal, state_dir
+
+    block = loaded.runbook.schedule
+    if block is None or block.notify is None:
+        return
+    failed: list[str] = []
+    first_error = None
+    detail: list[str] = []
+    if message:
+        first, *rest = message.strip().splitlines() or [""]
+        first_error = first
+        detail = [line.strip() for line in rest if line.strip()]
+    if result is not None:
+        failed = [t for t, s in result.targets.items() if s in ("failed", "interrupted")]
+        journal = req.journal or Journal.open_default(redact=redactor.redact)
+        try:
+            errors = sorted(
+                (s.ended_at or 0.0, f"[{s.target}] {s.step_id}: {s.error}")
+                for s in journal.steps(result.run_id)
+                if s.status == "failed" and s.error
+            )
+            row = journal.run(result.run_id)
+        finally:
+            if req.journal is None:
+                journal.close()
+        if errors:
+            first_error = errors[0][1]
+        if row is not None and row.message:
+            detail.append(row.message)
+    log = state_dir() / "logs" / f"{run_id}.log" if run_id else None
+    notice = Notice(
+        runbook=loaded.name, status=status, run_id=run_id, scheduled=req.scheduled,
+        failed_targets=failed, first_error=first_error, detail=detail,
+        log=str(log) if log is not None and log.exists() else None,
+    )  # fmt: skip
+    reached = send(notice, block.notify, warn)
+    if reached:
+        say(f"notified ({notice.event}): {', '.join(reached)}")
 
 
 def _interrupted_run(req: Request, loaded: LoadedRunbook) -> str | None:

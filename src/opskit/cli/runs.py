@@ -130,6 +130,10 @@ def _say(req: Request, text: str) -> None:
         echo(text)
 
 
+def _warn(text: str) -> None:
+    echo(f"warning: {text}", err=True)
+
+
 @click.command()
 @click.argument("runbook")
 @param_option
@@ -140,10 +144,15 @@ def _say(req: Request, text: str) -> None:
     help="Run as the runbook's timer does: nobody at a terminal, only its standing approvals"
     " (schedule.approve), within its maintenance window, journaled as scheduled.",
 )  # fmt: skip
+@click.option(
+    "--notify", is_flag=True,
+    help="Tell the runbook's schedule.notify receivers how this run ended (scheduled runs"
+    " always do).",
+)  # fmt: skip
 @executes
 def run(
     runbook: str, params: tuple[str, ...], limit: str | None, dry_run: bool, scheduled: bool,
-    req: Request,
+    notify: bool, req: Request,
 ) -> None:  # fmt: skip
     """Plan RUNBOOK, ask at its gates, and execute it.
 
@@ -168,9 +177,14 @@ def run(
         code = run_scheduled(
             req, runbook, parse_param_args(params), limit, dry_run=dry_run,
             show=lambda plan: _show_plan(req, plan), say=lambda text: _say(req, text),
+            warn=_warn,
         )  # fmt: skip
         ctx.exit(code)
     loaded, targets, plan = make_plan(req, runbook, parse_param_args(params), limit)
+    if notify and (loaded.runbook.schedule is None or loaded.runbook.schedule.notify is None):
+        from ..errors import UsageError
+
+        raise UsageError(f"--notify: runbook {loaded.name!r} has no schedule.notify to send to")
     _show_plan(req, plan)
     found = plan.blockers()
     if found:
@@ -187,7 +201,21 @@ def run(
         if req.events is None:
             echo("nothing to do")
         ctx.exit(EXIT_OK)
-    _exit(execute(req, loaded, targets, plan))
+    if not notify:
+        _exit(execute(req, loaded, targets, plan))
+    from ..errors import GateError, OpskitError
+    from ..schedule import notify_run
+
+    try:
+        result = execute(req, loaded, targets, plan)
+    except OpskitError as exc:
+        status = "needs approval" if isinstance(exc, GateError) else "failed"
+        notify_run(req, loaded, status, None, message=str(exc), say=lambda t: _say(req, t),
+                   warn=_warn)  # fmt: skip
+        raise
+    notify_run(req, loaded, result.status, result.run_id, result=result,
+               say=lambda t: _say(req, t), warn=_warn)  # fmt: skip
+    _exit(result)
 
 
 @click.command()

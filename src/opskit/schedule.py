@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import EXIT_WINDOW, OpskitError, UsageError
 
 if TYPE_CHECKING:
+    import subprocess
+
     from .engine.executor import RunResult
     from .engine.session import Request
     from .model.plan import Plan, PlannedStep
@@ -98,6 +98,9 @@ def check_expression(expression: str) -> str | None:
 @lru_cache(maxsize=256)
 def systemd_accepts(expression: str) -> bool | None:
     """systemd's own verdict on an expression, or None when systemd-analyze is missing."""
+    import shutil
+    import subprocess
+
     if shutil.which(SYSTEMD_ANALYZE) is None:
         return None
     done = subprocess.run(
@@ -128,6 +131,9 @@ _IN_UTC = re.compile(r"^\s*\(in UTC\): (.+)$")
 
 def systemd_elapses(expression: str, after: datetime, count: int) -> list[datetime]:
     """`systemd-analyze calendar --iterations=COUNT --base-time=AFTER EXPRESSION`, parsed."""
+    import shutil
+    import subprocess
+
     if shutil.which(SYSTEMD_ANALYZE) is None:
         raise CalendarError(
             f"OnCalendar expression {expression!r} needs systemd-analyze, which is not installed"
@@ -474,6 +480,8 @@ def create_env_file(path: Path, text: str) -> str:
 
 
 def systemctl(user: bool, *args: str) -> subprocess.CompletedProcess[str]:
+    import subprocess
+
     command = ["systemctl", *(["--user"] if user else []), *args]
     try:
         return subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -483,6 +491,9 @@ def systemctl(user: bool, *args: str) -> subprocess.CompletedProcess[str]:
 
 def verify_units(paths: Sequence[Path], user: bool = False) -> tuple[bool, str] | None:
     """`systemd-analyze verify` of unit files: (ok, what it said), None when not installed."""
+    import shutil
+    import subprocess
+
     if shutil.which(SYSTEMD_ANALYZE) is None:
         return None
     command = [SYSTEMD_ANALYZE, *(["--user"] if user else []), "verify", *map(str, paths)]

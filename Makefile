@@ -7,7 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the tests and the lab need; installed when running as root and missing.
-DEBIAN_PACKAGES := openssh-server openssh-client sudo iproute2 util-linux curl ca-certificates
+# systemd: its offline tools (systemd-analyze calendar and verify) check schedules and units.
+DEBIAN_PACKAGES := openssh-server openssh-client sudo iproute2 util-linux curl ca-certificates \
+  systemd
 
 .PHONY: demo tour test lint typecheck pytest bench sysdeps clean
 

@@ -27,6 +27,18 @@ handlers:
     test.resource: {name: x, state: absent}
 """
 
+# A maintenance window that opened on New Year's Day 2020 for a minute, never again.
+CLOSED = """
+name: closed
+targets: [ai]
+schedule:
+  on: "2020-01-01 03:00"
+  window: 1m
+steps:
+  - id: make
+    test.resource: {name: x}
+"""
+
 SECRET = """
 name: secret
 targets: [ai]
@@ -50,7 +62,7 @@ def readme_table() -> dict[int, str]:
 
 def test_readme_table_code_and_help_list_the_same_codes(opskit):
     table = readme_table()
-    assert table == EXIT_CODES and set(table) == {0, 1, 2, 3, 4, 5, 70, 130}
+    assert table == EXIT_CODES and set(table) == {0, 1, 2, 3, 4, 5, 6, 70, 130}
     shown = opskit("--help").out
     for code, meaning in EXIT_CODES.items():
         assert re.search(rf"^\s+{code}\s+{re.escape(meaning)}", shown, re.M), (code, shown)
@@ -58,7 +70,7 @@ def test_readme_table_code_and_help_list_the_same_codes(opskit):
 
 @pytest.mark.parametrize(
     ("command", "codes"),
-    [("run", {0, 1, 2, 3, 5, 130}), ("plan", {0, 1, 2}), ("apply", {0, 1, 2, 3, 4, 5, 130})],
+    [("run", {0, 1, 2, 3, 5, 6, 130}), ("plan", {0, 1, 2}), ("apply", {0, 1, 2, 3, 4, 5, 130})],
 )
 def test_each_commands_help_names_its_exit_codes(opskit, command, codes):
     shown = " ".join(opskit(command, "--help").out.split())
@@ -73,6 +85,7 @@ def test_every_row_of_the_exit_code_table(env, monkeypatch):  # noqa: F811
     env.project.runbook("gated", GATED)
     env.project.runbook("blocked", BLOCKED)
     env.project.runbook("secret", SECRET)
+    env.project.runbook("closed", CLOSED)
     env.project.runbook("slow", SLOW.replace("SLEEP", "30"))
     seen: dict[int, list[str]] = {}
 
@@ -123,6 +136,8 @@ def test_every_row_of_the_exit_code_table(env, monkeypatch):  # noqa: F811
         )
     finally:
         locks.release()
+    # 6: a scheduled run outside its maintenance window
+    assert "outside its maintenance window" in expect(6, "run", "closed", "--scheduled")
     # 70: a bug in opskit
     from opskit.engine import session
 

@@ -9,6 +9,7 @@
     ├── GateError                    exit 3  a confirmation gate was declined or not approved
     ├── StalePlanError               exit 4  a saved plan no longer matches the world
     ├── LockError                    exit 5  a target is locked by another run
+    ├── schedule.WindowClosed        exit 6  a scheduled run outside its maintenance window
     ├── StepError                    exit 1  a step failed on a target
     │   ├── CheckFailed              exit 1  a check's expectation was not met
     │   └── OutcomeUnknown           exit 1  a change was sent, its answer lost: did it happen?
@@ -28,6 +29,7 @@ EXIT_USAGE = 2
 EXIT_GATE = 3
 EXIT_STALE = 4
 EXIT_LOCKED = 5
+EXIT_WINDOW = 6
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 # `plan --detailed-exitcode` found changes: exit 2 to the user, told apart from a usage error
@@ -45,6 +47,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_STALE: "stale plan: the plan file, runbook, inventory, opskit or the world changed"
     " since planning, or it is applied outside the place it was made (lab or not)",
     EXIT_LOCKED: "a target is locked by another run",
+    EXIT_WINDOW: "a scheduled run (run --scheduled) outside its maintenance window: not started",
     EXIT_INTERNAL: "internal error (a bug in opskit; OPSKIT_DEBUG=1 shows the traceback)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM)",
 }
@@ -58,6 +61,7 @@ EXIT_STATUS: dict[int, str] = {
     EXIT_GATE: "declined",
     EXIT_STALE: "stale plan",
     EXIT_LOCKED: "locked",
+    EXIT_WINDOW: "refused",
     EXIT_INTERNAL: "internal error",
     EXIT_INTERRUPTED: "interrupted",
 }

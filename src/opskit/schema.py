@@ -53,6 +53,9 @@ def runbook_schema(actions: Mapping[str, Any]) -> dict[str, Any]:
             }
         )
     defs["Step"] = {"description": Step.__doc__, "oneOf": variants}
+    # A bare string stays a schedule: its OnCalendar expression (see model.schedule).
+    schedule = schema["properties"]["schedule"]
+    schedule["anyOf"].insert(0, {"type": "string", "description": "an OnCalendar expression"})
     schema["$schema"] = SCHEMA_DRAFT
     schema["title"] = "opskit runbook"
     return schema

@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.scheduled (a timer started it); older journals are migrated
 OUTPUT_CAP = 16 * 1024
 
 _SCHEMA = """
@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS runs (
     host TEXT,
     opskit_version TEXT,
     resumed_from TEXT,
-    plan TEXT
+    plan TEXT,
+    scheduled INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_by_runbook ON runs (runbook, started_at);
 CREATE TABLE IF NOT EXISTS steps (
@@ -116,6 +117,7 @@ class RunRow:
     opskit_version: str
     resumed_from: str | None
     plan: dict[str, Any] | None
+    scheduled: bool = False  # started by its timer (`opskit run --scheduled`)
 
     @property
     def shown_status(self) -> str:
@@ -169,12 +171,28 @@ class Journal:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=30000")
         self.db.executescript(_SCHEMA)
-        self.db.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-            (str(SCHEMA_VERSION),),
-        )
+        self._migrate()
         # Records of finished steps wait here for the next commit (see step_started).
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
+
+    def _migrate(self) -> None:
+        """Bring a journal an older opskit wrote up to SCHEMA_VERSION, in place: columns are
+        only ever added (with defaults), so the older opskit still reads it."""
+        if self._version() >= SCHEMA_VERSION:
+            return
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")  # two processes opening it: one migrates
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
+            if "scheduled" not in columns:
+                self.db.execute("ALTER TABLE runs ADD COLUMN scheduled INTEGER NOT NULL DEFAULT 0")
+            self.db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def _version(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
 
     @classmethod
     def open_default(cls, redact: Callable[[str], str] = lambda s: s) -> Journal:
@@ -220,6 +238,7 @@ class Journal:
         plan: dict[str, Any],
         steps: Iterable[tuple[str, str, int, str, str, str | None, str | None]],
         resumed_from: str | None = None,
+        scheduled: bool = False,
     ) -> None:
         """The run and all its steps, pending, in one transaction."""
         with self.db:
@@ -227,12 +246,13 @@ class Journal:
             self.db.execute(
                 "INSERT INTO runs (id, runbook, runbook_path, runbook_sha, inventory_path,"
                 " inventory_sha, fingerprint, params, limit_sel, status, started_at, pid, host,"
-                " opskit_version, resumed_from, plan)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                " opskit_version, resumed_from, plan, scheduled)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id, runbook, runbook_path, runbook_sha, inventory_path, inventory_sha,
                     fingerprint, self._text(params), limit, time.time(), os.getpid(),
                     socket.gethostname(), opskit_version, resumed_from, self._text(plan),
+                    int(scheduled),
                 ),
             )  # fmt: skip
             self.db.executemany(
@@ -315,12 +335,19 @@ class Journal:
 
     # ----- reading -----------------------------------------------------------------------
 
-    def runs(self, runbook: str | None = None, limit: int = 50) -> list[RunRow]:
-        sql = "SELECT * FROM runs"
+    def runs(
+        self, runbook: str | None = None, limit: int = 50, *, scheduled: bool | None = None
+    ) -> list[RunRow]:
+        """Recent runs, newest first; of one runbook; only scheduled (or manual) ones."""
+        where: list[str] = []
         args: tuple[Any, ...] = ()
         if runbook:
-            sql += " WHERE runbook = ?"
-            args = (runbook,)
+            where.append("runbook = ?")
+            args += (runbook,)
+        if scheduled is not None:
+            where.append("scheduled = ?")
+            args += (int(scheduled),)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY started_at DESC LIMIT ?"
         return [self._run(r) for r in self.db.execute(sql, (*args, limit)).fetchall()]
 
@@ -406,4 +433,5 @@ class Journal:
             opskit_version=d["opskit_version"],
             resumed_from=d["resumed_from"],
             plan=json.loads(d["plan"]) if d["plan"] else None,
+            scheduled=bool(d.get("scheduled")),
         )

@@ -188,6 +188,8 @@ def check_runbook(
         inventory.select(runbook.targets)
     except SelectorError as exc:
         problems.append(source.problem(("targets",), str(exc)))
+    if runbook.schedule is not None:
+        problems += _check_schedule(runbook, source)
     registered: set[str] = set()
     for section, i, step in runbook.all_steps():
         where = (section, i)
@@ -206,6 +208,48 @@ def check_runbook(
         problems += _check_templates(step, where, runbook, names, source)
         if step.register_as:
             registered.add(step.register_as)
+    return problems
+
+
+def _check_schedule(runbook: Runbook, source: SourceMap) -> list[Problem]:
+    """OnCalendar expressions as systemd reads them, approvals naming real steps."""
+    from .schedule import check_expression
+
+    schedule = runbook.schedule
+    assert schedule is not None
+    problems: list[Problem] = []
+    expressions: list[tuple[tuple[Any, ...], str]] = [
+        (("schedule", "on", i), e) for i, e in enumerate(schedule.on)
+    ]
+    if schedule.window is not None:
+        expressions += [
+            (("schedule", "window", "start", i), e)
+            for i, e in enumerate(schedule.window.start or [])
+        ]
+    for path, expression in expressions:
+        problem = check_expression(expression)
+        if problem is not None:
+            problems.append(source.problem(path, problem))
+    ids = {step.id for _, _, step in runbook.all_steps()}
+    for j, step_id in enumerate(schedule.approve.steps):
+        if step_id not in ids:
+            problems.append(
+                source.problem(
+                    ("schedule", "approve", "steps", j),
+                    f"approve names unknown step {step_id!r}" + did_you_mean(step_id, ids),
+                )
+            )
+    window = schedule.window
+    if window is not None and window.duration <= 0:
+        problems.append(source.problem(("schedule", "window"), "a window needs a duration"))
+    elif window is not None and (schedule.randomized_delay or 0) >= window.duration:
+        problems.append(
+            source.problem(
+                ("schedule", "randomized_delay"),
+                "randomized_delay is as long as the window or longer: runs would start after"
+                " it closed",
+            )
+        )
     return problems
 
 

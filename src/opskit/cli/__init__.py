@@ -82,6 +82,7 @@ class LazyGroup(click.Group):
         "show-run": "opskit.cli.history.show_run",
         "unlock": "opskit.cli.history.unlock",
         "lab": "opskit.cli.lab.lab",
+        "schedule": "opskit.cli.schedule.schedule",
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="\b\nExit codes:\n"

@@ -124,7 +124,7 @@ def list_runbooks(ctx: click.Context, as_json: bool) -> None:
                 "description": rb.description,
                 "targets": rb.targets,
                 "target_count": len(ws.inventory.select(rb.targets)),
-                "schedule": rb.schedule,
+                "schedule": ", ".join(rb.schedule.on) if rb.schedule else None,
             }
         )
     if as_json:

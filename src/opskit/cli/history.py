@@ -38,7 +38,7 @@ def history(runbook: str | None, last: int, as_json: bool) -> None:
         emit_json([
             {"id": r.id, "runbook": r.runbook, "status": r.shown_status, "exit_code": r.exit_code,
              "started_at": r.started_at, "ended_at": r.ended_at, "fingerprint": r.fingerprint,
-             "resumed_from": r.resumed_from, "steps": counts[r.id]}
+             "resumed_from": r.resumed_from, "scheduled": r.scheduled, "steps": counts[r.id]}
             for r in rows
         ])  # fmt: skip
         return
@@ -56,10 +56,11 @@ def history(runbook: str | None, last: int, as_json: bool) -> None:
     from ..report.progress import count_words
 
     table(
-        ["RUN", "RUNBOOK", "STARTED", "TOOK", "STATUS", "EXIT", "STEPS"],
+        ["RUN", "RUNBOOK", "STARTED", "BY", "TOOK", "STATUS", "EXIT", "STEPS"],
         [
-            [r.id, r.runbook, _when(r.started_at), _took(r.started_at, r.ended_at),
-             r.shown_status, _exit(r.exit_code), count_words(counts[r.id])]
+            [r.id, r.runbook, _when(r.started_at), "timer" if r.scheduled else "hand",
+             _took(r.started_at, r.ended_at), r.shown_status, _exit(r.exit_code),
+             count_words(counts[r.id])]
             for r in rows
         ],
     )  # fmt: skip
@@ -97,7 +98,7 @@ def show_run(run_id: str, as_json: bool) -> None:
             "status": row.shown_status, "exit_code": row.exit_code, "message": row.message,
             "params": row.params, "limit": row.limit, "fingerprint": row.fingerprint,
             "started_at": row.started_at, "ended_at": row.ended_at, "pid": row.pid,
-            "resumed_from": row.resumed_from,
+            "resumed_from": row.resumed_from, "scheduled": row.scheduled,
             "steps": [
                 {"target": s.target, "step": s.step_id, "section": s.section, "action": s.action,
                  "status": s.status, "attempts": s.attempts, "change": s.change,
@@ -107,7 +108,8 @@ def show_run(run_id: str, as_json: bool) -> None:
             ],
         })  # fmt: skip
         return
-    echo(f"run {row.id}: {row.runbook} ({row.runbook_path}) {row.shown_status}")
+    scheduled = " (scheduled: started by its timer)" if row.scheduled else ""
+    echo(f"run {row.id}: {row.runbook} ({row.runbook_path}) {row.shown_status}{scheduled}")
     echo(f"started {_when(row.started_at)}, took {_took(row.started_at, row.ended_at)},"
          f" exit {_exit(row.exit_code)}")  # fmt: skip
     if row.resumed_from:

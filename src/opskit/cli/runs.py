@@ -17,6 +17,7 @@ from .output import echo
 if TYPE_CHECKING:
     from ..engine.executor import RunResult
     from ..engine.session import Request
+    from ..model.plan import Plan
 
 
 def _duration(value: str | None) -> float:
@@ -113,30 +114,78 @@ limit_option = click.option(
 )
 
 
+def _show_plan(req: Request, plan: Plan) -> None:
+    from ..report.plan import render_plan
+
+    if req.events is not None:  # the first event of the stream
+        req.events.write({"event": "plan", "plan": plan.model_dump(mode="json")})
+    else:
+        echo(render_plan(plan, "text").rstrip("\n"))
+
+
+def _say(req: Request, text: str) -> None:
+    if req.events is not None:
+        req.events.write({"event": "message", "text": text})
+    else:
+        echo(text)
+
+
+def _warn(text: str) -> None:
+    echo(f"warning: {text}", err=True)
+
+
 @click.command()
 @click.argument("runbook")
 @param_option
 @limit_option
 @click.option("--dry-run", is_flag=True, help="Plan and show; change nothing.")
+@click.option(
+    "--scheduled", is_flag=True,
+    help="Run as the runbook's timer does: nobody at a terminal, only its standing approvals"
+    " (schedule.approve), within its maintenance window, journaled as scheduled.",
+)  # fmt: skip
+@click.option(
+    "--notify", is_flag=True,
+    help="Tell the runbook's schedule.notify receivers how this run ended (scheduled runs"
+    " always do).",
+)  # fmt: skip
 @executes
 def run(
-    runbook: str, params: tuple[str, ...], limit: str | None, dry_run: bool, req: Request
-) -> None:
+    runbook: str, params: tuple[str, ...], limit: str | None, dry_run: bool, scheduled: bool,
+    notify: bool, req: Request,
+) -> None:  # fmt: skip
     """Plan RUNBOOK, ask at its gates, and execute it.
 
     Exit codes: 0 done (or nothing to do), 1 a step failed or the plan has blockers, 2 usage
-    error, 3 a gate declined or nobody to ask, 5 a target locked, 130 interrupted.
+    error, 3 a gate declined or nobody to ask, 5 a target locked, 6 outside its maintenance
+    window (--scheduled), 130 interrupted.
     """
     from ..engine.session import execute, make_plan
-    from ..report.plan import nothing_to_do, render_plan
+    from ..report.plan import nothing_to_do
     from ..workspace import parse_param_args
 
-    loaded, targets, plan = make_plan(req, runbook, parse_param_args(params), limit)
-    if req.events is not None:  # the first event of the stream
-        req.events.write({"event": "plan", "plan": plan.model_dump(mode="json")})
-    else:
-        echo(render_plan(plan, "text").rstrip("\n"))
     ctx = click.get_current_context()
+    if scheduled:
+        from ..errors import UsageError
+        from ..schedule import run_scheduled
+
+        if req.yes or req.approve:
+            raise UsageError(
+                "--scheduled passes only the runbook's standing approvals (schedule.approve):"
+                " drop --yes and --approve"
+            )
+        code = run_scheduled(
+            req, runbook, parse_param_args(params), limit, dry_run=dry_run,
+            show=lambda plan: _show_plan(req, plan), say=lambda text: _say(req, text),
+            warn=_warn,
+        )  # fmt: skip
+        ctx.exit(code)
+    loaded, targets, plan = make_plan(req, runbook, parse_param_args(params), limit)
+    if notify and (loaded.runbook.schedule is None or loaded.runbook.schedule.notify is None):
+        from ..errors import UsageError
+
+        raise UsageError(f"--notify: runbook {loaded.name!r} has no schedule.notify to send to")
+    _show_plan(req, plan)
     found = plan.blockers()
     if found:
         said = "nothing was changed (dry run)" if dry_run else "nothing was run"
@@ -152,7 +201,21 @@ def run(
         if req.events is None:
             echo("nothing to do")
         ctx.exit(EXIT_OK)
-    _exit(execute(req, loaded, targets, plan))
+    if not notify:
+        _exit(execute(req, loaded, targets, plan))
+    from ..errors import GateError, OpskitError
+    from ..schedule import notify_run
+
+    try:
+        result = execute(req, loaded, targets, plan)
+    except OpskitError as exc:
+        status = "needs approval" if isinstance(exc, GateError) else "failed"
+        notify_run(req, loaded, status, None, message=str(exc), say=lambda t: _say(req, t),
+                   warn=_warn)  # fmt: skip
+        raise
+    notify_run(req, loaded, result.status, result.run_id, result=result,
+               say=lambda t: _say(req, t), warn=_warn)  # fmt: skip
+    _exit(result)
 
 
 @click.command()

@@ -58,6 +58,8 @@ class RunOptions:
     resumed_from: str | None = None
     host_logs: Path | None = None  # a directory: one log per target with every step's output
     log: Path | None = None  # the run's own log file (where the done event says it is)
+    deadline: float | None = None  # epoch seconds its maintenance window closes: it stops then
+    scheduled: bool = False  # a timer started it (journaled as such)
 
 
 @dataclass
@@ -140,6 +142,7 @@ class Execution:
         self.stopping = False  # first Ctrl-C: start nothing new
         self.hard = False  # second Ctrl-C: cancel everything
         self.quit = False  # a gate was answered 'quit'
+        self.window_closed = False  # the maintenance window closed mid-run
         self.preflight_failed = False
         self.applying: set[asyncio.Future[Any]] = set()  # what the grace period bounds
         self.probing: set[asyncio.Future[Any]] = set()  # re-probes, cancelled at Ctrl-C
@@ -186,6 +189,7 @@ class Execution:
                 for seq, s in enumerate(tp.steps)
             ],
             resumed_from=self.options.resumed_from,
+            scheduled=self.options.scheduled,
         )
         self.reporter.emit(
             {
@@ -214,6 +218,11 @@ class Execution:
         message = None
         if self.preflight_failed:
             message = "preflight failed: nothing was changed"
+        elif self.window_closed and status == "interrupted":
+            message = (
+                "the maintenance window closed: opskit resume continues it, and so does the"
+                " next window's scheduled run"
+            )
         self.journal.finish_run(self.run_id, status, code, message)
         # The summary counts what the journal holds, so it and `history` say the same.
         counts = self.journal.step_counts(self.run_id)
@@ -246,11 +255,18 @@ class Execution:
 
     async def _execute(self) -> None:
         flusher = asyncio.ensure_future(self._flush_journal())
+        closing = None
+        if self.options.deadline is not None:
+            closing = asyncio.get_running_loop().call_later(
+                max(0.0, self.options.deadline - time.time()), self._window_closed
+            )
         say = lambda text: self.reporter.emit({"event": "message", "text": text})  # noqa: E731
         self.connections = self.settings.connections(self.inventory, say)
         try:
             await self._guarded(self._phases())
         finally:
+            if closing is not None:
+                closing.cancel()
             flusher.cancel()
             await asyncio.wait([flusher])  # ended, not left pending for the loop's shutdown
             await self.connections.aclose()
@@ -359,6 +375,15 @@ class Execution:
             self.reporter.emit({"event": "message", "text": "cancelling everything now"})
             for task in list(self.target_tasks):
                 task.cancel()
+
+    def _window_closed(self) -> None:
+        """The maintenance window closed: stop as Ctrl-C stops a run (nothing new starts,
+        running steps get the grace, always-steps run, journaled interrupted)."""
+        self.window_closed = True
+        self.reporter.emit(
+            {"event": "message", "text": "the maintenance window closed: stopping the run"}
+        )
+        self.interrupt()
 
     def _grace_over(self) -> None:
         for task in list(self.applying):

@@ -37,11 +37,15 @@ class Gatekeeper:
         interactive: bool,
         reporter: Reporter,
         ask: Callable[[str], str] = ask_terminal,
+        standing: Callable[[PlannedStep], bool] | None = None,
     ) -> None:
         self.approve_all = approved
         self.interactive = interactive
         self.reporter = reporter
         self.ask = ask
+        # A scheduled run's standing approvals (the runbook's schedule.approve): which gates
+        # it may pass with nobody there; every other gate fails closed.
+        self.standing = standing
         self.lock = asyncio.Lock()
         self.asking: asyncio.Future[str | None] | None = None  # the answer being waited for
         # A question abandoned at Ctrl-C leaves its reader on the terminal; a later question
@@ -58,6 +62,15 @@ class Gatekeeper:
     ) -> Answer:
         """Ask `question` before `step` runs, showing its change (as probed just now)."""
         if self.approve_all:
+            return "yes"
+        if self.standing is not None and self.standing(step):
+            self.reporter.emit(
+                {
+                    "event": "message",
+                    "text": f"{label}: step {step.id} passes its gate by the runbook's standing"
+                    " approval (schedule.approve)",
+                }
+            )
             return "yes"
         if not self.interactive:
             # Fail closed: nobody can answer, so nothing risky runs unapproved.

@@ -16,7 +16,8 @@ from typing import Any
 from .. import __version__
 from ..errors import GateError, OpskitError, StalePlanError, StepError, UsageError
 from ..model import ChangeKind, Inventory, Risk, Target
-from ..model.plan import Plan
+from ..model.plan import Plan, PlannedStep
+from ..model.schedule import Approve
 from ..place import plan_place_problem
 from ..planner import ProbeSettings, build_plan, file_ref
 from ..report import counted
@@ -50,6 +51,11 @@ class Request:
     settings: ProbeSettings = field(default_factory=ProbeSettings)
     reporter: Reporter | None = None
     journal: Journal | None = None
+    # A scheduled run (`run --scheduled`): the timer started it, the runbook's standing
+    # approvals are the only ones, and it stops when its maintenance window closes.
+    scheduled: bool = False
+    standing: Approve | None = None
+    deadline: float | None = None  # epoch seconds: the window closes
 
 
 def new_run_id() -> str:
@@ -194,7 +200,20 @@ def compare(plan: Plan, fresh: Plan) -> list[str]:
 
 
 def check_gates(req: Request, plan: Plan) -> bool:
-    """Whether every gate is approved up front; fails closed without a terminal (exit 3)."""
+    """Whether every gate is approved up front; fails closed without a terminal (exit 3).
+    A scheduled run passes only the gates its standing approvals cover, and fails closed
+    before any change when one is not."""
+    if req.standing is not None:
+        from ..schedule import needs_approval
+
+        reasons = needs_approval(req.standing, plan)
+        if reasons:
+            raise GateError(
+                "needs approval: the runbook's standing approvals (schedule.approve) do not"
+                f" cover {counted(len(reasons), 'gate')} and nobody is there to ask; nothing"
+                " was changed:\n  " + "\n  ".join(reasons[:10])
+            )
+        return False
     if req.approve is not None and req.approve != plan.fingerprint:
         raise GateError(
             f"--approve names fingerprint {req.approve[:16]}, but this plan's is"
@@ -254,7 +273,11 @@ def execute(
             journal=journal,
             reporter=reporter,
             gatekeeper=Gatekeeper(
-                approved=approved, interactive=req.interactive, reporter=reporter, ask=ask
+                approved=approved,
+                interactive=req.interactive,
+                reporter=reporter,
+                ask=ask,
+                standing=_standing(req.standing),
             ),
             options=RunOptions(
                 run_id=run_id,
@@ -264,6 +287,8 @@ def execute(
                 resumed_from=resumed_from,
                 host_logs=state_dir() / "logs" / run_id,
                 log=log if req.reporter is None else None,
+                deadline=req.deadline,
+                scheduled=req.scheduled,
             ),
             settings=req.settings,
             inventory=inventory or req.workspace.inventory,
@@ -275,6 +300,14 @@ def execute(
             reporter.close()
         if req.journal is None:
             journal.close()
+
+
+def _standing(approve: Approve | None) -> Callable[[PlannedStep], bool] | None:
+    if approve is None:
+        return None
+    from ..schedule import approves
+
+    return lambda step: approves(approve, step)
 
 
 def resume(req: Request, run_id: str, force: bool = False) -> RunResult:

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from .common import (
     CountOrPercent,
@@ -20,6 +20,7 @@ from .common import (
     user_error,
 )
 from .inventory import Selector
+from .schedule import Schedule, schedule_from
 
 ParamType = Literal["str", "int", "float", "bool", "list", "duration"]
 _TRUE = {"true", "yes", "on", "1"}
@@ -319,8 +320,10 @@ class Runbook(StrictModel):
     targets: Selector
     secrets: dict[Identifier, SecretRef] = Field(default_factory=dict)
     vars: dict[Identifier, Any] = Field(default_factory=dict)
-    schedule: str | None = Field(
-        None, description="when a scheduled run happens: a systemd OnCalendar expression"
+    schedule: Schedule | None = Field(
+        None,
+        description="when it runs on its own: an OnCalendar expression, or a block with on:,"
+        " window:, approve:, notify:, randomized_delay:, timeout:, lock_wait:",
     )
     concurrency: int = Field(10, ge=1, le=10_000, description="targets in parallel")
     serial: CountOrPercent | None = Field(None, description="rolling: targets per batch")
@@ -333,6 +336,11 @@ class Runbook(StrictModel):
     handlers: list[Step] = Field(
         default_factory=list, description="steps run only when an on_failure names them"
     )
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _bare_schedule(cls, value: Any) -> Any:
+        return schedule_from(value)
 
     @model_validator(mode="after")
     def _one_rollout(self) -> Runbook:

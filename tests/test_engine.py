@@ -513,7 +513,7 @@ def test_the_summary_and_history_count_the_same_steps(env):
     counts = _summary_counts(text.out, run_id)
     assert counts == "1 ok, 3 unchanged, 1 failed, 0 skipped, 1 not run", text.out
     row = _history_row(env, run_id)
-    assert row.split()[5:7] == ["failed", "1"], row  # STATUS, EXIT
+    assert row.split()[6:8] == ["failed", "1"], row  # STATUS, EXIT
     assert row.endswith(counts), row
 
 
@@ -559,7 +559,7 @@ def test_sigkill_mid_run_leaves_an_honest_journal_then_resume(env):
     # Killed: no exit code was ever recorded (the process died before it could), shown '-'
     # and null, never invented.
     row = _history_row(env, run.id)
-    assert row.split()[5:7] == ["killed", "-"], row
+    assert row.split()[6:8] == ["killed", "-"], row
     (listed,) = [r for r in json.loads(env.run("history", "--json").out) if r["id"] == run.id]
     assert listed["status"] == "killed" and listed["exit_code"] is None
     assert listed["steps"] == {"succeeded": 1, "started": 1, "pending": 2}

@@ -121,7 +121,7 @@ def opskit(lab: Lab, *args: str) -> tuple[int, str]:
 
 
 def history_row(listed: str, run_id: str) -> list[str]:
-    """A run's row of `opskit history`: RUN RUNBOOK STARTED(2) TOOK STATUS EXIT STEPS..."""
+    """A run's row of `opskit history`: RUN RUNBOOK STARTED(2) BY TOOK STATUS EXIT STEPS..."""
     (line,) = [line for line in listed.splitlines() if line.startswith(run_id)]
     return line.split()
 
@@ -145,11 +145,11 @@ def killed_then_resumed(lab: Lab, run_id: str, sig: int) -> Statuses:
     assert code == 0, listed
     # A SIGKILLed run never recorded an exit code (`-`); a SIGTERMed one ended interrupted.
     killed = history_row(listed, run_id)
-    assert killed[5:7] == (["killed", "-"] if sig == signal.SIGKILL else ["interrupted", "130"])
+    assert killed[6:8] == (["killed", "-"] if sig == signal.SIGKILL else ["interrupted", "130"])
     # The resumed run: history counts its steps as the summary the resume printed did.
     resumed = history_row(listed, resumed_id)
-    assert resumed[5:7] == ["succeeded", "0"], resumed
-    assert " ".join(resumed[7:]) == summary.split(": ", 1)[1], (resumed, summary)
+    assert resumed[6:8] == ["succeeded", "0"], resumed
+    assert " ".join(resumed[8:]) == summary.split(": ", 1)[1], (resumed, summary)
     return again
 
 

@@ -102,3 +102,59 @@ def test_optional_secret_reaches_an_action_as_null(project, opskit, monkeypatch)
     """)  # fmt: skip
     refused = opskit("validate", cwd=project.root)
     assert refused.code == 2 and "bad secret reference" in refused.err
+
+
+# --- the marker: built and read in secrets.py alone ---------------------------------------------
+
+
+MARKER_CASES = [
+    # text, names marked, whether a marker stands in it
+    ("plain text", [], False),
+    ("token=‹secret:api_key›", ["api_key"], True),
+    ('{"v": "\\u2039secret:proxmox.pve.token\\u203a"}', ["proxmox.pve.token"], True),
+    ("‹secret:b› and ‹secret:a› and ‹secret:b›", ["a", "b"], True),
+    ("‹secret:›", [], False),  # no name: no marker
+    ("‹secret:with space›", [], False),
+]
+
+
+@pytest.mark.parametrize(("text", "names", "present"), MARKER_CASES)
+def test_the_marker_is_read_raw_and_json_escaped(
+    text: str, names: list[str], present: bool
+) -> None:
+    from opskit.secrets import has_marker, marked
+
+    assert marked(text) == names
+    assert has_marker(text) is present
+
+
+def test_a_marker_built_is_a_marker_read_and_the_redactor_writes_it() -> None:
+    import json
+
+    from opskit.secrets import marked, marker_pattern, placeholder, redactor, replace_markers
+
+    assert marked(placeholder("hub_password")) == ["hub_password"]
+    assert marked(json.dumps({"x": placeholder("k.v")})) == ["k.v"]
+    redactor.add("marker_test", "v4lue-0f-the-s3cret")
+    assert marked(redactor.redact("a v4lue-0f-the-s3cret b")) == ["marker_test"]
+    wanted = f"KEY={placeholder('key')}\nPORT=1\n"
+    assert marker_pattern(wanted).fullmatch("KEY=anything at all\nPORT=1\n")
+    assert not marker_pattern(wanted).fullmatch("KEY=x\nPORT=2\n")
+    assert replace_markers(wanted, r"‹old \1›") == "KEY=‹old \\1›\nPORT=1\n"
+
+
+def test_no_module_but_secrets_builds_or_parses_the_marker() -> None:
+    """One marker: `secret:` with its angle quote appears in no other module's code."""
+    import re
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parent.parent / "src" / "opskit"
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        if path.name == "secrets.py" and path.parent == src:
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if re.search(r"(‹|\\u2039|\\\\u2039)secret:", code) and "`‹secret:" not in code:
+                found.append(f"{path.relative_to(src)}:{n}: {line.strip()}")
+    assert found == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,6 +12,11 @@ from .errors import SecretError
 
 # The smallest value the redactor hides: shorter strings would shred ordinary output.
 MIN_SECRET_LENGTH = 4
+
+# The marker a secret leaves where its value would be: `‹secret:NAME›`, built by `placeholder`
+# and read by the functions below, here and nowhere else. Read raw or as JSON escapes it
+# (`\u2039secret:NAME\u203a`, what `json.dumps` writes of it).
+_MARKER = re.compile(r"(?:‹|\\u2039)secret:([^\s›\\]+?)(?:›|\\u203a)")
 
 
 class Redactor:
@@ -38,7 +44,7 @@ class Redactor:
     def redact(self, text: str) -> str:
         for value, name in self._values.items():
             if value in text:
-                text = text.replace(value, f"‹secret:{name}›")
+                text = text.replace(value, placeholder(name))
         return text
 
     def __contains__(self, value: str) -> bool:
@@ -55,6 +61,32 @@ redactor = Redactor()
 def placeholder(name: str) -> str:
     """What a secret looks like in a plan, a `show` and every output: its name, never its value."""
     return f"‹secret:{name}›"
+
+
+def marked(*texts: str | None) -> list[str]:
+    """The names of the secrets whose markers stand in `texts` (values not known here), sorted."""
+    return sorted({m.group(1) for text in texts if text for m in _MARKER.finditer(text)})
+
+
+def has_marker(text: str) -> bool:
+    """Whether a secret's marker stands in `text`."""
+    return _MARKER.search(text) is not None
+
+
+def marker_pattern(text: str) -> re.Pattern[str]:
+    """`text` as a pattern in which each secret's marker matches any value."""
+    return re.compile("(?:.+?)".join(re.escape(part) for part in _split(text)), re.S)
+
+
+def replace_markers(text: str, by: str) -> str:
+    """`text` with every secret's marker replaced by `by`."""
+    return _MARKER.sub(by.replace("\\", "\\\\"), text)
+
+
+def _split(text: str) -> list[str]:
+    """The text between markers (the names left out)."""
+    parts = _MARKER.split(text)
+    return parts[0::2]
 
 
 def resolve(name: str, ref: str, *, cwd: Path | None = None) -> str:

@@ -32,6 +32,7 @@ from ..errors import OpskitError
 from ..model import Change, ChangeKind, Duration, Outcome, Risk
 from ..model.inventory import TLS
 from ..render import SECRET
+from ..secrets import marked
 from .base import Action, ActionArgs, ActionContext, Check
 
 if TYPE_CHECKING:
@@ -50,7 +51,6 @@ ARCHES = {
     "armv7l": "armv7",
     "armv6l": "arm",
 }
-_PLACEHOLDER = re.compile(r"‹secret:([^›]*)›")
 _KEY_LINE = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
     r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\r\n]*)?$"
@@ -65,12 +65,8 @@ class SecretsPending(OpskitError):
     """A value this step needs is a secret, and secrets are resolved only when a run starts."""
 
 
-def _pending(*values: str | None) -> list[str]:
-    return sorted({m.group(1) for v in values if v for m in _PLACEHOLDER.finditer(v)})
-
-
 def _require_known(what: str, *values: str | None) -> None:
-    names = _pending(*values)
+    names = marked(*values)
     if names:
         raise SecretsPending(f"{what} needs the secret(s) {', '.join(names)}")
 
@@ -720,8 +716,8 @@ if [ -f "$u" ]; then echo unit=yes; cat "$u"; else echo unit=no; fi"""
             raise OpskitError(
                 f"no Beszel agent build for this host's architecture {state.arch!r} ({known})"
             )
-        key_known = key is not None and not _pending(key)
-        token_known = a.token is None or not _pending(a.token)
+        key_known = key is not None and not marked(key)
+        token_known = a.token is None or not marked(a.token)
         if key_known:
             assert key is not None
             key = _check_key(key)

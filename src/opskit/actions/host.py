@@ -23,6 +23,7 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from ..errors import OpskitError, RenderError
 from ..model import Change, ChangeKind, Duration, Outcome, Risk
+from ..secrets import has_marker, marker_pattern, replace_markers
 from .base import Action, ActionArgs, ActionContext
 
 if TYPE_CHECKING:
@@ -32,9 +33,6 @@ T = TypeVar("T")
 
 NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 DIFF_LIMIT = 256 * 1024  # bytes of a file shown as a diff; larger or binary: checksums
-# How a secret looks in rendered text while planning (and, redacted, while running); JSON
-# (`to_json`) escapes it.
-PLACEHOLDER = re.compile(r"(?:‹|\\u2039)secret:[A-Za-z_][A-Za-z0-9_]*(?:›|\\u203a)")
 HIDDEN = "‹hidden: this line may hold a secret›"
 
 
@@ -291,7 +289,7 @@ class HostFile(Action[FileArgs]):
 
 
 def _has_secret(text: str) -> bool:
-    return PLACEHOLDER.search(text) is not None
+    return has_marker(text)
 
 
 def _digest(data: bytes) -> dict[str, Any]:
@@ -311,20 +309,15 @@ def _shown_text(data: bytes) -> str | None:
     return redactor.redact(text)
 
 
-def _secret_pattern(text: str) -> re.Pattern[str]:
-    """`text` with each secret placeholder matching any value."""
-    return re.compile("(?:.+?)".join(re.escape(part) for part in PLACEHOLDER.split(text)), re.S)
-
-
 def _matches_but_secrets(wanted: bytes, remote: bytes) -> bool:
     """While planning, secrets are placeholders: does the file differ only where they are?"""
     try:
         want, have = wanted.decode("utf-8"), remote.decode("utf-8")
     except UnicodeDecodeError:
         return False
-    if PLACEHOLDER.search(want) is None:
+    if not has_marker(want):
         return False
-    return _secret_pattern(want).fullmatch(have) is not None
+    return marker_pattern(want).fullmatch(have) is not None
 
 
 def _mask(before: str, after: str, sensitive: bool, values_known: bool) -> str:
@@ -338,11 +331,9 @@ def _mask(before: str, after: str, sensitive: bool, values_known: bool) -> str:
         return before
     after_lines = after.splitlines()
     plain = set(after_lines)
-    secret_lines = [
-        (_secret_pattern(line), line) for line in after_lines if PLACEHOLDER.search(line)
-    ]
+    secret_lines = [(marker_pattern(line), line) for line in after_lines if has_marker(line)]
     secret_keys = {_key(line) for _, line in secret_lines} - {None}
-    plain_keys = {_key(line) for line in after_lines if not PLACEHOLDER.search(line)} - {None}
+    plain_keys = {_key(line) for line in after_lines if not has_marker(line)} - {None}
     out = []
     for line in before.splitlines(keepends=True):
         body = line.rstrip("\n")
@@ -352,7 +343,7 @@ def _mask(before: str, after: str, sensitive: bool, values_known: bool) -> str:
             continue
         for pattern, shown in secret_lines:
             if pattern.fullmatch(body):
-                old = PLACEHOLDER.sub("‹an old secret value›", shown) if values_known else shown
+                old = replace_markers(shown, "‹an old secret value›") if values_known else shown
                 out.append(old + end)
                 break
         else:

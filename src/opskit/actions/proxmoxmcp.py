@@ -28,12 +28,12 @@ from pydantic import Field, field_validator
 from ..errors import OpskitError
 from ..model import Change, ChangeKind, Outcome, Risk
 from ..render import SECRET
+from ..secrets import has_marker
 from .base import Action, ActionArgs, ActionContext
 
 _PATH = r"^/[A-Za-z0-9._/-]*[A-Za-z0-9._-]$"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BARE = re.compile(r"^[A-Za-z0-9._~+/=:@,%-]*$")
-_PLACEHOLDER = re.compile(r"‹secret:[^›]*›")  # a secret that did not resolve while planning
 API_KEY = "PROXMOX_API_KEY"
 
 
@@ -212,9 +212,9 @@ class Config(Action[ConfigArgs]):
         a = self.args
         config, env = self._wanted(ctx)
         pending = set()
-        if _PLACEHOLDER.search(config.decode()):
+        if has_marker(config.decode()):
             pending.add("auth.token_value")
-        if _PLACEHOLDER.search(a.api_key):
+        if has_marker(a.api_key):
             pending.add(API_KEY)
         if pending and not ctx.read_only:
             raise OpskitError(f"secrets did not resolve: {', '.join(sorted(pending))}")

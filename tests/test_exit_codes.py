@@ -187,3 +187,64 @@ def test_plan_summary_counts_blockers_handlers_and_says_one_target(env):  # noqa
     assert "1 handler (run only if a step fails)" in summary
     assert "1 blocker: it cannot run" in summary
     assert "0 checks" in summary
+
+
+# --- the one tree of errors ------------------------------------------------------------------
+
+
+def _every_module() -> list[str]:
+    import pkgutil
+
+    import opskit
+
+    names = [m.name for m in pkgutil.walk_packages(opskit.__path__, "opskit.")]
+    # __main__ runs the CLI when imported; the lab's systemctl is a script of its own
+    return [n for n in names if n not in ("opskit.__main__", "opskit.lab.systemctl")]
+
+
+def _error_classes() -> dict[str, type]:
+    """Every subclass of OpskitError defined anywhere in opskit, by qualified name."""
+    import importlib
+
+    from opskit.errors import OpskitError
+
+    for name in _every_module():
+        importlib.import_module(name)
+    found: dict[str, type] = {}
+    todo = [OpskitError]
+    while todo:
+        cls = todo.pop()
+        found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        todo += cls.__subclasses__()
+    tests = {k for k in found if not k.startswith("opskit.")}  # tests' own subclasses
+    return {k: v for k, v in found.items() if k not in tests}
+
+
+def _drawn() -> dict[str, int]:
+    """The classes errors.py's docstring draws, each with the exit code it gives it."""
+    import opskit.errors
+
+    drawn: dict[str, int] = {}
+    for line in (opskit.errors.__doc__ or "").splitlines():
+        found = re.match(r"^[\s│├└─]*(\w+)\s+exit (\d+)", line)
+        if found:
+            drawn.setdefault(found.group(1), int(found.group(2)))
+    return drawn
+
+
+def test_every_error_class_is_in_the_one_tree_with_its_exit_code() -> None:
+    classes = _error_classes()
+    outside = sorted(k for k in classes if not k.startswith("opskit.errors."))
+    assert outside == [], "error classes defined outside opskit/errors.py"
+    drawn = _drawn()
+    assert sorted(drawn) == sorted(cls.__name__ for cls in classes.values())
+    wrong = {c.__name__: (drawn[c.__name__], c.exit_code) for c in classes.values()
+             if drawn[c.__name__] != c.exit_code}  # fmt: skip
+    assert wrong == {}, "drawn exit code != exit_code"
+
+
+def test_one_read_only_refusal() -> None:
+    classes = _error_classes()
+    assert [k for k in classes if k.endswith(".ReadOnlyRefused")] == [
+        "opskit.errors.ReadOnlyRefused"
+    ]

@@ -1,25 +1,55 @@
-"""Every error a user can cause, and the exit code it ends in.
+"""Every error a user can cause, and the exit code it ends in: the whole tree, each class here.
 
-    OpskitError                      exit 1  (base: a clear one-line message, never a traceback)
-    ├── UsageError                   exit 2  bad command line: unknown runbook, bad -p value
-    ├── LoadError                    exit 2  file:line:col: message (YAML, schema, references)
-    │   └── (carries one or more Problem(file, line, col, message))
-    ├── RenderError                  exit 2  a template failed for a target (undefined, sandbox)
-    ├── SecretError                  exit 2  a secret reference could not be resolved
-    ├── GateError                    exit 3  a confirmation gate was declined or not approved
-    ├── StalePlanError               exit 4  a saved plan no longer matches the world
-    ├── LockError                    exit 5  a target is locked by another run
-    ├── schedule.WindowClosed        exit 6  a scheduled run outside its maintenance window
-    ├── StepError                    exit 1  a step failed on a target
-    │   ├── CheckFailed              exit 1  a check's expectation was not met
-    │   └── OutcomeUnknown           exit 1  a change was sent, its answer lost: did it happen?
-    └── Interrupted                  exit 130
+    OpskitError                      exit 1    base: a clear one-line message, never a traceback
+    ├── UsageError                   exit 2    bad command line: unknown runbook, bad -p value
+    │   └── OutsideLab               exit 2    the lab's inventory used outside the lab
+    ├── LoadError                    exit 2    file:line:col: message (YAML, schema, references),
+    │                                          one or more Problem(file, line, col, message)
+    ├── RenderError                  exit 2    a template failed for a target (undefined, sandbox)
+    ├── SecretError                  exit 2    a secret reference could not be resolved
+    ├── GateError                    exit 3    a confirmation gate was declined or not approved
+    ├── StalePlanError               exit 4    a saved plan no longer matches the world
+    ├── LockError                    exit 5    a target is locked by another run
+    ├── WindowClosed                 exit 6    a scheduled run outside its maintenance window
+    ├── NothingToDo                  exit 0    not an error: the world already shows the plan
+    ├── Interrupted                  exit 130  Ctrl-C, SIGTERM
+    ├── StepError                    exit 1    a step failed on a target
+    │   ├── CheckFailed              exit 1    a check's expectation was not met
+    │   └── OutcomeUnknown           exit 1    a change was sent, its answer lost: did it happen?
+    │       ├── ProxmoxAnswerLost    exit 1      a Proxmox request (also a ProxmoxError)
+    │       ├── TaskOutcomeUnknown   exit 1      a Proxmox task that could not be followed
+    │       └── HubAnswerLost        exit 1      a Beszel hub request (also a HubError)
+    ├── ReadOnlyRefused              exit 1    planning asked a client to change something
+    ├── SecretsPending               exit 1    a step needs a secret not resolved while planning
+    ├── ConnectFailed                exit 1    nothing answered at HOST:PORT (refused, timed out)
+    ├── TLSError                     exit 1    a certificate is not the one trusted
+    ├── SSHError                     exit 1    SSH to a host failed (one line naming the host)
+    │   └── HostKeyError             exit 1    unknown or changed host key
+    ├── HostStateError               exit 1    a host-state (pyinfra) step failed
+    ├── ProxmoxError                 exit 1    the Proxmox API answered with an error
+    │   ├── ProxmoxUnreachable       exit 1    the request never reached Proxmox
+    │   └── ProxmoxAnswerLost        exit 1    (above)
+    ├── TaskFailed                   exit 1    a Proxmox task ended other than OK
+    ├── TaskTimeout                  exit 1    a Proxmox task outlasted its timeout
+    ├── HubError                     exit 1    the Beszel hub answered with an error
+    │   ├── HubUnreachable           exit 1    nothing answered
+    │   ├── HubAuthError             exit 1    the login was refused
+    │   └── HubAnswerLost            exit 1    (above)
+    ├── WheelhouseError              exit 1    a wheelhouse is missing or incomplete
+    ├── LabError                     exit 1    the lab could not be built or taken down
+    └── HubSetupError                exit 1    the lab's PocketBase would not start or load
 
-The CLI catches OpskitError at one place (`opskit.cli.main`) and exits with `exit_code`.
+Inside the model, a bad selector or OnCalendar expression is a ValueError (SelectorError,
+CalendarError) that its callers turn into a UsageError or a located LoadError.
+
+The CLI catches OpskitError at one place (`opskit.cli.run`) and exits with `exit_code`;
+tests/test_exit_codes.py holds this drawing to the classes (every OpskitError subclass in
+opskit is defined here, drawn once, with its exit code).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +154,29 @@ class LockError(OpskitError):
     exit_code = EXIT_LOCKED
 
 
+class WindowClosed(OpskitError):
+    """A scheduled run outside its maintenance window: it refused to start."""
+
+    exit_code = EXIT_WINDOW
+
+
+class NothingToDo(OpskitError):
+    """Not an error: a saved plan whose changes the world already shows."""
+
+    exit_code = EXIT_OK
+
+
+class Interrupted(OpskitError):
+    exit_code = EXIT_INTERRUPTED
+
+
+class OutsideLab(UsageError):
+    """The lab's inventory, used from outside the lab's network."""
+
+
+# --- steps ---------------------------------------------------------------------------------
+
+
 class StepError(OpskitError):
     exit_code = EXIT_FAILED
 
@@ -138,5 +191,142 @@ class OutcomeUnknown(StepError):
     may not have happened. The engine journals the step `unknown`; resume probes it again."""
 
 
-class Interrupted(OpskitError):
-    exit_code = EXIT_INTERRUPTED
+class ReadOnlyRefused(OpskitError):
+    """Planning asked a client to change something (a request, a command not marked as a
+    probe, a file): a bug in an action's probe, refused at the one door (clients.connections)."""
+
+
+class SecretsPending(OpskitError):
+    """A value this step needs is a secret, and secrets are resolved only when a run starts."""
+
+
+class HostStateError(OpskitError):
+    """A host-state step failed: one line naming the host and what failed."""
+
+
+# --- connections ---------------------------------------------------------------------------
+
+
+class ConnectFailed(OpskitError):
+    """Nothing answered at HOST:PORT (refused, unreachable, timed out, name unknown): no
+    byte of a request reached a server."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        self.where, self.reason = where, reason
+        super().__init__(f"cannot connect to {where}: {reason}")
+
+
+class TLSError(OpskitError):
+    """A certificate did not match what the inventory or runbook trusts."""
+
+
+class SSHError(OpskitError):
+    """One clear line naming the host."""
+
+
+class HostKeyError(SSHError):
+    pass
+
+
+# --- Proxmox -------------------------------------------------------------------------------
+
+
+class ProxmoxError(OpskitError):
+    """An API error: the status-line message, per-parameter errors, the method and path."""
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        message: str,
+        errors: Mapping[str, str] | None = None,
+    ) -> None:
+        self.method, self.path, self.status = method, path, status
+        self.message = message.strip()
+        self.errors = dict(errors or {})
+        detail = "".join(f"; {k}: {str(v).strip()}" for k, v in sorted(self.errors.items()))
+        super().__init__(f"Proxmox {method} {path}: {status} {self.message}{detail}")
+
+
+class ProxmoxUnreachable(ProxmoxError):
+    """The request never reached Proxmox: nothing answered, or TLS refused the connection."""
+
+    def __init__(self, method: str, path: str, text: str) -> None:
+        self.method, self.path, self.status = method, path, 0
+        self.message, self.errors = text, {}
+        OpskitError.__init__(self, f"{text} ({method} {path})")
+
+
+class ProxmoxAnswerLost(ProxmoxError, OutcomeUnknown):
+    """A change was sent to Proxmox and its answer lost: it may have been made."""
+
+    def __init__(self, method: str, path: str, exc: Exception) -> None:
+        self.method, self.path, self.status = method, path, 0
+        self.message, self.errors = f"{type(exc).__name__}: {exc}", {}
+        OpskitError.__init__(
+            self, f"Proxmox {method} {path} was sent, but its answer was lost ({self.message})"
+        )
+
+
+class TaskOutcomeUnknown(OutcomeUnknown):
+    """A task Proxmox accepted could not be followed to its end (a revoked token, the
+    connection gone): it may have ended either way, or still run."""
+
+    def __init__(self, upid: str, exc: Exception) -> None:
+        self.upid = upid
+        super().__init__(f"task {upid} was started, but its end could not be read: {exc}")
+
+
+class TaskFailed(OpskitError):
+    def __init__(self, upid: str, exitstatus: str, log: list[str]) -> None:
+        self.upid, self.exitstatus, self.log = upid, exitstatus, log
+        tail = "\n    ".join(log[-8:])
+        super().__init__(f"task {upid} failed: {exitstatus}" + (f"\n    {tail}" if tail else ""))
+
+
+class TaskTimeout(OpskitError):
+    def __init__(self, upid: str, timeout: float) -> None:
+        self.upid = upid
+        super().__init__(
+            f"task {upid} did not finish within {timeout:g}s; it keeps running on the node"
+            " (see it in the Proxmox task list)"
+        )
+
+
+# --- the Beszel hub ------------------------------------------------------------------------
+
+
+class HubError(OpskitError):
+    """The hub answered with an error, or could not be reached: one line naming what failed."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class HubUnreachable(HubError):
+    pass
+
+
+class HubAuthError(HubError):
+    pass
+
+
+class HubAnswerLost(HubError, OutcomeUnknown):
+    """A change was sent to the hub and its answer lost: it may have been made."""
+
+
+# --- the controller and the lab ------------------------------------------------------------
+
+
+class WheelhouseError(OpskitError):
+    """A wheelhouse is missing, incomplete or could not be downloaded: one clear line."""
+
+
+class LabError(OpskitError):
+    """The lab could not be built or taken down."""
+
+
+class HubSetupError(OpskitError):
+    """PocketBase is missing, or would not start or take Beszel's collections."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import OutsideLab
 from .model.inventory import Inventory, LabMark
 
 NETNS_DIR = Path("/run/netns")
@@ -38,10 +38,6 @@ def lab_command(mark: LabMark, command: str) -> str:
     """`command --lab`, as the user types it to reach this lab (a named lab needs its name)."""
     named = "" if mark.name == "olab" else f"OPSKIT_LAB_NAME={mark.name} "
     return f"{named}{command} --lab"
-
-
-class OutsideLab(UsageError):
-    """The lab's inventory, used from outside the lab's network."""
 
 
 def check_inventory(inventory: Inventory | None) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING, Any
 
-from .errors import EXIT_WINDOW, OpskitError, UsageError
+from .errors import EXIT_WINDOW, OpskitError, UsageError, WindowClosed
 
 if TYPE_CHECKING:
     import subprocess
@@ -510,12 +510,6 @@ def as_json_time(when: datetime | None) -> Any:
 
 
 # --- the scheduled run -----------------------------------------------------------------------
-
-
-class WindowClosed(OpskitError):
-    """A scheduled run outside its maintenance window: it refused to start."""
-
-    exit_code = WINDOW_EXIT
 
 
 def run_scheduled(

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from ..errors import OpskitError
+from ..errors import OpskitError, SecretsPending
 from ..model import Change, ChangeKind, Duration, Outcome, Risk
 from ..model.inventory import TLS
 from ..render import SECRET
@@ -59,10 +59,6 @@ _TOKEN = re.compile(r"^[A-Za-z0-9._~+/=:@-]+$")  # written to an EnvironmentFile
 _VERSION = r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?$"
 _PATH = r"^/[A-Za-z0-9._/-]*[A-Za-z0-9._-]$"
 _URL = r"^https?://[^\s/\"'%\\]+(/[^\s\"'%\\]*)?$"
-
-
-class SecretsPending(OpskitError):
-    """A value this step needs is a secret, and secrets are resolved only when a run starts."""
 
 
 def _require_known(what: str, *values: str | None) -> None:
@@ -387,7 +383,7 @@ class CheckHub(Check[HubCheckArgs]):
         return ", ".join(parts)
 
     async def apply(self, ctx: ActionContext) -> Outcome:
-        from ..clients.hub import HubError
+        from ..errors import HubError
 
         a = self.args
         outputs: dict[str, Any] = {}

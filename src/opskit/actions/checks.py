@@ -98,8 +98,8 @@ class HttpCheck(Check[HttpArgs]):
     async def apply(self, ctx: ActionContext) -> Outcome:
         import httpx
 
-        from ..clients.net import ConnectFailed
-        from ..clients.tls import TLSError, ssl_context
+        from ..clients.tls import ssl_context
+        from ..errors import ConnectFailed, TLSError
 
         a = self.args
         parts = urlsplit(a.url)

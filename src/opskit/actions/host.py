@@ -208,7 +208,8 @@ class HostFile(Action[FileArgs]):
             from pyinfra.facts.files import File
             from pyinfra.operations import files
 
-            from ..clients.pyinfra_connector import FileBytes, HostStateError, stream
+            from ..clients.pyinfra_connector import FileBytes, stream
+            from ..errors import HostStateError
 
             plan = FilePlan()
             info = h.fact(File, path=a.path)

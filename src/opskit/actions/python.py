@@ -20,7 +20,6 @@ from ..clients.wheelhouse import (
     NAME,
     VERSION,
     Interpreter,
-    WheelhouseError,
     cache_dir,
     can_download,
     download,
@@ -28,7 +27,7 @@ from ..clients.wheelhouse import (
     holds,
     ready,
 )
-from ..errors import OpskitError
+from ..errors import OpskitError, WheelhouseError
 from ..model import Change, ChangeKind, Duration, Outcome, Risk
 from .base import Action, ActionArgs, ActionContext
 

@@ -17,8 +17,15 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit
 
-from ..errors import OpskitError, OutcomeUnknown
-from .net import ConnectFailed, connect_reason, tls_reason
+from ..errors import (
+    ConnectFailed,
+    HubAnswerLost,
+    HubAuthError,
+    HubError,
+    HubUnreachable,
+    ReadOnlyRefused,
+)
+from .net import connect_reason, tls_reason
 
 if TYPE_CHECKING:
     import httpx
@@ -33,30 +40,6 @@ AUTH_COLLECTIONS: dict[str, tuple[str, ...]] = {
 TOKEN_REFRESH = 30 * 60.0
 RELOGIN_AFTER = 10.0  # a refusal with an older token may be the token's: log in again, once
 PAGE = 200
-
-
-class HubError(OpskitError):
-    """The hub answered with an error, or could not be reached: one line naming what failed."""
-
-    def __init__(self, message: str, status: int = 0) -> None:
-        self.status = status
-        super().__init__(message)
-
-
-class HubUnreachable(HubError):
-    pass
-
-
-class HubAuthError(HubError):
-    pass
-
-
-class HubAnswerLost(HubError, OutcomeUnknown):
-    """A change was sent to the hub and its answer lost: it may have been made."""
-
-
-class ReadOnlyRefused(OpskitError):
-    """Planning asked the read-only hub client to change something: a bug in a probe."""
 
 
 def filter_literal(value: str) -> str:

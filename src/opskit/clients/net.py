@@ -7,18 +7,7 @@ import socket
 import ssl
 from collections.abc import Iterator
 
-from ..errors import OpskitError
-
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
-
-
-class ConnectFailed(OpskitError):
-    """Nothing answered at HOST:PORT (refused, unreachable, timed out, name unknown): no
-    byte of a request reached a server."""
-
-    def __init__(self, where: str, reason: str) -> None:
-        self.where, self.reason = where, reason
-        super().__init__(f"cannot connect to {where}: {reason}")
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

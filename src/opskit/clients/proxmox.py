@@ -13,8 +13,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import OpskitError, OutcomeUnknown
-from .net import ConnectFailed, connect_reason, tls_reason
+from ..errors import (
+    ConnectFailed,
+    OpskitError,
+    ProxmoxAnswerLost,
+    ProxmoxError,
+    ProxmoxUnreachable,
+    ReadOnlyRefused,
+    TaskFailed,
+    TaskOutcomeUnknown,
+    TaskTimeout,
+)
+from .net import connect_reason, tls_reason
 
 if TYPE_CHECKING:
     import httpx
@@ -98,73 +108,6 @@ ENDPOINTS: dict[str, Endpoint] = {
     "task_status": _e("GET", "/nodes/{node}/tasks/{upid}/status"),
     "task_log": _e("GET", "/nodes/{node}/tasks/{upid}/log", "start", "limit"),
 }
-
-
-class ProxmoxError(OpskitError):
-    """An API error: the status-line message, per-parameter errors, the method and path."""
-
-    def __init__(
-        self,
-        method: str,
-        path: str,
-        status: int,
-        message: str,
-        errors: Mapping[str, str] | None = None,
-    ) -> None:
-        self.method, self.path, self.status = method, path, status
-        self.message = message.strip()
-        self.errors = dict(errors or {})
-        detail = "".join(f"; {k}: {str(v).strip()}" for k, v in sorted(self.errors.items()))
-        super().__init__(f"Proxmox {method} {path}: {status} {self.message}{detail}")
-
-
-class ProxmoxUnreachable(ProxmoxError):
-    """The request never reached Proxmox: nothing answered, or TLS refused the connection."""
-
-    def __init__(self, method: str, path: str, text: str) -> None:
-        self.method, self.path, self.status = method, path, 0
-        self.message, self.errors = text, {}
-        OpskitError.__init__(self, f"{text} ({method} {path})")
-
-
-class ProxmoxAnswerLost(ProxmoxError, OutcomeUnknown):
-    """A change was sent to Proxmox and its answer lost: it may have been made."""
-
-    def __init__(self, method: str, path: str, exc: Exception) -> None:
-        self.method, self.path, self.status = method, path, 0
-        self.message, self.errors = f"{type(exc).__name__}: {exc}", {}
-        OpskitError.__init__(
-            self, f"Proxmox {method} {path} was sent, but its answer was lost ({self.message})"
-        )
-
-
-class TaskOutcomeUnknown(OutcomeUnknown):
-    """A task Proxmox accepted could not be followed to its end (a revoked token, the
-    connection gone): it may have ended either way, or still run."""
-
-    def __init__(self, upid: str, exc: Exception) -> None:
-        self.upid = upid
-        super().__init__(f"task {upid} was started, but its end could not be read: {exc}")
-
-
-class ReadOnlyRefused(OpskitError):
-    """Planning asked the read-only client to change something: a bug in an action's probe."""
-
-
-class TaskFailed(OpskitError):
-    def __init__(self, upid: str, exitstatus: str, log: list[str]) -> None:
-        self.upid, self.exitstatus, self.log = upid, exitstatus, log
-        tail = "\n    ".join(log[-8:])
-        super().__init__(f"task {upid} failed: {exitstatus}" + (f"\n    {tail}" if tail else ""))
-
-
-class TaskTimeout(OpskitError):
-    def __init__(self, upid: str, timeout: float) -> None:
-        self.upid = upid
-        super().__init__(
-            f"task {upid} did not finish within {timeout:g}s; it keeps running on the node"
-            " (see it in the Proxmox task list)"
-        )
 
 
 @dataclass

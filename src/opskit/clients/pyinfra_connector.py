@@ -63,8 +63,8 @@ from pyinfra.facts.files import File, Sha256File
 from pyinfra.operations.util import files as file_utils
 from typing_extensions import Unpack, override
 
-from ..errors import OpskitError
-from .ssh import CommandResult, HostShell, ReadOnlyRefused, SSHPool
+from ..errors import HostStateError, ReadOnlyRefused
+from .ssh import CommandResult, HostShell, SSHPool
 
 if TYPE_CHECKING:
     from pyinfra.api.arguments import ConnectorArguments
@@ -78,10 +78,6 @@ CONNECTOR = "opskit"  # pyinfra inventory names: @opskit/NAME
 LINK_KEY = "opskit_link"  # host data: the LinkSlot pointing at the call's HostLink
 WORKERS = 64  # threads running pyinfra at once (they mostly wait on the loop)
 FACTS, EXECUTE, IDLE = "facts", "execute", "idle"
-
-
-class HostStateError(OpskitError):
-    """A host-state step failed: one line naming the host and what failed."""
 
 
 class BridgeCancelled(BaseException):

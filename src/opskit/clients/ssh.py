@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import OpskitError
+from ..errors import HostKeyError, ReadOnlyRefused, SSHError
 
 if TYPE_CHECKING:
     import asyncssh
@@ -28,18 +28,6 @@ if TYPE_CHECKING:
 
 OUTPUT_CAP = 1024 * 1024  # bytes of stdout and of stderr kept per command
 CONNECT_TIMEOUT = 30.0
-
-
-class SSHError(OpskitError):
-    """One clear line naming the host."""
-
-
-class HostKeyError(SSHError):
-    pass
-
-
-class ReadOnlyRefused(OpskitError):
-    """Planning tried to run a command an action did not mark as a probe."""
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,8 @@ import asyncio
 import hashlib
 import ssl
 
-from ..errors import OpskitError
+from ..errors import TLSError
 from ..model.inventory import TLS
-
-
-class TLSError(OpskitError):
-    """A certificate did not match what the inventory or runbook trusts."""
 
 
 def fingerprint_of(der: bytes) -> str:
@@ -32,7 +28,8 @@ async def fetch_certificate(
 
     The TCP connection is made first: a port nobody listens on is `ConnectFailed` (refused,
     unreachable, timed out), and only a server that answered and then failed TLS a TLSError."""
-    from .net import ConnectFailed, connect_reason
+    from ..errors import ConnectFailed
+    from .net import connect_reason
 
     where = f"{service} at {host}:{port}" if service else f"{host}:{port}"
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

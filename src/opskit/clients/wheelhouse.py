@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import OpskitError
+from ..errors import WheelhouseError
 
 NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 VERSION = re.compile(r"^[0-9]+(\.[0-9]+)*([._+-]?[A-Za-z0-9]+)*$")
@@ -24,10 +24,6 @@ DOWNLOAD_TIMEOUT = 900.0  # seconds for the whole `pip download`
 # manylinux_2_X tags a glibc host usually accepts; only used when the host's interpreter differs
 # from the controller's (pip cannot ask the host which tags it supports).
 GLIBC_MINORS = range(17, 40)
-
-
-class WheelhouseError(OpskitError):
-    """A wheelhouse is missing, incomplete or could not be downloaded: one clear line."""
 
 
 @dataclass(frozen=True)

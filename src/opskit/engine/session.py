@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import GateError, OpskitError, StalePlanError, StepError, UsageError
+from ..errors import GateError, NothingToDo, StalePlanError, StepError, UsageError
 from ..model import ChangeKind, Inventory, Risk, Target
 from ..model.plan import Plan, PlannedStep
 from ..model.schedule import Approve
@@ -28,12 +28,6 @@ from ..workspace import LoadedRunbook, Workspace, resolve_params, targets_for
 from .executor import Execution, RunOptions, RunResult
 from .gates import Gatekeeper, ask_terminal
 from .locks import TargetLocks
-
-
-class NothingToDo(OpskitError):
-    """Not an error: a saved plan whose changes the world already shows."""
-
-    exit_code = 0
 
 
 @dataclass

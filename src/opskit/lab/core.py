@@ -37,10 +37,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import UsageError
+from ..errors import LabError, UsageError
 from ..model import Inventory
 from . import network
-from .network import LabError
 from .network import controller as controller_ns
 
 DEFAULT_DIR = Path("/tmp/opskit-lab")

@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
+from ..errors import LabError
 from .core import Lab, lab_dir, lab_environment, require_root
-from .network import LabError
 from .network import controller as controller_ns
 
 

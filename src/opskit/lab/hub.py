@@ -22,14 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import OpskitError
+from ..errors import HubSetupError
 
 COLLECTIONS = Path(__file__).with_name("beszel_collections.json")
 STARTUP = 30.0
-
-
-class HubSetupError(OpskitError):
-    """PocketBase is missing, or would not start or take Beszel's collections."""
 
 
 def pocketbase_binary() -> Path:

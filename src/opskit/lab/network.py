@@ -11,7 +11,7 @@ import json
 import subprocess
 from collections.abc import Sequence
 
-from ..errors import OpskitError, UsageError
+from ..errors import LabError, UsageError
 
 BRIDGE = "br0"
 
@@ -30,10 +30,6 @@ def switch() -> str:
 
 def controller() -> str:
     return prefix() + "ctl"
-
-
-class LabError(OpskitError):
-    """The lab could not be built or taken down."""
 
 
 def ip(*args: str, netns: str | None = None, check: bool = True) -> str:

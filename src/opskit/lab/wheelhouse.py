@@ -20,11 +20,11 @@ from typing import Any
 
 from ..clients.wheelhouse import (
     Interpreter,
-    WheelhouseError,
     cache_dir,
     download,
     ready,
 )
+from ..errors import WheelhouseError
 
 HOST_PYTHON = "/usr/bin/python3"
 _PARAM = re.compile(r"^\s*\{\{\s*params\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}\s*$")

@@ -502,6 +502,7 @@ def opskit_requests(work: Workdir, limit: str | None, execute: bool) -> Counter[
     """The Proxmox requests of one plan (and run) through opskit's session API, counted by the
     request hook the tests use (the login included; the TLS pin's certificate fetch is no
     HTTP request)."""
+    from opskit.clients.connections import Sent, Transports
     from opskit.engine import session
     from opskit.planner import ProbeSettings
     from opskit.report.progress import Reporter
@@ -510,8 +511,9 @@ def opskit_requests(work: Workdir, limit: str | None, execute: bool) -> Counter[
 
     sent: Counter[str] = Counter()
 
-    def count(method: str, path: str, params: Any) -> None:
-        sent[_endpoint(method, path)] += 1
+    def count(request: Sent) -> None:
+        if request.client == "proxmox":
+            sent[_endpoint(request.method, request.what)] += 1
 
     state = work.fresh_state()
     saved = {k: os.environ.get(k) for k in (PASSWORD_ENV, "OPSKIT_STATE_DIR")}
@@ -523,7 +525,7 @@ def opskit_requests(work: Workdir, limit: str | None, execute: bool) -> Counter[
             req = session.Request(
                 workspace=Workspace(work.runbooks, work.inventory),
                 yes=True,
-                settings=ProbeSettings(on_proxmox_request=count),
+                settings=ProbeSettings(Transports(observe=count)),
                 reporter=Reporter(out=devnull),
                 journal=Journal(state / "journal.db"),
             )  # fmt: skip

@@ -146,3 +146,20 @@ def install() -> None:
 def uninstall() -> None:
     for kind in KINDS:
         actions.unregister(kind.name)
+
+
+def with_sshd(transports: Any, sshd: Any) -> Any:
+    """`transports` (clients.connections.Transports) reaching the test's sshd: its client key,
+    no ssh_config, no user known_hosts (the inventory pins the host keys)."""
+    transports.ssh.client_keys = [str(sshd.client_key)]
+    transports.ssh.config, transports.ssh.known_hosts = [], []
+    return transports
+
+
+def http_context(target: Any, read_only: bool, transport: Any = None) -> ActionContext:
+    """A context whose HTTP goes to `transport` (an httpx.MockTransport), through the door."""
+    from opskit.clients.connections import Connections, Transports
+
+    return ActionContext(
+        target, read_only=read_only, connections=Connections(None, transports=Transports(transport))
+    )

@@ -29,7 +29,8 @@ class Project:
             for n, a in enumerate(hosts)
         )
         (root / "inventory" / "homelab.yaml").write_text("hosts:\n" + entries + extra_hosts)
-        self.extras: dict[str, Any] = {}
+        self.host_env: dict[str, str] = {}  # every host.* command's environment
+        self.observe: Any = None  # sees every request and command (clients.connections.Sent)
 
     def runbook(self, text: str) -> None:
         text = textwrap.dedent(text).lstrip().replace("WORK", str(self.work))
@@ -42,10 +43,11 @@ class Project:
             journal=Journal(self.root / "state" / "journal.db"),
             **kw,
         )
-        req.settings.ssh_options.update(
-            client_keys=[str(self.sshd.client_key)], config=[], known_hosts=[]
-        )
-        req.settings.extras.update(self.extras)
+        transports = req.settings.transports
+        transports.ssh.client_keys = [str(self.sshd.client_key)]
+        transports.ssh.config, transports.ssh.known_hosts = [], []
+        transports.ssh.host_env = tuple(self.host_env.items())
+        transports.observe = self.observe
         return req
 
     def plan(self, **params: Any) -> Any:

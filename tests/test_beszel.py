@@ -32,18 +32,18 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+import fakes
 from opskit.actions import ActionContext
 from opskit.actions.beszel import Agent, CheckAgent, CheckHub, HostState, HubSystem
-from opskit.clients.connections import Connections
+from opskit.clients.connections import Connections, Transports
 from opskit.clients.hub import (
     TOKEN_REFRESH,
     HubAuthError,
     HubClient,
     HubError,
     HubUnreachable,
-    ReadOnlyRefused,
 )
-from opskit.errors import OpskitError
+from opskit.errors import OpskitError, ReadOnlyRefused
 from opskit.lab import releases
 from opskit.model import ChangeKind, Outcome, Target
 from opskit.secrets import placeholder
@@ -108,11 +108,11 @@ def run(coro: Any) -> Any:
 
 
 def probe(action: Any, tgt: Target, transport: Any = None) -> Any:
-    return run(action.probe(ActionContext(tgt, read_only=True, http_transport=transport)))
+    return run(action.probe(fakes.http_context(tgt, True, transport)))
 
 
 def apply(action: Any, tgt: Target, transport: Any = None) -> Any:
-    return run(action.apply(ActionContext(tgt, read_only=False, http_transport=transport)))
+    return run(action.apply(fakes.http_context(tgt, False, transport)))
 
 
 def make(cls: Any, args: dict[str, Any]) -> Any:
@@ -152,8 +152,8 @@ def test_a_missing_component_skips_but_fails_in_ci(monkeypatch):
 
 def test_hub_client_logs_in_reads_and_refuses_changes_while_read_only(hub):
     async def go() -> None:
-        async with HubClient(hub.url, *hub.superuser) as client:
-            view = client.read_only()
+        connections = Connections(None)
+        async with connections.hub(True, hub.url, *hub.superuser) as view:
             await view.login()
             assert view.is_superuser
             assert await view.records("systems") == []
@@ -161,7 +161,8 @@ def test_hub_client_logs_in_reads_and_refuses_changes_while_read_only(hub):
                 await view.create("systems", {"name": "x"})
             with pytest.raises(ReadOnlyRefused, match="refused DELETE"):
                 await view.delete("systems", "abc")
-            assert (await client.health())["code"] == 200
+            assert (await view.health())["code"] == 200
+        await connections.aclose()
         async with HubClient(hub.url, *hub.user, auth="user") as client:
             await client.login()
             assert not client.is_superuser and client.account["id"] == hub.user_id
@@ -386,7 +387,7 @@ def test_the_agent_takes_the_key_from_a_beszel_hub_that_serves_it():
 
     action = make(Agent, {"version": "0.18.8", "hub_url": "http://hub.test:8090",
                           "hub_email": "a@hub.test", "hub_password": "pw-123456"})  # fmt: skip
-    ctx = ActionContext(target(), read_only=True, http_transport=httpx.MockTransport(hub))
+    ctx = fakes.http_context(target(), True, httpx.MockTransport(hub))
     assert run(action._key(ctx)) == key
     assert seen == [
         ("POST", "/api/collections/_superusers/auth-with-password", None),
@@ -545,9 +546,7 @@ def on_host(sshd: Sshd, tgt: Target, read_only: bool, work: Any) -> Any:
     """Run `work(ctx)` with an SSH context for `tgt`, closing the connections after."""
 
     async def go() -> Any:
-        connections = Connections(None)
-        connections.ssh_options = {"client_keys": [str(sshd.client_key)], "config": [],
-                                   "known_hosts": []}  # fmt: skip
+        connections = Connections(None, transports=fakes.with_sshd(Transports(), sshd))
         try:
             return await work(ActionContext(tgt, read_only=read_only, connections=connections))
         finally:
@@ -793,9 +792,7 @@ def test_a_run_registers_the_host_and_no_secret_reaches_any_artifact(
             journal=Journal(tmp_path / "state" / "journal.db", redact=redactor.redact),
             **kw,
         )
-        req.settings.ssh_options.update(
-            client_keys=[str(sshd.client_key)], config=[], known_hosts=[]
-        )
+        fakes.with_sshd(req.settings.transports, sshd)
         return req
 
     # A review without credentials still plans: what needs them is known after apply.
@@ -866,7 +863,7 @@ def test_planning_the_install_runbook_over_ssh_reads_and_writes_nothing(
         workspace=Workspace(tmp_path / "runbooks", tmp_path / "inventory" / "homelab.yaml"),
         reporter=Reporter(out=io.StringIO()),
     )
-    req.settings.ssh_options.update(client_keys=[str(sshd.client_key)], config=[], known_hosts=[])
+    fakes.with_sshd(req.settings.transports, sshd)
     plan = session.make_plan(req, "install-beszel-agents", {}, None)[2]
     steps = {s.id: s for s in plan.targets[0].steps}
     assert steps["agent"].change.kind is ChangeKind.CREATE

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 import opskit.actions
 from opskit.actions import ActionContext
 from opskit.actions.checks import HttpCheck, TcpCheck, Wait
+from opskit.clients.connections import Connections
 from opskit.clients.tls import fingerprint_of, normalize_fingerprint
 from opskit.model import ChangeKind, Outcome, Risk, Target
 
@@ -45,7 +46,8 @@ BODY = "hello opskit 1.2.3"
 
 
 def context() -> ActionContext:
-    return ActionContext(target=Target(name="t", kind="host", address=LOOPBACK), read_only=False)
+    target = Target(name="t", kind="host", address=LOOPBACK)
+    return ActionContext(target=target, read_only=False, connections=Connections(None))
 
 
 def apply(cls: Any, args: dict[str, Any]) -> Outcome:

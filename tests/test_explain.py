@@ -348,8 +348,12 @@ class FakeProxmox:
 
 
 class FakeConnections:
-    def __init__(self, inventory: Any = None) -> None:
+    def __init__(self, inventory: Any = None, http: Any = None) -> None:
         self.inventory = inventory
+        self.http = http
+
+    def transport(self, read_only: bool, **kw: Any) -> Any:
+        return self.http
 
     def cluster_name(self, name: str | None) -> str:
         return "pve"
@@ -362,10 +366,15 @@ class FakeConnections:
 
 
 def context(
-    *, shell: FakeShell | None = None, pve: FakeProxmox | None = None, **kw: Any
+    *,
+    shell: FakeShell | None = None,
+    pve: FakeProxmox | None = None,
+    http: Any = None,
+    root: Path | None = None,
 ) -> ActionContext:
     target = Target(name="ai", kind="qemu", vmid=110, address="127.0.0.1", cluster="pve")
-    ctx = ActionContext(target=target, read_only=False, connections=FakeConnections(), **kw)
+    connections: Any = FakeConnections(http=http)
+    ctx = ActionContext(target=target, read_only=False, connections=connections, root=root)
     if shell is not None:
         ctx.shell = lambda: shell  # type: ignore[method-assign]
     if pve is not None:
@@ -423,7 +432,7 @@ CASES: dict[str, Callable[[Path], Any]] = {
     "check.http": lambda tmp: applied(
         "check.http",
         {"url": "http://127.0.0.1:9/livez", "json": {"status": "ok"}},
-        context(http_transport=httpx.MockTransport(http_ok)),
+        context(http=httpx.MockTransport(http_ok)),
     ),
     "check.tcp": lambda tmp: serving(b"SSH-2.0-x\r\n", "check.tcp", {"banner": "^SSH"}),
     "check.beszel.agent": lambda tmp: serving(

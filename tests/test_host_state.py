@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+import fakes
 from opskit.report.plan import render_plan
 from opskit.workspace import Workspace
 from sshd import Sshd
@@ -50,8 +51,8 @@ def sshd(tmp_path_factory):
 class HostProject(Project):
     def __init__(self, root: Path, sshd: Sshd, extra_hosts: str = "") -> None:
         super().__init__(root, sshd, HOSTS, extra_hosts)
-        self.sent: list = []  # what the pyinfra connector ran or refused
-        self.extras["pyinfra_observer"] = self.sent.append
+        self.sent: list = []  # every SSH command and file at the door, run or refused
+        self.observe = lambda sent: self.sent.append(sent) if sent.client == "ssh" else None
 
 
 @pytest.fixture
@@ -164,12 +165,12 @@ def test_a_dry_run_changes_nothing_and_runs_only_facts(project, tmp_path):
     assert kinds(plan) == [["create", "update", "create"]]
     assert tree(project.work) == before
     assert project.sent, "the connector ran no fact"
-    assert all(s.read_only and s.phase == "facts" and not s.refused for s in project.sent)
-    ran = " ".join(s.command for s in project.sent)
+    assert all(s.read_only and s.reads and not s.refused for s in project.sent)
+    ran = " ".join(s.what for s in project.sent)
     for word in ("mkdir", "chmod", "chown", "touch", "mv ", "upload"):
         assert word not in ran, f"planning ran {word!r}: {ran}"
     # Each step asks the host each fact once (host.file's own read and files.put's are one).
-    asked = [s.command for s in project.sent]
+    asked = [s.what for s in project.sent]
     assert len(asked) == len(set(asked)), asked
 
 
@@ -179,8 +180,9 @@ def test_the_connector_refuses_operation_commands_while_planning(project, monkey
     from pyinfra.operations import files
 
     from opskit.clients import pyinfra_connector
-    from opskit.clients.connections import Connections
-    from opskit.clients.ssh import Endpoint, HostShell, ReadOnlyRefused
+    from opskit.clients.connections import Connections, Transports
+    from opskit.clients.ssh import Endpoint, HostShell
+    from opskit.errors import ReadOnlyRefused
 
     ws = Workspace(project.root / "runbooks", project.root / "inventory" / "homelab.yaml")
     target = ws.inventory.targets("h1")[0]
@@ -188,13 +190,11 @@ def test_the_connector_refuses_operation_commands_while_planning(project, monkey
     work = lambda h: h.operation(files.directory, path=str(made))  # noqa: E731
 
     async def go():
-        connections = Connections(ws.inventory)
-        connections.ssh_options = {
-            "client_keys": [str(project.sshd.client_key)], "config": [], "known_hosts": [],
-        }  # fmt: skip
+        transports = fakes.with_sshd(Transports(observe=project.sent.append), project.sshd)
+        connections = Connections(ws.inventory, transports=transports)
         try:
-            shell = HostShell(connections.ssh(), Endpoint.of(target), read_only=True)
-            return await pyinfra_connector.run_pyinfra(shell, work, observer=project.sent.append)
+            shell = HostShell(connections.ssh(), Endpoint.of(target), connections.door(True))
+            return await pyinfra_connector.run_pyinfra(shell, work)
         finally:
             await connections.aclose()
 
@@ -202,7 +202,7 @@ def test_the_connector_refuses_operation_commands_while_planning(project, monkey
         m.setattr(pyinfra_connector.PyinfraHost, "read_only", False)
         asyncio.run(go())
     assert not made.exists()
-    assert [(s.phase, s.refused) for s in project.sent] == [("execute", True)]
+    assert [(s.reads, s.refused) for s in project.sent] == [(False, True)]
 
     # An operation that runs a command itself while its commands are listed (the facts phase):
     # only pyinfra's fact loader may, so its fact runs and its own command is refused.
@@ -223,7 +223,7 @@ def test_the_connector_refuses_operation_commands_while_planning(project, monkey
     with pytest.raises(ReadOnlyRefused, match="refused to run `sh -c 'touch"):
         asyncio.run(go())
     assert not made.exists()
-    assert [(s.phase, s.refused) for s in project.sent] == [("facts", False), ("facts", True)]
+    assert [(s.reads, s.refused) for s in project.sent] == [(True, False), (False, True)]
 
 
 def test_a_secret_in_a_file_never_reaches_plan_journal_or_logs(project, monkeypatch):
@@ -490,7 +490,7 @@ def test_user_and_packages_plan_without_changing_the_machine(project):
     assert steps[3].change.before == {"opskit-no-such-package": "absent"}
     assert Path("/etc/passwd").read_bytes() == passwd
     assert not Path("/var/lib/opskit-nobody").exists()
-    assert all(s.phase == "facts" and not s.refused for s in project.sent)
+    assert all(s.reads and not s.refused for s in project.sent)
 
 
 def test_apt_failing_is_one_clear_line(project):
@@ -532,7 +532,7 @@ def test_become_uploads_through_sudo(project):
     ours = [p for p in set(Path("/tmp").glob("opskit-upload-*")) - before
             if p.read_bytes() == b"as root\n"]  # fmt: skip
     assert not ours  # the temporary copy sudo copied from is gone
-    assert any("sudo -H -n" in s.command for s in project.sent)
+    assert any("sudo -H -n" in s.what for s in project.sent)
     assert kinds(project.plan()) == [["none"]]
 
 
@@ -656,7 +656,7 @@ def stand_in(tmp_path):
 
 def test_service_started_enabled_and_restarted_when_its_unit_changed(project, stand_in):
     env, units = stand_in
-    project.extras["host_env"] = env
+    project.host_env = env
     project.runbook(
         f"""
         name: rb

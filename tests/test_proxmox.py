@@ -15,18 +15,20 @@ from typing import Any
 import pytest
 
 import pve_schema
+from opskit.clients.connections import Connections, Sent, Transports
 from opskit.clients.proxmox import (
     ENDPOINTS,
     TICKET_RENEW,
     Credentials,
     ProxmoxClient,
     ProxmoxError,
-    ReadOnlyRefused,
+    ProxmoxSession,
     TaskTimeout,
 )
 from opskit.clients.tls import fingerprint_of
 from opskit.engine import session
 from opskit.engine.session import Request
+from opskit.errors import ReadOnlyRefused
 from opskit.planner import ProbeSettings
 from opskit.report.progress import Reporter
 from opskit.store import Journal
@@ -89,9 +91,7 @@ class Lab:
 
     def request(self, **kw: Any) -> Request:
         ws = Workspace(self.root / "runbooks", self.root / "inventory" / "homelab.yaml")
-        settings = ProbeSettings(
-            on_proxmox_request=lambda m, p, a: self.sent.append((m, p, dict(a)))
-        )
+        settings = ProbeSettings(Transports(observe=self.observe))
         return Request(
             workspace=ws,
             settings=settings,
@@ -107,6 +107,10 @@ class Lab:
         req = self.request(yes=yes)
         loaded, targets, plan = session.make_plan(req, "rb", params, None)
         return plan, session.execute(req, loaded, targets, plan)
+
+    def observe(self, sent: Sent) -> None:
+        if sent.client == "proxmox":
+            self.sent.append((sent.method, sent.what, dict(sent.params)))
 
     def posts(self) -> list[str]:
         return [f"{m} {p}" for m, p, _ in self.sent if m != "GET"]
@@ -162,17 +166,26 @@ def test_dry_run_sends_no_mutating_request(lab):
     assert mutating == [] and lab.pve.vm(110).status == "stopped"
 
 
+def standalone(
+    url: str, credentials: Credentials, *, verify: Any = True, transport: Any = None, **kw: Any
+) -> ProxmoxClient:
+    """A client of its own, outside any Connections (so no door: it may change things)."""
+    return ProxmoxClient(ProxmoxSession(url, credentials, **kw), transport=transport, verify=verify)
+
+
 def _client(lab: Lab, cafile: str, **kw: Any) -> ProxmoxClient:
     creds = kw.pop("credentials", Credentials(token_id=TOKEN_ID, token_secret=TOKEN))
-    return ProxmoxClient(
+    return standalone(
         lab.pve.url + "/api2/json", creds, verify=ssl.create_default_context(cafile=cafile), **kw
     )
 
 
 def test_read_only_client_refuses_changes(lab, fakepve_cafile):
     async def go() -> None:
-        client = _client(lab, fakepve_cafile)
-        view = client.read_only()
+        lab.project(POWER)
+        ws = Workspace(lab.root / "runbooks", lab.root / "inventory" / "homelab.yaml")
+        connections = Connections(ws.inventory)
+        view = await connections.proxmox()  # read-only unless asked otherwise
         try:
             assert await view.call("version")
             with pytest.raises(
@@ -180,7 +193,7 @@ def test_read_only_client_refuses_changes(lab, fakepve_cafile):
             ):
                 await view.call("start", node="pve1", kind="qemu", vmid=110)
         finally:
-            await client.aclose()
+            await connections.aclose()
 
     asyncio.run(go())
     assert lab.pve.vm(110).status == "stopped"
@@ -258,8 +271,8 @@ def test_expired_ticket_is_renewed(lab, fakepve_cafile):
             await client.call("start", node="pve1", kind="qemu", vmid=110)  # a POST: CSRF too
             assert logins() == 2
             # a ticket close to its 2-hour end is renewed before it is used
-            ticket, csrf, _ = client._ticket  # type: ignore[misc]
-            client._ticket = (ticket, csrf, time.monotonic() - TICKET_RENEW - 1)
+            ticket, csrf, _ = client.session.ticket  # type: ignore[misc]
+            client.session.ticket = (ticket, csrf, time.monotonic() - TICKET_RENEW - 1)
             await client.call("version")
             assert logins() == 3
         finally:
@@ -688,12 +701,12 @@ def test_the_client_says_refused_and_keeps_tls_errors_tls(lab, fakepve_cafile):
     port = _closed_port()
 
     async def go() -> None:
-        closed = ProxmoxClient(
+        closed = standalone(
             f"https://127.0.0.1:{port}/api2/json",
             Credentials(token_id=TOKEN_ID, token_secret=TOKEN),
             verify=ssl.create_default_context(cafile=fakepve_cafile),
         )
-        untrusting = ProxmoxClient(  # the system CAs do not know fakepve's certificate
+        untrusting = standalone(  # the system CAs do not know fakepve's certificate
             lab.pve.url + "/api2/json", Credentials(token_id=TOKEN_ID, token_secret=TOKEN)
         )
         try:
@@ -772,13 +785,21 @@ class DropAnswers:
     answer the way a dropped connection does (after the server acted on the request)."""
 
     def __init__(self, cafile: str, path_suffix: str, error: type[Exception]) -> None:
-        import httpx
 
-        self.inner = httpx.AsyncHTTPTransport(verify=ssl.create_default_context(cafile=cafile))
+        self.cafile, self.inner = cafile, None
         self.path_suffix, self.error, self.dropped = path_suffix, error, 0
+
+    async def aclose(self) -> None:
+        if self.inner is not None:
+            await self.inner.aclose()
+            self.inner = None
 
     async def handle_async_request(self, request):  # type: ignore[no-untyped-def]
         import httpx
+
+        if self.inner is None:  # one pool per plan or run: each has its own event loop
+            verify = ssl.create_default_context(cafile=self.cafile)
+            self.inner = httpx.AsyncHTTPTransport(verify=verify)
 
         if self.error in (httpx.ConnectError,) and request.url.path.endswith(self.path_suffix):
             raise httpx.ConnectError("All connection attempts failed", request=request)
@@ -789,9 +810,6 @@ class DropAnswers:
             self.dropped += 1
             raise self.error("the connection dropped", request=request)
         return response
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 @pytest.mark.parametrize("error", ["ReadError", "RemoteProtocolError", "ReadTimeout"])
@@ -860,13 +878,13 @@ def test_a_token_revoked_mid_task_is_journaled_unknown_and_resume_probes_it(lab)
     lab.project(POWER)
     seen: list[str] = []
 
-    def revoke(method: str, path: str, params: Any) -> None:
-        seen.append(f"{method} {path}")
-        if "/tasks/" in path and TOKEN_ID in lab.pve.apitokens:
+    def revoke(sent: Sent) -> None:
+        seen.append(f"{sent.method} {sent.what}")
+        if "/tasks/" in sent.what and TOKEN_ID in lab.pve.apitokens:
             del lab.pve.apitokens[TOKEN_ID]
 
     req = lab.request(yes=True)
-    req.settings.on_proxmox_request = revoke
+    req.settings.transports.observe = revoke
     loaded, targets, plan = session.make_plan(req, "rb", {}, None)
     result = session.execute(req, loaded, targets, plan)
     assert result.exit_code == 1
@@ -897,16 +915,16 @@ def test_a_token_revoked_mid_task_is_journaled_unknown_and_resume_probes_it(lab)
 def test_a_lost_answer_to_a_snapshot_is_unknown_and_resume_finds_it_made(
     lab, fakepve_cafile, monkeypatch
 ):
-    import httpx
+    import dataclasses
 
-    from opskit.clients.connections import Connections
+    import httpx
 
     transport = DropAnswers(fakepve_cafile, "/snapshot", httpx.RemoteProtocolError)
     original = Connections.__init__
 
     def with_transport(self, *args, **kw):  # type: ignore[no-untyped-def]
         original(self, *args, **kw)
-        self.transport = transport
+        self.transports = dataclasses.replace(self.transports, http=transport)
 
     monkeypatch.setattr(Connections, "__init__", with_transport)
     lab.project(SNAPSHOTS.split("  - id: back")[0])
@@ -914,7 +932,7 @@ def test_a_lost_answer_to_a_snapshot_is_unknown_and_resume_finds_it_made(
     assert result.exit_code == 1
     shown = _show_run(lab, result.run_id)
     (step,) = shown["steps"]
-    assert step["status"] == "unknown" and "its answer was lost" in step["error"], step
+    assert step["status"] == "unknown" and "its answer was lost" in step["error"], step["error"]
     assert "before_upgrade" in lab.pve.vm(100).snapshots  # it was made
     # `history` counts it as what it is.
     from click.testing import CliRunner
@@ -939,7 +957,7 @@ def test_a_task_left_running_is_waited_for_before_the_guest_is_changed(lab, fake
     lab.pve.vm(100).shutdown_secs = 20  # one real second
 
     async def left_running() -> str:
-        client = ProxmoxClient(
+        client = standalone(
             lab.pve.url + "/api2/json",
             Credentials(token_id=TOKEN_ID, token_secret=TOKEN),
             verify=ssl.create_default_context(cafile=fakepve_cafile),

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import __version__
 from .actions import Action, ActionContext
-from .clients.connections import Connections
+from .clients.connections import Connections, Transports
 from .errors import OpskitError, SecretError
 from .model import Change, ChangeKind, Inventory, Risk, Target
 from .model.plan import FileRef, Plan, PlannedStep, TargetPlan
@@ -28,25 +28,17 @@ def file_ref(path: Path) -> FileRef:
 
 @dataclass
 class ProbeSettings:
-    """What an action's context carries besides its target; the engine and tests fill it."""
+    """What a plan's or run's contexts carry besides their target; the engine and tests fill it."""
 
-    http_transport: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
-    # Test seam: sees every Proxmox request (method, path, params) before it is sent.
-    on_proxmox_request: Callable[[str, str, Mapping[str, Any]], None] | None = None
-    # SSH: trust_on_first_use, client_keys, config, known_hosts (see clients.ssh.SSHPool)
-    ssh_options: dict[str, Any] = field(default_factory=dict)
+    transports: Transports = field(default_factory=Transports)  # how the world is reached
     root: Path | None = None  # the project's root, for local files runbooks name
 
     def connections(
         self, inventory: Inventory | None, say: Callable[[str], None] | None = None
     ) -> Connections:
-        kw: dict[str, Any] = {"on_request": self.on_proxmox_request}
-        if say is not None:
-            kw["say"] = say
-        connections = Connections(inventory, **kw)
-        connections.ssh_options = dict(self.ssh_options)
-        return connections
+        if say is None:
+            return Connections(inventory, transports=self.transports)
+        return Connections(inventory, say=say, transports=self.transports)
 
 
 async def probe_step(
@@ -61,14 +53,7 @@ async def probe_step(
     if rendered.deferred or rendered.instance is None:
         return Change.unknown("known after apply: uses an earlier step's outputs")
     settings = settings or ProbeSettings()
-    ctx = ActionContext(
-        target=target,
-        read_only=True,
-        http_transport=settings.http_transport,
-        extras=dict(settings.extras),
-        connections=connections,
-        root=settings.root,
-    )
+    ctx = ActionContext(target=target, read_only=True, connections=connections, root=settings.root)
     try:
         return await rendered.instance.probe(ctx)
     except SecretError:

@@ -117,7 +117,7 @@ async def _cluster_state(
 
     connections = Connections(inventory)
     try:
-        client = (await connections.proxmox(cluster)).read_only()
+        client = await connections.proxmox(cluster, read_only=True)
         resources = await client.call("resources", {"type": "vm"}) or []
         nodes = await client.call("nodes") or []
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -13,7 +13,12 @@ from ..errors import OpskitError
 from ..model import Change, Outcome, Risk, StrictModel, Target
 
 if TYPE_CHECKING:
+    import ssl
+
+    import httpx
+
     from ..clients.connections import Connections
+    from ..clients.hub import HubClient
     from ..clients.proxmox import ProxmoxClient
     from ..clients.ssh import HostShell
 
@@ -29,32 +34,64 @@ class ActionArgs(StrictModel):
 
 @dataclass
 class ActionContext:
-    """What a probe or an apply may use. During planning `read_only` is True and the clients
-    it hands out refuse to mutate."""
+    """What a probe or an apply may use. The world is reached only through `connections` (the
+    methods below): during planning `read_only` is True and every client refuses to mutate."""
 
     target: Target
     read_only: bool
     log: Callable[[str], None] = field(default=lambda line: None)
-    # Test seam: an httpx transport for actions that speak HTTP (None: the real network).
-    http_transport: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
     connections: Connections | None = None
     root: Path | None = None  # the project (runbooks/, deploy/): local paths are relative to it
 
+    def _connections(self, what: str) -> Connections:
+        if self.connections is None:
+            raise OpskitError(f"no connections in this context: cannot reach {what}")
+        return self.connections
+
     async def proxmox(self) -> ProxmoxClient:
         """The Proxmox client of the target's cluster; read-only while planning."""
-        if self.connections is None:
-            raise OpskitError("no Proxmox connection in this context")
-        client = await self.connections.proxmox(self.target.cluster)
-        return client.read_only() if self.read_only else client
+        return await self._connections("Proxmox").proxmox(
+            self.target.cluster, read_only=self.read_only
+        )
 
     def shell(self) -> HostShell:
         """The target over SSH; while planning it runs only commands marked as probes."""
         from ..clients.ssh import Endpoint, HostShell
 
-        if self.connections is None:
-            raise OpskitError("no SSH connection in this context")
-        return HostShell(self.connections.ssh(), Endpoint.of(self.target), self.read_only)
+        connections = self._connections("the host over SSH")
+        return HostShell(
+            connections.ssh(), Endpoint.of(self.target), connections.door(self.read_only)
+        )
+
+    def hub(
+        self,
+        url: str,
+        email: str,
+        password: str,
+        *,
+        auth: str = "auto",
+        verify: bool | ssl.SSLContext = True,
+        timeout: float = 15.0,
+    ) -> HubClient:
+        """A Beszel hub client (not logged in yet); read-only while planning."""
+        return self._connections("the Beszel hub").hub(
+            self.read_only, url, email, password, auth=auth, verify=verify, timeout=timeout
+        )
+
+    def http(
+        self, *, verify: bool | ssl.SSLContext = True, timeout: float, follow_redirects: bool
+    ) -> httpx.AsyncClient:
+        """An httpx client for plain HTTP(S) (checks); read-only while planning."""
+        import httpx
+
+        transport = self._connections("HTTP").transport(self.read_only, verify=verify)
+        return httpx.AsyncClient(
+            verify=verify,
+            timeout=timeout,
+            follow_redirects=follow_redirects,
+            trust_env=False,  # never let a proxy variable send lab traffic elsewhere
+            transport=transport,
+        )
 
     def path(self, name: str) -> Path:
         """A local file named in a runbook: relative to the project's root."""

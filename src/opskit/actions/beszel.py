@@ -109,8 +109,6 @@ async def hub_session(
     timeout: float = 15.0,
 ) -> AsyncIterator[HubClient]:
     """A logged-in hub client (read-only while planning), closed on exit."""
-    from ..clients.hub import HubClient
-
     _require_known(f"the hub {url}", email, password)
     verify: Any = True
     parts = urlsplit(url)
@@ -120,14 +118,10 @@ async def hub_session(
         verify = await ssl_context(
             tls or TLS(), parts.hostname or "", parts.port or 443, timeout, service="Beszel hub"
         )
-    client = HubClient(
-        url, email, password, auth=auth, verify=verify, timeout=timeout,
-        transport=ctx.http_transport,
-    )  # fmt: skip
+    client = ctx.hub(url, email, password, auth=auth, verify=verify, timeout=timeout)
     try:
-        hub = client.read_only() if ctx.read_only else client
-        await hub.login()
-        yield hub
+        await client.login()
+        yield client
     finally:
         await client.aclose()
 

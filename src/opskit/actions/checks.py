@@ -117,12 +117,8 @@ class HttpCheck(Check[HttpArgs]):
                 kwargs["content"] = a.body
             elif a.body is not None:
                 kwargs["json"] = a.body
-            async with httpx.AsyncClient(
-                verify=verify,
-                timeout=a.timeout,
-                follow_redirects=a.follow_redirects,
-                trust_env=False,  # never let a proxy variable send lab traffic elsewhere
-                transport=ctx.http_transport,
+            async with ctx.http(
+                verify=verify, timeout=a.timeout, follow_redirects=a.follow_redirects
             ) as client:
                 response = await client.request(a.method, a.url, headers=headers, **kwargs)
                 body = response.text[:BODY_CAP]

@@ -57,12 +57,11 @@ async def on_host(ctx: ActionContext, args: HostArgs, work: Callable[[PyinfraHos
     data: dict[str, Any] = {}
     if args.become:
         data["_sudo"] = True
-    env = ctx.extras.get("host_env")  # test seam: environment for every command
+    shell = ctx.shell()
+    env = ctx.connections.transports.ssh.host_env if ctx.connections else ()
     if env:
         data["_env"] = dict(env)
-    return await run_pyinfra(
-        ctx.shell(), work, host_data=data, observer=ctx.extras.get("pyinfra_observer")
-    )
+    return await run_pyinfra(shell, work, host_data=data)
 
 
 def _mode(value: Any) -> str | None:

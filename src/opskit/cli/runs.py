@@ -37,7 +37,7 @@ def _request(*, tofu: bool = False, **kw: Any) -> Request:
 
     ctx = click.get_current_context()
     req = Request(workspace=workspace(ctx), interactive=interactive(), **kw)
-    req.settings.ssh_options["trust_on_first_use"] = tofu
+    req.settings.transports.ssh.trust_on_first_use = tofu
     return req
 
 

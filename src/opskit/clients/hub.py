@@ -2,9 +2,9 @@
 
 A superuser (`_superusers`) or a hub user (`users`) logs in with a password; the token is
 refreshed before it gets old, and a request refused with an older token (PocketBase treats a
-token it no longer accepts as none: 401 or 403) logs in again, once. `read_only()` gives
-a view that refuses everything but GET (logging in is allowed: it changes nothing), which is what
-probes get while planning.
+token it no longer accepts as none: 401 or 403) logs in again, once. Made through Connections
+(`ctx.hub()`), its transport is the door's: while planning everything but GET is refused
+(logging in passes: it changes nothing).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import asyncio
 import os
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit
 
@@ -23,8 +23,8 @@ from ..errors import (
     HubAuthError,
     HubError,
     HubUnreachable,
-    ReadOnlyRefused,
 )
+from .connections import CLIENT, READS
 from .net import connect_reason, tls_reason
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def filter_literal(value: str) -> str:
 
 
 class HubClient:
-    """One hub. Use as `async with HubClient(...) as hub:`; `read_only()` for probes."""
+    """One hub. Use as `async with HubClient(...) as hub:`."""
 
     def __init__(
         self,
@@ -60,7 +60,6 @@ class HubClient:
         verify: Any = True,
         timeout: float = 15.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        on_request: Callable[[str, str], None] | None = None,
     ) -> None:
         import httpx
 
@@ -68,7 +67,6 @@ class HubClient:
         self._email = email
         self._password = password
         self.auth = auth
-        self.on_request = on_request
         self._http = httpx.AsyncClient(
             base_url=self.url,
             verify=verify,
@@ -82,15 +80,6 @@ class HubClient:
         self._collection: str | None = None  # where the login succeeded
         self._account: dict[str, Any] = {}  # the logged-in account (id, email, ...)
         self._lock = asyncio.Lock()
-        self._read_only = False
-        self._root = self
-
-    def read_only(self) -> HubClient:
-        """A view sharing this client's connection and login, refusing every change."""
-        view = object.__new__(HubClient)
-        view.__dict__.update(self.__dict__)
-        view._read_only = True
-        return view
 
     async def __aenter__(self) -> HubClient:
         return self
@@ -103,20 +92,19 @@ class HubClient:
 
     @property
     def is_superuser(self) -> bool:
-        return self._root._collection == "_superusers"
+        return self._collection == "_superusers"
 
     @property
     def account(self) -> dict[str, Any]:
         """The logged-in account's record (id, email, ...); empty before the login."""
-        return self._root._account
+        return self._account
 
     # ----- auth --------------------------------------------------------------------------
 
     async def login(self) -> None:
         """Log in (again): superusers first, then hub users, as `auth` allows."""
-        root = self._root
-        async with root._lock:
-            await root._login_locked()
+        async with self._lock:
+            await self._login_locked()
 
     async def _login_locked(self) -> None:
         refused = []
@@ -145,14 +133,13 @@ class HubClient:
         )
 
     async def _ensure_token(self) -> str:
-        root = self._root
-        async with root._lock:
-            if root._token is None:
-                await root._login_locked()
-            elif time.monotonic() - root._issued > TOKEN_REFRESH:
-                await root._refresh_locked()
-            assert root._token is not None
-            return root._token
+        async with self._lock:
+            if self._token is None:
+                await self._login_locked()
+            elif time.monotonic() - self._issued > TOKEN_REFRESH:
+                await self._refresh_locked()
+            assert self._token is not None
+            return self._token
 
     async def _refresh_locked(self) -> None:
         path = f"/api/collections/{self._collection}/auth-refresh"
@@ -175,14 +162,12 @@ class HubClient:
         json: Any = None,
     ) -> Any:
         """The decoded JSON answer (None for 204); HubError for 4xx/5xx."""
-        if self._read_only and method != "GET":
-            raise ReadOnlyRefused(f"planning is read-only: refused {method} {path}")
         await self._ensure_token()
         changes = method != "GET"
         response = await self._send(
             method, path, params=params, json=json, authenticated=True, changes=changes
         )
-        stale = time.monotonic() - self._root._issued > RELOGIN_AFTER
+        stale = time.monotonic() - self._issued > RELOGIN_AFTER
         if response.status_code in (401, 403) and stale:
             # PocketBase takes a token it no longer accepts as no token at all (403 where the
             # rules need a login): log in again, once, unless the token is brand new
@@ -205,14 +190,15 @@ class HubClient:
         import httpx
 
         headers = {}
-        if authenticated and self._root._token:
-            headers["Authorization"] = self._root._token
-        if self.on_request is not None:
-            self.on_request(method, path)
+        if authenticated and self._token:
+            headers["Authorization"] = self._token
+        # Logging in and refreshing a token change nothing: the door lets them through.
+        reads = method == "GET" or not changes
         try:
             return await self._http.request(
-                method, path, params=dict(params or {}), json=json, headers=headers
-            )
+                method, path, params=dict(params or {}), json=json, headers=headers,
+                extensions={CLIENT: "hub", READS: reads},
+            )  # fmt: skip
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             # Nothing reached the hub: TLS refused it, or nothing answered.
             host = urlsplit(self.url).netloc or self.url

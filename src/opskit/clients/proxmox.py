@@ -7,9 +7,10 @@ test can hold each against the official API schema (../shared/pve/apischema.json
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,11 +20,11 @@ from ..errors import (
     ProxmoxAnswerLost,
     ProxmoxError,
     ProxmoxUnreachable,
-    ReadOnlyRefused,
     TaskFailed,
     TaskOutcomeUnknown,
     TaskTimeout,
 )
+from .connections import CLIENT, PARAMS, PATH, READS
 from .net import connect_reason, tls_reason
 
 if TYPE_CHECKING:
@@ -32,7 +33,10 @@ if TYPE_CHECKING:
 TICKET_RENEW = 110 * 60.0  # PVE tickets live 2 hours: renew 10 minutes before
 GET_RETRIES = 3
 IN_FLIGHT = 8  # requests at once per cluster: more only queue inside httpx, at a CPU cost
+MAX_CONNECTIONS = 16  # kept open per cluster
 TASK_POLL_MAX = 2.0
+
+log = logging.getLogger("opskit.proxmox")
 
 
 def _not_sent() -> tuple[type[Exception], ...]:
@@ -144,48 +148,59 @@ def _form(params: Mapping[str, Any]) -> dict[str, str | list[str]]:
     return out
 
 
-class ProxmoxClient:
-    """One cluster's API. `read_only()` gives a view that refuses anything but GET."""
+class ProxmoxSession:
+    """What every client of one cluster shares: the API's address and credentials, the
+    connection pool (`transport`), the login ticket and the requests in flight."""
 
     def __init__(
         self,
         api_url: str,
         credentials: Credentials,
         *,
-        verify: Any = True,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        max_connections: int = 16,
-        on_request: Callable[[str, str, Mapping[str, Any]], None] | None = None,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.credentials = credentials
+        self.timeout = timeout
+        self.transport = transport
+        self.ticket: tuple[str, str, float] | None = None  # (ticket, csrf, issued)
+        self.login_lock = asyncio.Lock()
+        self.in_flight = asyncio.Semaphore(IN_FLIGHT)
+
+    def client(self, transport: httpx.AsyncBaseTransport | None = None) -> ProxmoxClient:
+        """A client of this cluster through `transport` (Connections gives it the door's)."""
+        return ProxmoxClient(self, transport=transport or self.transport)
+
+
+class ProxmoxClient:
+    """One cluster's API through one transport: Connections makes one that reads (planning:
+    its door refuses every change) and one that may change, sharing one ProxmoxSession."""
+
+    def __init__(
+        self,
+        session: ProxmoxSession,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        verify: Any = True,
     ) -> None:
         import httpx
 
-        self.api_url = api_url.rstrip("/")
-        self.credentials = credentials
-        self.on_request = on_request
+        self.session = session
+        self.api_url = session.api_url
+        self.credentials = session.credentials
+        limits = httpx.Limits(
+            max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+        )
         self._http = httpx.AsyncClient(
             base_url=self.api_url,
             verify=verify,
-            timeout=timeout,
+            timeout=session.timeout,
             transport=transport,
             trust_env=False,  # never through a proxy from the environment
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+            limits=limits,
             headers={"Accept": "application/json"},
         )
-        self._ticket: tuple[str, str, float] | None = None  # (ticket, csrf, issued)
-        self._login_lock = asyncio.Lock()
-        self._in_flight = asyncio.Semaphore(IN_FLIGHT)
-        self._read_only = False
-
-    def read_only(self) -> ProxmoxClient:
-        """A view sharing this client's connections and login, refusing every change."""
-        view = object.__new__(ProxmoxClient)
-        view.__dict__.update(self.__dict__)
-        view._read_only = True
-        view._parent = self  # type: ignore[attr-defined]
-        return view
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -203,26 +218,25 @@ class ProxmoxClient:
     async def request(self, method: str, path: str, params: Mapping[str, Any] | None = None) -> Any:
         import httpx
 
-        if self._read_only and method != "GET":
-            raise ReadOnlyRefused(f"planning is read-only: refused {method} {path}")
         params = params or {}
-        if self.on_request is not None:
-            self.on_request(method, path, params)
+        extensions = {CLIENT: "proxmox", PARAMS: params, PATH: path}
         attempt = 0
         relogged = False
         while True:
             attempt += 1
             headers = await self._auth_headers(method)
             try:
-                async with self._in_flight:
+                async with self.session.in_flight:
                     if method in ("GET", "DELETE"):
                         response = await self._http.request(
-                            method, path, params=_form(params), headers=headers
-                        )
+                            method, path, params=_form(params), headers=headers,
+                            extensions=extensions,
+                        )  # fmt: skip
                     else:
                         response = await self._http.request(
-                            method, path, data=_form(params), headers=headers
-                        )
+                            method, path, data=_form(params), headers=headers,
+                            extensions=extensions,
+                        )  # fmt: skip
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing reached the server: safe to try again, whatever the method (but a
                 # certificate TLS refuses stays refused).
@@ -276,9 +290,8 @@ class ProxmoxClient:
         if c.token_id and c.token_secret:
             return {"Authorization": f"PVEAPIToken={c.token_id}={c.token_secret}"}
         await self._login()
-        root = getattr(self, "_parent", self)
-        assert root._ticket is not None
-        ticket, csrf, _ = root._ticket
+        assert self.session.ticket is not None
+        ticket, csrf, _ = self.session.ticket
         headers = {"Cookie": f"PVEAuthCookie={ticket}"}
         if method != "GET":
             headers["CSRFPreventionToken"] = csrf
@@ -287,18 +300,19 @@ class ProxmoxClient:
     async def _login(self, force: bool = False) -> None:
         import httpx
 
-        root = getattr(self, "_parent", self)
-        async with root._login_lock:
-            if not force and root._ticket and time.monotonic() - root._ticket[2] < TICKET_RENEW:
+        session = self.session
+        async with session.login_lock:
+            if not force and session.ticket and time.monotonic() - session.ticket[2] < TICKET_RENEW:
                 return
             c = self.credentials
             path = ENDPOINTS["login"].path
-            if self.on_request is not None:
-                self.on_request("POST", path, {"username": c.user, "password": "(hidden)"})
+            # A login changes nothing: the door lets it through while planning.
+            shown = {"username": c.user, "password": "(hidden)"}
             try:
                 response = await self._http.post(
-                    path, data={"username": c.user or "", "password": c.password or ""}
-                )
+                    path, data={"username": c.user or "", "password": c.password or ""},
+                    extensions={READS: True, CLIENT: "proxmox", PARAMS: shown, PATH: path},
+                )  # fmt: skip
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 raise ProxmoxUnreachable("POST", path, self._unreachable(exc)) from None
             except httpx.TransportError as exc:
@@ -306,22 +320,29 @@ class ProxmoxClient:
             if response.status_code >= 400:
                 raise _error("POST", path, response)
             data = response.json()["data"]
-            root._ticket = (data["ticket"], data["CSRFPreventionToken"], time.monotonic())
+            session.ticket = (data["ticket"], data["CSRFPreventionToken"], time.monotonic())
 
     # ----- tasks -------------------------------------------------------------------------
 
     async def wait_task(self, node: str, upid: str, timeout: float) -> TaskResult:
         """Poll the task until it stops; OK or WARNINGS succeed, anything else raises TaskFailed
         with the end of its log; past `timeout` TaskTimeout names the UPID."""
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         delay = 0.05
+        log.info("Proxmox task %s on %s: started", upid, node)
         while True:
             try:
                 status = await self.call("task_status", node=node, upid=upid)
             except ProxmoxError as exc:
+                log.info("Proxmox task %s: its end could not be read (%s)", upid, exc)
                 raise TaskOutcomeUnknown(upid, exc) from None
             if status.get("status") == "stopped":
                 exit_status = str(status.get("exitstatus", ""))
+                log.info(
+                    "Proxmox task %s on %s: %s in %.1f s", upid, node, exit_status or "?",
+                    time.monotonic() - started,
+                )  # fmt: skip
                 if exit_status == "OK":
                     return TaskResult(upid, exit_status)
                 if exit_status.startswith("WARNINGS"):
@@ -329,6 +350,7 @@ class ProxmoxClient:
                     return TaskResult(upid, exit_status, int(count) if count.isdigit() else 1)
                 raise TaskFailed(upid, exit_status, await self.task_log(node, upid))
             if time.monotonic() >= deadline:
+                log.info("Proxmox task %s on %s: still running after %g s", upid, node, timeout)
                 raise TaskTimeout(upid, timeout)
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 1.5, TASK_POLL_MAX)

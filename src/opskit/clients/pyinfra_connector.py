@@ -8,10 +8,11 @@ for goes back to the engine's loop with `asyncio.run_coroutine_threadsafe` and t
 SSHPool: the host's one connection and persistent shell, its host-key policy, SFTP on that same
 connection. The worker thread blocks while the loop does the I/O; the loop never blocks.
 
-Read-only is enforced here, not by care. While planning, a command runs only when pyinfra's fact
-loader asks for it while the bridge gathers facts or lists an operation's commands, and it runs
-as a probe; anything else, and every upload, is refused (`ReadOnlyRefused`). Nothing an
-operation yields runs while planning: the bridge only lists it.
+Read-only is enforced at the door, not by care. While planning, a command runs only while a fact
+is being read (opskit counts the facts its pyinfra host is asked for, `_count_facts`: its own
+phase, not a look at pyinfra's call stack), and it runs as a probe; anything else, and every
+upload, reaches the host's HostShell as a change, which the door refuses (`ReadOnlyRefused`).
+Nothing an operation yields runs while planning: the bridge only lists it.
 
 pyinfra keeps its current State (and Inventory) in a process-global context; several targets run
 at once, each in its own thread, so those two contexts are made per thread on first use
@@ -32,7 +33,6 @@ import json
 import logging
 import secrets
 import shlex
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping
@@ -63,7 +63,8 @@ from pyinfra.facts.files import File, Sha256File
 from pyinfra.operations.util import files as file_utils
 from typing_extensions import Unpack, override
 
-from ..errors import HostStateError, ReadOnlyRefused
+from ..errors import HostStateError
+from .connections import short
 from .ssh import CommandResult, HostShell, SSHPool
 
 if TYPE_CHECKING:
@@ -86,31 +87,16 @@ class BridgeCancelled(BaseException):
     A BaseException, so pyinfra's `except Exception` around callbacks cannot swallow it."""
 
 
-@dataclass
-class Sent:
-    """One command the connector ran or refused; what an observer (tests) sees."""
-
-    host: str
-    phase: str
-    command: str  # pyinfra's masked form
-    read_only: bool
-    refused: bool = False
-    rc: int | None = None
-
-
 class HostLink:
     """One target, as the connector sees it: its HostShell, the engine's loop, the phase."""
 
-    def __init__(
-        self,
-        shell: HostShell,
-        loop: asyncio.AbstractEventLoop,
-        observer: Callable[[Sent], None] | None = None,
-    ) -> None:
+    def __init__(self, shell: HostShell, loop: asyncio.AbstractEventLoop) -> None:
         self.shell = shell
         self.loop = loop
-        self.observer = observer
         self.phase = IDLE
+        # Facts being read (opskit's own count, kept by the host's get_fact, see _count_facts):
+        # while planning, a command runs, as a probe, only while a fact is read.
+        self.reading = 0
         self.cancelled = threading.Event()
         self.failures: list[str] = []
         # The mode an upload is written with, when the step knows it: content and mode then
@@ -155,10 +141,6 @@ class HostLink:
         if inflight is not None:
             inflight.cancel()
 
-    def _observe(self, sent: Sent) -> None:
-        if self.observer is not None:
-            self.observer(sent)
-
     def connect(self) -> None:
         self.call(self.shell.pool.session(self.shell.endpoint))
 
@@ -171,19 +153,15 @@ class HostLink:
         stdin: str | None = None,
         pty: bool = False,
     ) -> CommandResult:
-        probe = self.phase == FACTS and _asked_by_a_fact()
-        if self.read_only and not probe:
-            self._observe(Sent(self.name, self.phase, shown, True, refused=True))
-            raise ReadOnlyRefused(
-                f"planning is read-only: refused to run {_short(shown)} on {self.name}"
-            )
+        # A probe is what opskit's own phase says it is: a fact being read, never a command an
+        # operation yields (the door refuses those while planning).
+        probe = self.phase == FACTS and self.reading > 0
         cacheable = probe and stdin is None and not pty
         if cacheable and command in self._facts:
             return self._facts[command]
         result = self.call(
-            self.shell.run(command, probe=probe, timeout=timeout, stdin=stdin, pty=pty)
+            self.shell.run(command, probe=probe, timeout=timeout, stdin=stdin, pty=pty, shown=shown)
         )
-        self._observe(Sent(self.name, self.phase, shown, self.read_only, rc=result.rc))
         if cacheable:
             self._facts[command] = result
         else:
@@ -191,16 +169,12 @@ class HostLink:
         return result
 
     def put(self, data: bytes, path: str, mode: int | None = None) -> None:
-        if self.read_only:
-            self._observe(Sent(self.name, self.phase, f"upload {path}", True, refused=True))
-            raise ReadOnlyRefused(f"planning is read-only: refused to write {path}")
         self._facts.clear()
         self.call(_put(self.shell, data, path, mode or self.upload_mode))
-        self._observe(Sent(self.name, self.phase, f"upload {path}", False, rc=0))
 
     def failed(self, shown: str, result: CommandResult) -> None:
         tail = (result.stderr.strip() or result.stdout.strip())[-400:]
-        message = f"{_short(shown)} exited {result.rc}"
+        message = f"{short(shown)} exited {result.rc}"
         self.failures.append(f"{message}: {tail}" if tail else message)
 
 
@@ -215,22 +189,23 @@ async def _put(shell: HostShell, data: bytes, path: str, mode: int | None) -> No
     await shell.put(data, path, mode)
 
 
-def _asked_by_a_fact() -> bool:
-    """Whether pyinfra's fact loader is the caller: what makes a command a fact command."""
-    from pyinfra.api import facts
+def _count_facts(host: Host, slot: LinkSlot) -> None:
+    """Count the facts being read on `host`, for the link of the call in progress: every fact
+    an operation or opskit asks goes through `host.get_fact`, so the count is opskit's own
+    phase, not a reading of pyinfra's call stack."""
+    ask = host.get_fact
 
-    wanted = facts._get_fact.__code__
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code is wanted:
-            return True
-        frame = frame.f_back  # type: ignore[assignment]
-    return False
+    def get_fact(*args: Any, **kwargs: Any) -> Any:
+        link = slot.link
+        if link is None:
+            return ask(*args, **kwargs)
+        link.reading += 1
+        try:
+            return ask(*args, **kwargs)
+        finally:
+            link.reading -= 1
 
-
-def _short(command: str, limit: int = 120) -> str:
-    one = " ".join(command.split())
-    return f"`{one}`" if len(one) <= limit else f"`{one[: limit - 3]}...`"
+    host.get_fact = get_fact  # type: ignore[method-assign]
 
 
 def _lines(text: str) -> list[str]:
@@ -598,7 +573,9 @@ def _target_state(link: HostLink, data: Mapping[str, Any]) -> TargetState:
     inventory = Inventory(([(name, {LINK_KEY: slot, **data})], {}))  # type: ignore[no-untyped-call]
     config = Config(TEMP_DIR="/tmp")  # type: ignore[no-untyped-call]
     state = State(inventory, config, check_for_changes=False)
-    made = TargetState(state, inventory.get_host(name), slot)
+    host = inventory.get_host(name)
+    _count_facts(host, slot)
+    made = TargetState(state, host, slot)
     with _setup_lock:
         return _states[link.shell.pool].setdefault(key, made)
 
@@ -642,13 +619,12 @@ async def run_pyinfra(
     work: Callable[[PyinfraHost], T],
     *,
     host_data: Mapping[str, Any] | None = None,
-    observer: Callable[[Sent], None] | None = None,
 ) -> T:
     """Run `work` against the target of `shell` in a worker thread, its pyinfra commands going
     through `shell`'s pool on this loop. `host_data` sets pyinfra global arguments for every
     command (`_sudo`, `_env`). Cancelling this coroutine stops the work at its next command."""
     loop = asyncio.get_running_loop()
-    link = HostLink(shell, loop, observer)
+    link = HostLink(shell, loop)
     future = loop.run_in_executor(_workers(), _in_thread, link, work, dict(host_data or {}))
     try:
         return await future

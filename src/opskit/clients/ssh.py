@@ -9,6 +9,7 @@ a terminal or a sudo password get a channel of their own.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import shlex
@@ -19,12 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HostKeyError, ReadOnlyRefused, SSHError
+from ..errors import HostKeyError, SSHError
 
 if TYPE_CHECKING:
     import asyncssh
 
     from ..model import Target
+    from .connections import Door
+
+log = logging.getLogger("opskit.ssh")
 
 OUTPUT_CAP = 1024 * 1024  # bytes of stdout and of stderr kept per command
 CONNECT_TIMEOUT = 30.0
@@ -423,10 +427,15 @@ class SSHPool:
 
 
 class HostShell:
-    """One target over SSH, as actions see it. Read-only (planning) runs only probes."""
+    """One target over SSH, as actions see it: every command and file passes the door first
+    (while planning it lets through only commands marked as probes, and no file)."""
 
-    def __init__(self, pool: SSHPool, endpoint: Endpoint, read_only: bool) -> None:
-        self.pool, self.endpoint, self.read_only = pool, endpoint, read_only
+    def __init__(self, pool: SSHPool, endpoint: Endpoint, door: Door) -> None:
+        self.pool, self.endpoint, self.door = pool, endpoint, door
+
+    @property
+    def read_only(self) -> bool:
+        return self.door.read_only
 
     async def run(
         self,
@@ -436,21 +445,36 @@ class HostShell:
         timeout: float | None = None,
         stdin: str | bytes | None = None,
         pty: bool = False,
+        shown: str | None = None,
     ) -> CommandResult:
-        if self.read_only and not probe:
-            raise ReadOnlyRefused(
-                f"planning is read-only: refused to run {_short(command)} on {self.endpoint.name}"
-            )
-        return await self.pool.run(self.endpoint, command, timeout=timeout, stdin=stdin, pty=pty)
+        """Run a command; `shown` is how messages and logs show it (pyinfra's masked form)."""
+        from .connections import Sent
+
+        name = self.endpoint.name
+        self.door.enter(
+            Sent("ssh", "run", name, shown or command, reads=probe, read_only=self.read_only)
+        )
+        result = await self.pool.run(self.endpoint, command, timeout=timeout, stdin=stdin, pty=pty)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "SSH %s: %s -> exit %d in %.2f s%s", name, _logged(shown or command), result.rc,
+                result.duration, " (probe)" if probe else "",
+            )  # fmt: skip
+        return result
 
     async def put(self, data: bytes, path: str, mode: int) -> None:
-        """Write a file atomically over SFTP: a temporary file beside it, then a rename."""
+        """Write a file atomically over SFTP: a temporary file beside it, then a rename. The one
+        way opskit writes a file to a host (clients.hostfiles builds on it)."""
         import asyncssh
 
-        if self.read_only:
-            raise ReadOnlyRefused(f"planning is read-only: refused to write {path}")
+        from .connections import Sent
+
+        self.door.enter(
+            Sent("ssh", "put", self.endpoint.name, path, reads=False, read_only=self.read_only)
+        )
         session = await self.pool.session(self.endpoint)
         temporary = f"{path}.opskit-{secrets.token_hex(4)}"
+        started = time.monotonic()
         try:
             if session.sftp is None:
                 session.sftp = await session.conn.start_sftp_client()
@@ -461,6 +485,18 @@ class HostShell:
             await session.sftp.posix_rename(temporary, path)
         except (asyncssh.Error, OSError) as exc:
             raise SSHError(f"{self.endpoint.where()}: cannot write {path}: {exc}") from None
+        log.info(
+            "SSH %s: wrote %s (%d bytes, mode %04o) in %.2f s", self.endpoint.name, path,
+            len(data), mode, time.monotonic() - started,
+        )  # fmt: skip
+
+
+def _logged(command: str) -> str:
+    """A command as a log line shows it: one line, secrets redacted."""
+    from ..secrets import redactor
+
+    one = " ".join(command.split())
+    return redactor.redact(one if len(one) <= 300 else one[:297] + "...")
 
 
 def _bytes(data: bytes | str | None) -> bytes:
@@ -482,12 +518,3 @@ def sudo(command: str, *, password: bool = False, user: str = "root") -> str:
     if password:
         return f"sudo -S -p '' -v && {run} </dev/null"
     return run
-
-
-def local_user() -> str:
-    try:
-        import pwd
-
-        return pwd.getpwuid(os.getuid()).pw_name
-    except (ImportError, KeyError):
-        return os.environ.get("USER", "root")

@@ -702,8 +702,6 @@ class Execution:
             target=tr.target,
             read_only=False,
             log=lambda line: self.reporter.emit({"event": "message", "text": f"{label}: {line}"}),
-            http_transport=self.settings.http_transport,
-            extras=dict(self.settings.extras),
             connections=self.connections,
             root=self.settings.root,
         )

@@ -43,6 +43,7 @@ from opskit.clients.hub import (
     HubError,
     HubUnreachable,
 )
+from opskit.clients.primitives import put_file
 from opskit.errors import OpskitError, ReadOnlyRefused
 from opskit.lab import releases
 from opskit.model import ChangeKind, Outcome, Target
@@ -637,10 +638,11 @@ def test_agent_installs_a_verified_binary_and_its_plan_shows_the_rest(sshd, host
 
     # with the unit in place, only what systemd would say is left (no systemd here)
     async def write_unit(ctx: ActionContext) -> Any:
-        return await new._write(ctx.shell(), new.unit_path, new.unit_text(hub_key[1]).encode(),
-                                "0644")  # fmt: skip
+        data = new.unit_text(hub_key[1]).encode()
+        await put_file(ctx.shell(), new.unit_path, data, mode=0o644, parents=True)
+        return True
 
-    assert on_host(sshd, tgt, False, write_unit).rc == 0
+    assert on_host(sshd, tgt, False, write_unit)
     assert (root / "etc" / "systemd" / "beszel-agent.service").read_text() == new.unit_text(
         hub_key[1]
     )
@@ -671,10 +673,11 @@ def test_agent_token_file_is_private_from_the_start(sshd, host, hub_key):
     assert 'Environment="HUB_URL=http://hub:8090"\n' in unit
 
     async def write(ctx: ActionContext) -> Any:
-        return await action._write(ctx.shell(), paths["env_file"], f"TOKEN={token}\n".encode(),
-                                   "0600")  # fmt: skip
+        data = f"TOKEN={token}\n".encode()
+        await put_file(ctx.shell(), paths["env_file"], data, mode=0o600, parents=True)
+        return True
 
-    assert on_host(sshd, tgt, False, write).rc == 0
+    assert on_host(sshd, tgt, False, write)
     env_file = Path(paths["env_file"])
     assert env_file.read_text() == f"TOKEN={token}\n"
     assert oct(env_file.stat().st_mode & 0o777) == "0o600"

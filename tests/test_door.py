@@ -167,3 +167,18 @@ def test_actions_make_no_client_of_their_own() -> None:
     assert "httpx.AsyncClient(" not in source  # check.http's client comes from ctx.http()
     assert "HubClient(" not in source  # the hub's from ctx.hub()
     assert "ProxmoxClient(" not in source and "SSHPool(" not in source
+
+
+def test_one_way_to_write_a_file_to_a_host() -> None:
+    """Every file opskit sends to a host goes through primitives.put_file (which alone calls
+    HostShell.put, the one SFTP write): no action writes with a shell script or SFTP itself."""
+    callers = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.parts[-2] == "lab":
+            continue  # the lab builds its hosts on this machine, not through SSH
+        text = path.read_text()
+        name = str(path.relative_to(SRC))
+        if re.search(r"\bshell\.put\(|\.sftp\b|start_sftp_client", text):
+            callers.append(name)
+        assert not re.search(r'cat > "\$t"|mktemp [^\n]*&& *cat', text), name
+    assert callers == ["clients/primitives.py", "clients/ssh.py"]

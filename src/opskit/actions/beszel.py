@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from ..errors import OpskitError, SecretsPending
+from ..errors import OpskitError, SecretsPending, StepError
 from ..model import Change, ChangeKind, Duration, Outcome, Risk
 from ..model.inventory import TLS
 from ..render import SECRET
@@ -37,6 +37,7 @@ from .base import Action, ActionArgs, ActionContext, Check
 
 if TYPE_CHECKING:
     from ..clients.hub import HubClient
+    from ..clients.primitives import UnitState
     from ..clients.ssh import CommandResult, HostShell
 
 DEFAULT_RELEASES = "https://github.com/henrygd/beszel/releases/download"
@@ -588,6 +589,12 @@ class HostState:
     env: tuple[str, str] | None  # (mode, sha256) of the EnvironmentFile
 
     @property
+    def service(self) -> UnitState:
+        from ..clients.primitives import UnitState
+
+        return UnitState(self.enabled, self.active)
+
+    @property
     def version(self) -> str | None:
         if self.binary is None:
             return None
@@ -679,7 +686,9 @@ else echo 'env=-'; fi
 if [ -f "$u" ]; then echo unit=yes; cat "$u"; else echo unit=no; fi"""
         done = await shell.run(self._sh(script), probe=True, timeout=60)
         if done.rc != 0 or "\nunit=" not in done.stdout:
-            raise OpskitError(f"cannot read the agent's state: {_tail(done)}")
+            from ..clients.primitives import tail
+
+            raise OpskitError(f"cannot read the agent's state: {tail(done)}")
         head, _, rest = done.stdout.partition("\nunit=")
         values = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
         flag, _, unit = rest.partition("\n")
@@ -869,95 +878,83 @@ if [ -f "$u" ]; then echo unit=yes; cat "$u"; else echo unit=no; fi"""
     # ----- apply -------------------------------------------------------------------------
 
     async def apply(self, ctx: ActionContext) -> Outcome:
-        shell = ctx.shell()
+        a, shell = self.args, ctx.shell()
         state = await self._state(shell)
-        if self.args.state == "absent":
-            return await self._remove(ctx, shell, state)
+        if a.state == "absent":
+            return await self._remove(shell, state)
         want = self._wanted(state, await self._key(ctx))
-        differs, _ = self._differences(state, want)
-        if not differs:
+        if not self._differences(state, want)[0]:
             return Outcome(ok=True, summary=f"Beszel agent {want.version} is up to date")
         done: list[str] = []
         outputs: dict[str, Any] = {"version": want.version, "arch": want.arch, "done": done}
-
-        def failed(error: str) -> Outcome:
-            return Outcome(ok=False, changed=bool(done), summary=error, outputs=outputs,
-                           error=error)  # fmt: skip
-
-        new_binary = state.version != want.version
-        if new_binary:
-            ctx.log(f"downloading Beszel agent {want.version} ({want.arch})")
-            result = await self._install_binary(shell, want)
-            if result.rc != 0:
-                return failed(f"Beszel agent {want.version} not installed: {_tail(result)}")
-            outputs["sha256"] = result.stdout.strip()
-            done.append(f"binary {want.version}")
-        if not state.user:
-            result = await self._run(shell, self._useradd())
-            if result.rc != 0:
-                return failed(f"cannot create user {self.args.user}: {_tail(result)}")
-            done.append(f"user {self.args.user}")
-        reload = False
-        if state.unit != want.unit:
-            result = await self._write(shell, self.unit_path, want.unit.encode(), "0644")
-            if result.rc != 0:
-                return failed(f"cannot write {self.unit_path}: {_tail(result)}")
-            done.append("unit file")
-            reload = True
-        env_same = (
-            want.env is not None
-            and state.env is not None
-            and state.env == ("0600", hashlib.sha256(want.env.encode()).hexdigest())
-        )
-        if want.env is not None and not env_same:
-            result = await self._write(shell, self.args.env_file, want.env.encode(), "0600")
-            if result.rc != 0:
-                return failed(f"cannot write {self.args.env_file}: {_tail(result)}")
-            done.append("token file")
-            reload = True
-        elif want.env is None and state.env is not None:
-            await self._run(shell, f"rm -f {shlex.quote(self.args.env_file)}")
-            done.append("token file removed")
-            reload = True
-        steps: list[tuple[str, str]] = []
-        if reload:
-            steps.append(("daemon-reload", "systemctl daemon-reload"))
-        if state.enabled != "enabled":
-            steps.append(("enable", f"systemctl enable {SERVICE}"))
-        if state.active == "active" and (new_binary or reload):
-            steps.append(("stop", f"systemctl stop {SERVICE}"))
-            steps.append(("start", f"systemctl start {SERVICE}"))
-        elif state.active != "active" or new_binary or reload:
-            steps.append(("start", f"systemctl start {SERVICE}"))
-        for what, command in steps:
-            result = await self._run(shell, command)
-            if result.rc != 0:
-                return failed(f"systemctl {what} failed: {_tail(result)}")
-            done.append(what)
-        # `activating`: a unit still starting (or restarting after a failure) is given a while.
-        wait = (
-            f'n=0; while [ "$(systemctl is-active {SERVICE})" = activating ] && [ $n -lt 100 ];'
-            f" do sleep 0.1; n=$((n+1)); done; systemctl is-active {SERVICE}"
-        )
-        result = await self._run(shell, wait)
-        if result.stdout.strip() != "active":
-            shown = result.stdout.strip() or _tail(result)
-            return failed(f"{SERVICE} is {shown} after starting it")
+        try:
+            await self._converge(ctx, shell, state, want, done, outputs)
+        except StepError as exc:
+            error = str(exc)
+            return Outcome(
+                ok=False, changed=bool(done), summary=error, outputs=outputs, error=error
+            )
         summary = f"Beszel agent {want.version}: {', '.join(done)}"
         return Outcome(ok=True, changed=True, summary=summary, outputs=outputs)
 
-    async def _run(self, shell: HostShell, command: str) -> CommandResult:
-        return await shell.run(self._sh(command), timeout=120)
+    async def _converge(
+        self,
+        ctx: ActionContext,
+        shell: HostShell,
+        state: HostState,
+        want: Wanted,
+        done: list[str],
+        outputs: dict[str, Any],
+    ) -> None:
+        """The host primitives, composed: binary, user, unit and token files, the service."""
+        from ..clients.primitives import converge_unit, ensure_user
 
-    def _useradd(self) -> str:
-        who = shlex.quote(self.args.user)
-        # As Beszel's installer: a system user without a home or login; in the docker and disk
-        # groups where they exist (container and disk stats).
-        return (
-            f"id -u {who} >/dev/null 2>&1 || useradd --system --home-dir /nonexistent"
-            f" --shell /bin/false {who} || exit 1; for g in docker disk; do"
-            f" if getent group $g >/dev/null 2>&1; then usermod -aG $g {who} || exit 1; fi; done"
+        a = self.args
+        new_binary = state.version != want.version
+        if new_binary:
+            outputs["sha256"] = await self._binary(ctx, shell, want)
+            done.append(f"binary {want.version}")
+        if not state.user:  # as Beszel's installer: in the docker and disk groups
+            await ensure_user(shell, a.user, groups_if_present=("docker", "disk"), become=a.become)
+            done.append(f"user {a.user}")
+        files = await self._files(shell, state, want)
+        done += files
+        done += await converge_unit(
+            shell, SERVICE, state.service, reload=bool(files), restart=new_binary, become=a.become
         )
+
+    async def _binary(self, ctx: ActionContext, shell: HostShell, want: Wanted) -> str:
+        """Download, verify and install the binary; its archive's sha256."""
+        from ..clients.primitives import tail
+
+        ctx.log(f"downloading Beszel agent {want.version} ({want.arch})")
+        result = await self._install_binary(shell, want)
+        if result.rc != 0:
+            raise StepError(f"Beszel agent {want.version} not installed: {tail(result)}")
+        return result.stdout.strip()
+
+    async def _files(self, shell: HostShell, state: HostState, want: Wanted) -> list[str]:
+        """The unit file and the token's EnvironmentFile as wanted; what changed."""
+        from ..clients.primitives import put_file, remove_files
+
+        a = self.args
+        done = []
+        if state.unit != want.unit:
+            await put_file(shell, self.unit_path, want.unit.encode(), mode=0o644,
+                           become=a.become, parents=True)  # fmt: skip
+            done.append("unit file")
+        env_same = want.env is not None and state.env == (
+            "0600",
+            hashlib.sha256(want.env.encode()).hexdigest(),
+        )
+        if want.env is not None and not env_same:
+            await put_file(shell, a.env_file, want.env.encode(), mode=0o600, become=a.become,
+                           parents=True)  # fmt: skip
+            done.append("token file")
+        elif want.env is None and state.env is not None:
+            await remove_files(shell, [a.env_file], become=a.become)
+            done.append("token file removed")
+        return done
 
     async def _install_binary(self, shell: HostShell, want: Wanted) -> CommandResult:
         """Download, verify and install the binary, on the host. Nothing is installed unless
@@ -997,39 +994,21 @@ if cp "$tmp/beszel-agent" "$stage" && chmod 755 "$stage" && mv -f "$stage" "$bin
 else rm -f "$stage"; exit 25; fi"""
         return await shell.run(self._sh(script), timeout=self.args.timeout)
 
-    async def _write(self, shell: HostShell, path: str, data: bytes, mode: str) -> CommandResult:
-        """A file written whole, then renamed into place: created 0600 (mktemp), so a token
-        is never readable by others, not even for a moment; fed on stdin, never in argv."""
-        directory, _, name = path.rpartition("/")
-        d, p = shlex.quote(directory or "/"), shlex.quote(path)
-        command = (
-            f'mkdir -p {d} && t=$(mktemp {d}/.{shlex.quote(name)}.XXXXXX) && cat > "$t"'
-            f' && chmod {mode} "$t" && mv -f "$t" {p} || {{ rm -f "$t"; exit 1; }}'
-        )
-        return await shell.run(self._sh(command), stdin=data, timeout=60)
+    async def _remove(self, shell: HostShell, state: HostState) -> Outcome:
+        from ..clients.primitives import remove_directory, remove_unit, remove_user
 
-    async def _remove(self, ctx: ActionContext, shell: HostShell, state: HostState) -> Outcome:
         change = self._absent_change(state)
         if change.kind is ChangeKind.NONE:
             return Outcome(ok=True, summary=change.summary)
         a = self.args
-        q = shlex.quote
-        commands = []
-        if state.active == "active":
-            commands.append(f"systemctl stop {SERVICE}")
-        if state.enabled == "enabled":
-            commands.append(f"systemctl disable {SERVICE} >/dev/null 2>&1 || true")
-        commands.append(f"rm -f {q(self.unit_path)} {q(a.env_file)}")
-        if state.unit is not None:
-            commands.append("systemctl daemon-reload")
-        commands.append(f"rm -rf {q(a.install_dir)}")
-        if state.user:
-            commands.append(f"userdel {q(a.user)}")
-        for command in commands:
-            result = await self._run(shell, command)
-            if result.rc != 0:
-                error = f"{command.split(' >')[0]} failed: {_tail(result)}"
-                return Outcome(ok=False, changed=True, summary=error, error=error)
+        try:
+            await remove_unit(shell, SERVICE, state.service, [self.unit_path, a.env_file],
+                              reload=state.unit is not None, become=a.become)  # fmt: skip
+            await remove_directory(shell, a.install_dir, become=a.become)
+            if state.user:
+                await remove_user(shell, a.user, become=a.become)
+        except StepError as exc:
+            return Outcome(ok=False, changed=True, summary=str(exc), error=str(exc))
         return Outcome(ok=True, changed=True, summary=change.summary)
 
 
@@ -1055,8 +1034,3 @@ def _diff(have: str, want: str, key_known: bool) -> list[str]:
         have.splitlines(), want.splitlines(), "installed", "wanted", lineterm="", n=1
     )
     return list(lines)[:80]
-
-
-def _tail(result: CommandResult) -> str:
-    text = (result.stderr.strip() or result.stdout.strip())[-400:]
-    return text or f"exit code {result.rc}"

@@ -251,33 +251,25 @@ class Config(Action[ConfigArgs]):
         found, _, config, env, _ = await self._plan(ctx)
         if not found:
             return Outcome(ok=True, summary=f"{a.path} and {a.env_file} are up to date")
+        from ..clients.primitives import ensure_directory, put_file
+
         shell = ctx.shell()
-        q = shlex.quote
-        dirs = sorted({a.path.rsplit("/", 1)[0], a.env_file.rsplit("/", 1)[0]})
-        # The files are created before their mode is set: nobody but root and the service's
+        # The files are created before their owner is set: nobody but root and the service's
         # group may enter the directory meanwhile.
-        for d in dirs:
-            done = await shell.run(
-                f"install -d -m 0750 -o root -g {q(a.group)} {q(d)} && chmod 0750 {q(d)}"
-                f" && chgrp {q(a.group)} {q(d)}"
-            )
-            if done.rc != 0:
-                raise OpskitError(f"cannot prepare {d}: {done.stderr.strip()[-300:]}")
+        for d in sorted({a.path.rsplit("/", 1)[0], a.env_file.rsplit("/", 1)[0]}):
+            await ensure_directory(shell, d, mode=0o750, owner="root", group=a.group)
         written = []
         for path, data, owner, group in (
             (a.path, config, a.owner, a.group),
             (a.env_file, env, "root", "root"),
         ):
-            p = q(path)
             if a.backup:
                 # The first replaced version since the last confirmed deploy is what a
                 # rollback restores: a later change must not overwrite it.
+                p = shlex.quote(path)
                 keep = f"if [ -f {p} ] && [ ! -e {p}.previous ]; then cp -p {p} {p}.previous; fi"
                 await shell.run(keep)
-            await shell.put(data, path, 0o600)
-            done = await shell.run(f"chown {q(owner)}:{q(group)} {p} && chmod 0600 {p}")
-            if done.rc != 0:
-                raise OpskitError(f"cannot set the owner of {path}: {done.stderr.strip()[-300:]}")
+            await put_file(shell, path, data, mode=0o600, owner=owner, group=group)
             written.append(path)
         return Outcome(
             ok=True,

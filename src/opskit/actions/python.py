@@ -202,7 +202,9 @@ class Venv(Action[VenvArgs]):
         shell = ctx.shell()
         remote = f"/var/tmp/opskit-wheelhouse-{secrets.token_hex(6)}.tar"
         ctx.log(f"sending {count} files ({len(data) / 1e6:.1f} MB) to the host")
-        await shell.put(data, remote, 0o600)
+        from ..clients.primitives import put_file
+
+        await put_file(shell, remote, data, mode=0o600)
         ctx.log(f"installing {a.package}=={a.version} into {a.path} (offline)")
         result = await shell.run(self._script(remote), timeout=a.timeout)
         if result.rc != 0:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from ..errors import OpskitError
+from ..errors import OpskitError, StepError
 from ..model import Change, ChangeKind, Duration, Outcome, Risk
 from ..render import SECRET, SHELL
 from .base import Action, ActionArgs, ActionContext, Check
@@ -302,15 +302,14 @@ class Upload(Action[UploadArgs]):
 
     async def apply(self, ctx: ActionContext) -> Outcome:
         a = self.args
+        from ..clients.primitives import put_file
+
         data = self._data(ctx)
-        shell = ctx.shell()
-        await shell.put(data, a.dest, int(a.mode, 8))
-        if a.owner or a.group:
-            who = f"{a.owner or ''}{':' + a.group if a.group else ''}"
-            done = await shell.run(f"chown {shlex.quote(who)} {shlex.quote(a.dest)}")
-            if done.rc != 0:
-                return Outcome(ok=False, changed=True, summary=f"wrote {a.dest}",
-                               error=f"chown {who} failed: {done.stderr.strip()}")  # fmt: skip
+        try:
+            await put_file(ctx.shell(), a.dest, data, mode=int(a.mode, 8), owner=a.owner,
+                           group=a.group)  # fmt: skip
+        except StepError as exc:
+            return Outcome(ok=False, changed=True, summary=f"wrote {a.dest}", error=str(exc))
         digest = hashlib.sha256(data).hexdigest()
         return Outcome(ok=True, changed=True, summary=f"wrote {a.dest} ({len(data)} bytes)",
                        outputs={"sha256": digest, "size": len(data)})  # fmt: skip

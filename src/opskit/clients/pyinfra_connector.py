@@ -31,7 +31,6 @@ import concurrent.futures
 import io
 import json
 import logging
-import secrets
 import shlex
 import threading
 import weakref
@@ -63,7 +62,7 @@ from pyinfra.facts.files import File, Sha256File
 from pyinfra.operations.util import files as file_utils
 from typing_extensions import Unpack, override
 
-from ..errors import HostStateError
+from ..errors import HostStateError, StepError
 from .connections import short
 from .ssh import CommandResult, HostShell, SSHPool
 
@@ -168,9 +167,9 @@ class HostLink:
             self._facts.clear()  # the host may have changed: facts are asked afresh
         return result
 
-    def put(self, data: bytes, path: str, mode: int | None = None) -> None:
+    def put(self, data: bytes, path: str, *, become: bool = False) -> None:
         self._facts.clear()
-        self.call(_put(self.shell, data, path, mode or self.upload_mode))
+        self.call(_put(self.shell, data, path, self.upload_mode, become))
 
     def failed(self, shown: str, result: CommandResult) -> None:
         tail = (result.stderr.strip() or result.stdout.strip())[-400:]
@@ -178,15 +177,18 @@ class HostLink:
         self.failures.append(f"{message}: {tail}" if tail else message)
 
 
-async def _put(shell: HostShell, data: bytes, path: str, mode: int | None) -> None:
-    """Upload (atomically: HostShell.put writes beside, then renames) with `mode`; without one,
-    keep an existing file's mode and start a new one at 0600 (the operation sets the mode it
-    wants after): content that may be secret is never readable by others meanwhile."""
+async def _put(shell: HostShell, data: bytes, path: str, mode: int | None, become: bool) -> None:
+    """Upload through the one way files reach a host (primitives.put_file: atomic, its mode on
+    arrival) with `mode`; without one, keep an existing file's mode and start a new one at 0600
+    (the operation sets the mode it wants after): content that may be secret is never readable
+    by others meanwhile."""
+    from .primitives import put_file
+
     if mode is None:
         found = await shell.run(f"stat -c %a {shlex.quote(path)} 2>/dev/null", probe=True)
         text = found.stdout.strip()
         mode = int(text, 8) if found.rc == 0 and text.isdigit() else 0o600
-    await shell.put(data, path, mode)
+    await put_file(shell, path, data, mode=mode, become=become)
 
 
 def _count_facts(host: Host, slot: LinkSlot) -> None:
@@ -293,20 +295,15 @@ class OpskitConnector(BaseConnector):
             data = handle.read()
         if isinstance(data, str):
             data = data.encode()
-        if not any(arguments.get(k) for k in ("_sudo", "_su_user", "_doas", "_dzdo")):
-            link.put(data, remote_filename)
-            return True
-        # SFTP writes as the login user: upload beside, then copy as the privileged user
-        temporary = f"/tmp/opskit-upload-{secrets.token_hex(8)}"
-        link.put(data, temporary, 0o600)
+        # opskit's host kinds become root through sudo (HostArgs.become): the upload is moved
+        # into place by sudo, the same way as every other file opskit writes
+        become = any(arguments.get(k) for k in ("_sudo", "_su_user", "_doas", "_dzdo"))
         try:
-            ok, _ = self.run_shell_command(
-                StringCommand("cp", QuoteString(temporary), QuoteString(remote_filename)),
-                **arguments,
-            )
-        finally:
-            self.run_shell_command(StringCommand("rm", "-f", QuoteString(temporary)))
-        return ok
+            link.put(data, remote_filename, become=become)
+        except StepError as exc:
+            link.failures.append(str(exc))
+            return False
+        return True
 
     @override
     def get_file(

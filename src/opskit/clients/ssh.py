@@ -464,7 +464,7 @@ class HostShell:
 
     async def put(self, data: bytes, path: str, mode: int) -> None:
         """Write a file atomically over SFTP: a temporary file beside it, then a rename. The one
-        way opskit writes a file to a host (clients.hostfiles builds on it)."""
+        way opskit writes a file to a host (clients.primitives.put_file builds on it)."""
         import asyncssh
 
         from .connections import Sent
@@ -479,7 +479,10 @@ class HostShell:
             if session.sftp is None:
                 session.sftp = await session.conn.start_sftp_client()
                 self.pool.channels_opened += 1
-            async with session.sftp.open(temporary, "wb") as handle:
+            # Created private: content that may be secret is never readable by others, not even
+            # before the mode it is meant to have is set.
+            private = asyncssh.SFTPAttrs(permissions=0o600)
+            async with session.sftp.open(temporary, "wb", private) as handle:
                 await handle.write(data)
             await session.sftp.chmod(temporary, mode)
             await session.sftp.posix_rename(temporary, path)

@@ -982,3 +982,25 @@ def test_a_task_left_running_is_waited_for_before_the_guest_is_changed(lab, fake
     assert "[docker] down: ok" in out.getvalue() and lab.pve.vm(100).status == "stopped"
     # The run sent no shutdown of its own: the one left running did it.
     assert [p for p in lab.posts() if p.endswith("/status/shutdown")] == []
+
+
+def test_v_logs_each_proxmox_task(lab, capsys):
+    import logging
+
+    from opskit.logs import configure
+
+    lab.project(POWER)
+    configure(1)
+    try:
+        _, result = lab.run()
+    finally:
+        logger = logging.getLogger("opskit")
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+    assert result.exit_code == 0
+    err = capsys.readouterr().err
+    assert re.search(r"opskit: Proxmox task UPID:pve1:\S+ on pve1: started", err), err
+    assert re.search(r"opskit: Proxmox task UPID:pve1:\S+ on pve1: OK in [0-9.]+ s", err), err
+    assert re.search(r"opskit: HTTP POST https://\S+/status/start -> 200 in \d+ ms", err), err

@@ -45,6 +45,14 @@ def use_lab_state(ctx: click.Context, param: click.Parameter, value: bool) -> No
         os.environ["OPSKIT_STATE_DIR"] = str(lab_state_dir())
 
 
+def use_logging(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    """-v / -vv, or OPSKIT_LOG: what opskit does over SSH and HTTP, logged (opskit.logs)."""
+    if value or os.environ.get("OPSKIT_LOG"):
+        from ..logs import configure
+
+        configure(value)
+
+
 class LazyGroup(click.Group):
     """Subcommands live in their own modules, imported only when invoked."""
 
@@ -94,6 +102,11 @@ class LazyGroup(click.Group):
 @click.option(
     "--lab", is_flag=True, is_eager=True, expose_value=False, callback=use_lab_state,
     help="The same as --lab after the command: inside the lab (`opskit lab up`).",
+)  # fmt: skip
+@click.option(
+    "-v", "--verbose", count=True, is_eager=True, expose_value=False, callback=use_logging,
+    help="Log each SSH command, HTTP request and Proxmox task on stderr (-vv: more);"
+    " also OPSKIT_LOG=info|debug.",
 )  # fmt: skip
 @click.pass_context
 def cli(ctx: click.Context, runbooks_dir: str | None, inventory_path: str | None) -> None:

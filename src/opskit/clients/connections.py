@@ -105,6 +105,13 @@ class Door:
 
     def enter(self, sent: Sent) -> None:
         """Let `sent` through, or refuse it (ReadOnlyRefused) when planning and not a read."""
+        if log.isEnabledFor(logging.DEBUG):
+            verdict = "refused" if self.read_only and not sent.reads else "passes"
+            kind = "a read" if sent.reads else "a change"
+            what = (
+                _shown(sent) if sent.client == "ssh" else f"{sent.method} {sent.where}{sent.what}"
+            )
+            log.debug("door: %s %s (%s)", verdict, what, kind)
         if self.read_only and not sent.reads:
             if self.observe is not None:
                 self.observe(replace(sent, refused=True))

@@ -57,6 +57,18 @@ def _own_redactor() -> Iterator[None]:
     redactor._values = saved
 
 
+# Fixtures that start a real component (OpenSSH sshd, fakepve, PocketBase, the lab): a test
+# using one, itself or through another fixture, is `integration`, so `pytest -m "not
+# integration"` is the fast inner loop (the README says how fast).
+REAL_COMPONENTS = {"sshd", "hosts", "ssh_project", "fakepve", "pve", "hub", "lab"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_COMPONENTS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 # Outputs a shipped kind registered in this test without documenting them (`outputs`).
 _undocumented: list[str] = []
 

@@ -965,6 +965,7 @@ def answering(check: CheckAgent, tgt: Target, within: float = 15.0) -> Outcome:
         time.sleep(0.2)
 
 
+@pytest.mark.integration
 def test_agent_installs_upgrades_and_removes_on_an_isolated_host(
     tmp_path, monkeypatch, hub_key, mirror
 ):

@@ -22,6 +22,8 @@ import pytest
 from labkit import REPO, Lab, lab_up, make_lab, require_root
 from opskit.lab.core import alive
 
+pytestmark = pytest.mark.integration
+
 HOSTS = ["docker", "homeassistant", "media", "ai", "dev", "pve", "workstation"]
 
 

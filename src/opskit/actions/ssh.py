@@ -264,20 +264,13 @@ class Upload(Action[UploadArgs]):
             raise OpskitError(f"cannot read {path}: {exc.strerror}") from None
 
     async def _state(self, ctx: ActionContext) -> dict[str, Any] | None:
-        dest = shlex.quote(self.args.dest)
-        found = await ctx.shell().run(
-            f"test -f {dest} && sha256sum {dest} && stat -c '%a %U %G' {dest}", probe=True
-        )
-        if found.rc != 0:
+        from ..clients.primitives import file_state
+
+        found = await file_state(ctx.shell(), self.args.dest)
+        if found is None:
             return None
-        lines = found.stdout.split("\n")
-        mode, owner, group = lines[1].split()
-        return {
-            "sha256": lines[0].split()[0],
-            "mode": mode.zfill(4),
-            "owner": owner,
-            "group": group,
-        }
+        return {"sha256": found.sha256, "mode": found.mode, "owner": found.owner,
+                "group": found.group}  # fmt: skip
 
     def _wanted(self, data: bytes) -> dict[str, Any]:
         a = self.args

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..errors import EXIT_USAGE, LoadError, OpskitError, Problem
+from ..errors import EXIT_USAGE, LoadError
 from ..workspace import shown_path
 from .common import json_option, workspace, workspace_options
 from .output import echo, emit_json, table
@@ -23,65 +23,27 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None
 
     Problems print as FILE:LINE:COL: MESSAGE; the exit code is 2 if there are any.
     """
-    from ..loader import load_inventory, load_runbook
-    from ..workspace import check_runbook
+    from ..validate import check_files, files_to_check
 
     ws = workspace(ctx)
-    inventory_file = ws.inventory_path.resolve()
-    files: list[Path] = []
-    if not paths:
-        files = [ws.inventory_path, *ws.runbook_paths()]
-    for p in paths:
-        if p.is_dir():
-            files.extend(sorted(x for x in p.iterdir() if x.suffix in (".yaml", ".yml")))
-        else:
-            files.append(p)
     results: list[dict[str, Any]] = []
-    inventory = None
-    inventory_error: list[Problem] = []
-    try:
-        inventory = ws.inventory
-    except LoadError as exc:
-        inventory_error = exc.problems
-    except OpskitError:
-        inventory_error = []
-    for path in files:
-        problems: list[Problem] = []
-        summary = ""
-        if path.resolve() == inventory_file or path.parent.name == "inventory":
-            try:
-                inv = ws.inventory if path.resolve() == inventory_file else load_inventory(path)[0]
-                summary = f"{len(inv.guests)} guests, {len(inv.hosts)} hosts"
-            except LoadError as exc:
-                problems = exc.problems
-        else:
-            try:
-                runbook, source = load_runbook(path, ws.catalog)
-                if inventory is not None:
-                    problems = check_runbook(runbook, source, inventory, ws.catalog)
-                    if not problems:
-                        count = len(inventory.select(runbook.targets))
-                        summary = f"{len(runbook.steps)} steps, {count} targets"
-                elif inventory_error:
-                    summary = "targets not checked: the inventory has problems"
-            except LoadError as exc:
-                problems = exc.problems
+    for check in check_files(ws, files_to_check(ws, paths)):
         results.append(
             {
-                "file": str(path),
-                "ok": not problems,
-                "summary": summary,
+                "file": str(check.file),
+                "ok": check.ok,
+                "summary": check.summary,
                 "problems": [
-                    {"line": p.line, "col": p.col, "message": p.message} for p in sorted(problems)
+                    {"line": p.line, "col": p.col, "message": p.message} for p in check.problems
                 ],
             }
         )
-        if not as_json:
-            if problems:
-                for problem in sorted(problems):
-                    echo(str(problem), err=True)
-            else:
-                echo(f"ok  {path}" + (f"  ({summary})" if summary else ""))
+        if as_json:
+            continue
+        for problem in check.problems:
+            echo(str(problem), err=True)
+        if check.ok:
+            echo(f"ok  {check.file}" + (f"  ({check.summary})" if check.summary else ""))
     failed = sum(not r["ok"] for r in results)
     if as_json:
         emit_json({"ok": failed == 0, "files": results})

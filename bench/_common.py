@@ -198,8 +198,10 @@ def print_ratio_verdicts(found: list[dict[str, Any]], as_json: bool) -> None:
     """One line per ratio target: `NAME: VALUEx: PASS|FAIL (target T)`."""
     out = verdict_stream(as_json)
     for v in found:
-        print(f"{v['name']}: {v['value']:.2f}x: {pass_fail(v['pass'])} (target {v['target']})",
-              file=out)  # fmt: skip
+        print(
+            f"{v['name']}: {v['value']:.2f}x: {pass_fail(v['pass'])} (target {v['target']})",
+            file=out,
+        )
 
 
 # ----- profile -----------------------------------------------------------------------------

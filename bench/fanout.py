@@ -197,8 +197,9 @@ def make_lab(root: Path, sshd: Sshd) -> Lab:
     if "UTF-8" not in env.get("LC_ALL", "UTF-8").upper():
         env["LC_ALL"] = "C.UTF-8"
     pids = [p.pid for p in sshd.processes]
-    return Lab(root, sshd.addresses, sshd.port, sshd.pinned, home, key, known_hosts, ssh_config,
-               env, pids)  # fmt: skip
+    return Lab(
+        root, sshd.addresses, sshd.port, sshd.pinned, home, key, known_hosts, ssh_config, env, pids
+    )
 
 
 # ----- the peers -----------------------------------------------------------------------------
@@ -229,8 +230,16 @@ def _nothing() -> None:
 
 
 def asyncssh_peer(lab: Lab, name: str, label: str, commands: list[str], runs: int) -> Peer:
-    argv = [sys.executable, "-c", _ASYNCSSH_CHILD, ",".join(lab.hosts), str(lab.port),
-            str(lab.key), str(lab.known_hosts), json.dumps(commands)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-c",
+        _ASYNCSSH_CHILD,
+        ",".join(lab.hosts),
+        str(lab.port),
+        str(lab.key),
+        str(lab.known_hosts),
+        json.dumps(commands),
+    ]
     expected = len(lab.hosts) * len(commands)
 
     def check(output: str) -> str | None:
@@ -358,8 +367,14 @@ def pyinfra_peer(lab: Lab, runs: int) -> Peer:
     pyinfra = Path(sys.executable).parent / "pyinfra"
     if not pyinfra.is_file():
         fail(f"{pyinfra} is missing: pip install pyinfra")
-    argv = [str(pyinfra), "-y", "--parallel", str(CONCURRENCY), str(work / "inventory.py"),
-            str(work / "deploy.py")]  # fmt: skip
+    argv = [
+        str(pyinfra),
+        "-y",
+        "--parallel",
+        str(CONCURRENCY),
+        str(work / "inventory.py"),
+        str(work / "deploy.py"),
+    ]
 
     expected = len(lab.hosts) * len(COMMANDS)
 
@@ -369,8 +384,9 @@ def pyinfra_peer(lab: Lab, runs: int) -> Peer:
             return f"its results do not show {expected} operations, all a success, none an error"
         return None
 
-    return Peer("pyinfra", "pyinfra deploy: 10 server.shell ops", runs,
-                lambda: (argv, {}, check, _nothing))  # fmt: skip
+    return Peer(
+        "pyinfra", "pyinfra deploy: 10 server.shell ops", runs, lambda: (argv, {}, check, _nothing)
+    )
 
 
 def ansible_peer(lab: Lab, module: str, runs: int) -> Peer:
@@ -401,8 +417,7 @@ def ansible_peer(lab: Lab, module: str, runs: int) -> Peer:
                 return f"the recap shows {len(good)} of {expected} hosts with every task ok"
             return None
 
-        env = {"ANSIBLE_CONFIG": str(config),
-               "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control)}  # fmt: skip
+        env = {"ANSIBLE_CONFIG": str(config), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control)}
         return argv, env, check, lambda: exit_masters(control)
 
     return Peer(f"ansible {module}", f"ansible-playbook: 10 {module} tasks", runs, start)
@@ -513,8 +528,10 @@ def verdicts(by: dict[str, Peer]) -> list[dict[str, Any]]:
             "pass": opskit <= FLOOR_RATIO * by["floor"].median,
         }
     ]
-    faster = [("pyinfra", "pyinfra", PYINFRA_SPEEDUP),
-              ("one channel per command", "asyncssh/chan", CHANNEL_SPEEDUP)]  # fmt: skip
+    faster = [
+        ("pyinfra", "pyinfra", PYINFRA_SPEEDUP),
+        ("one channel per command", "asyncssh/chan", CHANNEL_SPEEDUP),
+    ]
     ansible = [p for name, p in by.items() if name.startswith("ansible")]
     for title, name, speedup in faster:
         found.append(
@@ -600,8 +617,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench_all(args: argparse.Namespace, lab: Lab) -> int:
     slow = 1 if args.quick else args.runs
-    floor = asyncssh_peer(lab, "floor", "asyncssh: connect, run 1 command", [FLOOR_COMMAND],
-                          args.runs)  # fmt: skip
+    floor = asyncssh_peer(
+        lab, "floor", "asyncssh: connect, run 1 command", [FLOOR_COMMAND], args.runs
+    )
     opskit = opskit_peer(lab, args.runs)
     peers = [
         floor,

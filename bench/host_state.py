@@ -291,8 +291,17 @@ def write_runbooks(lab: Lab, runbooks: Path, wanted: Wanted) -> None:
 
 
 def opskit_args(runbooks: Path, inventory: Path, runbook: str, root: Path) -> list[str]:
-    return ["--runbooks", str(runbooks), "--inventory", str(inventory), "run", runbook, "--yes",
-            "-p", f"root={root}"]  # fmt: skip
+    return [
+        "--runbooks",
+        str(runbooks),
+        "--inventory",
+        str(inventory),
+        "run",
+        runbook,
+        "--yes",
+        "-p",
+        f"root={root}",
+    ]
 
 
 @dataclass
@@ -310,14 +319,17 @@ def write_opskit_project(lab: Lab, wanted: Wanted) -> OpskitProject:
     return OpskitProject(runbooks, write_inventory(lab, project), list(wanted.files))
 
 
-def opskit_peer(lab: Lab, project: OpskitProject, name: str, runbook: str, label: str,
-                runs: int) -> Peer:  # fmt: skip
+def opskit_peer(
+    lab: Lab, project: OpskitProject, name: str, runbook: str, label: str, runs: int
+) -> Peer:
     expected = len(lab.hosts) * (len(project.files) + 1)
 
     def start(case: str, root: Path) -> RunSpec:
         state = lab.fresh("state")
-        argv = [*opskit_command(sys.executable),
-                *opskit_args(project.runbooks, project.inventory, runbook, root)]  # fmt: skip
+        argv = [
+            *opskit_command(sys.executable),
+            *opskit_args(project.runbooks, project.inventory, runbook, root),
+        ]
 
         def check(output: str) -> str | None:
             if case == "create":
@@ -373,8 +385,14 @@ def pyinfra_peer(lab: Lab, local: dict[str, Path], runs: int) -> Peer:
     pyinfra = Path(sys.executable).parent / "pyinfra"
     if not pyinfra.is_file():
         fail(f"{pyinfra} is missing: pip install pyinfra")
-    argv = [str(pyinfra), "-y", "--parallel", str(len(lab.hosts)), str(work / "inventory.py"),
-            str(work / "deploy.py")]  # fmt: skip
+    argv = [
+        str(pyinfra),
+        "-y",
+        "--parallel",
+        str(len(lab.hosts)),
+        str(work / "inventory.py"),
+        str(work / "deploy.py"),
+    ]
     operations = len(lab.hosts) * (len(local) + 1)
 
     def start(case: str, root: Path) -> RunSpec:
@@ -434,8 +452,7 @@ def ansible_peer(lab: Lab, local: dict[str, Path], runs: int) -> Peer:
                 )
             return None
 
-        env = {"ANSIBLE_CONFIG": str(config),
-               "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control)}  # fmt: skip
+        env = {"ANSIBLE_CONFIG": str(config), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control)}
         return argv, env, check, lambda: exit_masters(control)
 
     return Peer("ansible", "ansible-playbook: file + copy tasks", runs, start)
@@ -485,8 +502,9 @@ def run_pair(peer: Peer, lab: Lab, wanted: Wanted, timed: bool, say: Any) -> Non
         shutil.rmtree(root, ignore_errors=True)
 
 
-def measure(peers: list[Peer], warm: list[Peer], lab: Lab, wanted: Wanted, warmup: int,
-            say: Any) -> None:  # fmt: skip
+def measure(
+    peers: list[Peer], warm: list[Peer], lab: Lab, wanted: Wanted, warmup: int, say: Any
+) -> None:
     for round_ in range(warmup):
         for peer in warm:
             say(f"warm-up {round_ + 1}: {peer.name}")
@@ -561,8 +579,20 @@ def print_peers(peers: list[Peer], by: dict[str, Peer]) -> None:
             samples = p.samples_s[case]
             cpu = statistics.median(p.client_cpu_s[case])
             busy = statistics.median(p.machine_cpu_s[case])
-            rows.append([case, p.name, len(samples), p.median(case), min(samples), max(samples),
-                         p.median(case) / opskit, cpu, busy, p.label])  # fmt: skip
+            rows.append(
+                [
+                    case,
+                    p.name,
+                    len(samples),
+                    p.median(case),
+                    min(samples),
+                    max(samples),
+                    p.median(case) / opskit,
+                    cpu,
+                    busy,
+                    p.label,
+                ]
+            )
     print_table(columns, "what", rows)
 
 
@@ -629,10 +659,26 @@ def no_rc_wrapper(root: Path, program: str) -> str:
 
 def check_login_shell(lab: Lab, login_rc: bool) -> None:
     """That bash under sshd counts itself a top-level shell (reads ~/.bashrc) or not, as asked."""
-    argv = ["ssh", "-F", str(lab.ssh_config), "-o", "BatchMode=yes", "-p", str(lab.port),
-            f"root@{lab.hosts[0]}", 'echo "$SHLVL"']  # fmt: skip
-    done = subprocess.run(argv, env=lab.env, stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=30, check=False)  # fmt: skip
+    argv = [
+        "ssh",
+        "-F",
+        str(lab.ssh_config),
+        "-o",
+        "BatchMode=yes",
+        "-p",
+        str(lab.port),
+        f"root@{lab.hosts[0]}",
+        'echo "$SHLVL"',
+    ]
+    done = subprocess.run(
+        argv,
+        env=lab.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     wanted = "1" if login_rc else "2"
     if done.returncode != 0 or done.stdout.strip() != wanted:
         fail(

@@ -261,9 +261,18 @@ def make_workdir(root: Path, args: argparse.Namespace) -> Workdir:
     env = scrubbed_env(_SCRUBBED_ENV, pycache)
     env[PASSWORD_ENV] = password
     return Workdir(
-        root, runbooks, inventory, guests_json, Path(certfile), Path(keyfile), port, password,
-        env, vmids, batch,
-    )  # fmt: skip
+        root,
+        runbooks,
+        inventory,
+        guests_json,
+        Path(certfile),
+        Path(keyfile),
+        port,
+        password,
+        env,
+        vmids,
+        batch,
+    )
 
 
 # ----- the fake ----------------------------------------------------------------------------
@@ -287,16 +296,33 @@ class Fake:
     def start(self) -> None:
         w = self.work
         cmd = [
-            self.python, "-m", "fakepve", str(w.guests_json), "--host", HOST,
-            "--port", str(w.port), "--user", USER, "--time-scale", repr(self.time_scale),
-            "--cert", str(w.certfile), "--key", str(w.keyfile),
-        ]  # fmt: skip
+            self.python,
+            "-m",
+            "fakepve",
+            str(w.guests_json),
+            "--host",
+            HOST,
+            "--port",
+            str(w.port),
+            "--user",
+            USER,
+            "--time-scale",
+            repr(self.time_scale),
+            "--cert",
+            str(w.certfile),
+            "--key",
+            str(w.keyfile),
+        ]
         env = dict(w.env, PVE_PASS=w.password)  # the password stays off the command line
         self.err = tempfile.TemporaryFile(mode="w+", dir=w.root)  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            cmd, cwd=w.root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            cmd,
+            cwd=w.root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=self.err,
-        )  # fmt: skip
+        )
         self.starts += 1
         assert self.proc.stdout is not None
         deadline = time.monotonic() + FAKE_START_TIMEOUT
@@ -358,9 +384,13 @@ def proxmox_api(work: Workdir) -> Any:
     from proxmoxer import ProxmoxAPI
 
     return ProxmoxAPI(
-        HOST, port=work.port, user=USER, password=work.password,
-        verify_ssl=str(work.certfile), timeout=30,
-    )  # fmt: skip
+        HOST,
+        port=work.port,
+        user=USER,
+        password=work.password,
+        verify_ssl=str(work.certfile),
+        timeout=30,
+    )
 
 
 def check_fake(work: Workdir, started: list[int]) -> None:
@@ -413,8 +443,10 @@ def check_plan(path: Path, guests: int) -> None:
     plan = json.loads(path.read_text(encoding="utf-8"))
     kinds = Counter(s["change"]["kind"] for t in plan["targets"] for s in t["steps"])
     if len(plan["targets"]) != guests or kinds != Counter({"update": guests}):
-        fail(f"the plan has {len(plan['targets'])} targets and changes {dict(kinds)}, expected"
-             f" {guests} targets and {guests} updates (starts)")  # fmt: skip
+        fail(
+            f"the plan has {len(plan['targets'])} targets and changes {dict(kinds)}, expected"
+            f" {guests} targets and {guests} updates (starts)"
+        )
 
 
 @dataclass
@@ -528,7 +560,7 @@ def opskit_requests(work: Workdir, limit: str | None, execute: bool) -> Counter[
                 settings=ProbeSettings(Transports(observe=count)),
                 reporter=Reporter(out=devnull),
                 journal=Journal(state / "journal.db"),
-            )  # fmt: skip
+            )
             loaded, targets, plan = session.make_plan(req, RUNBOOK, {}, limit)
             if execute:
                 result = session.execute(req, loaded, targets, plan)

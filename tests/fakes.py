@@ -101,8 +101,12 @@ class Resource(Action[ResourceArgs]):
         if present == want:
             return Change.none(f"{self.args.name} is {self.args.state}")
         kind = ChangeKind.CREATE if want else ChangeKind.DELETE
-        return Change(kind=kind, summary=f"{kind.value} {self.args.name}",
-                      before={"present": present}, after={"present": want})  # fmt: skip
+        return Change(
+            kind=kind,
+            summary=f"{kind.value} {self.args.name}",
+            before={"present": present},
+            after={"present": want},
+        )
 
     async def apply(self, ctx: ActionContext) -> Outcome:
         assert not ctx.read_only
@@ -124,8 +128,12 @@ class Resource(Action[ResourceArgs]):
         if not world().update(act):
             error = f"injected failure on {key} {self.args.echo or ''}".strip()
             return Outcome(ok=False, summary="injected failure", error=error)
-        return Outcome(ok=True, changed=True, summary=f"{key} {self.args.state}",
-                       outputs={"name": self.args.name, "echo": self.args.echo})  # fmt: skip
+        return Outcome(
+            ok=True,
+            changed=True,
+            summary=f"{key} {self.args.state}",
+            outputs={"name": self.args.name, "echo": self.args.echo},
+        )
 
 
 class Destroy(Resource):

@@ -37,9 +37,14 @@ class Lab:
     def opskit(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """`opskit ARGS` as an operator types it (cwd: the repository)."""
         return subprocess.run(
-            [sys.executable, "-m", "opskit", *args], cwd=REPO, env=self.env,
-            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            [sys.executable, "-m", "opskit", *args],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     @property
     def state(self) -> dict[str, object]:
@@ -63,8 +68,11 @@ class Lab:
         """A command in the lab's controller namespace."""
         return subprocess.run(
             ["ip", "netns", "exec", self.controller_ns, *command],
-            capture_output=True, text=True, timeout=timeout, env=self.env,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+        )
 
     def answers(self, *endpoints: str) -> dict[str, bool]:
         done = self.inside(sys.executable, "-m", "opskit.lab.probe", *endpoints)
@@ -74,8 +82,12 @@ class Lab:
 def make_lab(tmp: Path) -> Lab:
     name = f"t{os.getpid() % 100000}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSKIT_")}
-    env.update(OPSKIT_LAB_NAME=name, OPSKIT_LAB_DIR=str(tmp / "lab"), PYTHONUNBUFFERED="1",
-               OPSKIT_STATE_DIR=str(tmp / "state"))  # fmt: skip
+    env.update(
+        OPSKIT_LAB_NAME=name,
+        OPSKIT_LAB_DIR=str(tmp / "lab"),
+        PYTHONUNBUFFERED="1",
+        OPSKIT_STATE_DIR=str(tmp / "state"),
+    )
     return Lab(name, tmp / "lab", env)
 
 

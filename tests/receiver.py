@@ -19,8 +19,9 @@ class Recorder(http.server.BaseHTTPRequestHandler):
     def _record(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode("utf-8", "replace")
-        line = json.dumps({"method": self.command, "path": self.path,
-                           "headers": dict(self.headers), "body": body})  # fmt: skip
+        line = json.dumps(
+            {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+        )
         with self.lock, open(self.out, "a", encoding="utf-8") as f:
             f.write(line + "\n")
         self.send_response(200)

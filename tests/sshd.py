@@ -35,8 +35,15 @@ def keygen(path: Path, kind: str = "ed25519") -> str:
 class Sshd:
     """sshd processes serving `addresses` on one port; stop() ends them."""
 
-    def __init__(self, root: Path, addresses: list[str], *, port: int | None = None,
-                 host_key: Path | None = None, client_pub: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: Path,
+        addresses: list[str],
+        *,
+        port: int | None = None,
+        host_key: Path | None = None,
+        client_pub: str | None = None,
+    ) -> None:
         self.root = root
         self.addresses = addresses
         self.port = port or free_port(addresses[0])

@@ -226,8 +226,10 @@ def test_a_hub_change_whose_answer_is_lost_is_outcome_unknown(hub):
     async def go() -> None:
         async with HubClient(hub.url, *hub.superuser, transport=DropCreates()) as client:
             with pytest.raises(HubAnswerLost) as lost:
-                await client.create("systems", {"name": "lost-answer", "host": "h", "port": "1",
-                                                "users": [hub.user_id]})  # fmt: skip
+                await client.create(
+                    "systems",
+                    {"name": "lost-answer", "host": "h", "port": "1", "users": [hub.user_id]},
+                )
             assert isinstance(lost.value, OutcomeUnknown)
             assert "POST /api/collections/systems/records was sent, but its answer was lost" in (
                 str(lost.value)
@@ -252,9 +254,14 @@ def test_hub_client_refreshes_an_old_token_and_logs_in_again_on_401(hub):
     run(go())
     paths = [p.rsplit("/", 1)[-1] for _, p in recording.seen]
     assert paths == [
-        "auth-with-password", "records", "auth-refresh", "records",
-        "records", "auth-with-password", "records",
-    ]  # fmt: skip
+        "auth-with-password",
+        "records",
+        "auth-refresh",
+        "records",
+        "records",
+        "auth-with-password",
+        "records",
+    ]
     assert [s for s, _ in recording.seen].count("GET") == 4
 
 
@@ -355,9 +362,11 @@ def test_check_hub_registration_status_and_key(hub, tmp_path):
     # a Beszel hub reports one: it must be the one asked for
     (record,) = [s for s in hub.records("systems") if s["name"] == "web4"]
     httpx.patch(
-        f"{hub.url}/api/collections/systems/records/{record['id']}", json={"status": "down"},
-        headers={"Authorization": hub.token()}, trust_env=False,
-    ).raise_for_status()  # fmt: skip
+        f"{hub.url}/api/collections/systems/records/{record['id']}",
+        json={"status": "down"},
+        headers={"Authorization": hub.token()},
+        trust_env=False,
+    ).raise_for_status()
     down = apply(make(CheckHub, hub_args(hub, name="web4", status="up")), target())
     assert not down.ok and down.error == "system web4: the hub reports down, expected up"
     absent = apply(make(CheckHub, hub_args(hub, name="nope")), target())
@@ -386,8 +395,15 @@ def test_the_agent_takes_the_key_from_a_beszel_hub_that_serves_it():
             return httpx.Response(200, json={"key": key + "\n", "v": "0.18.8"})
         return httpx.Response(404, json={"status": 404, "message": "Not found.", "data": {}})
 
-    action = make(Agent, {"version": "0.18.8", "hub_url": "http://hub.test:8090",
-                          "hub_email": "a@hub.test", "hub_password": "pw-123456"})  # fmt: skip
+    action = make(
+        Agent,
+        {
+            "version": "0.18.8",
+            "hub_url": "http://hub.test:8090",
+            "hub_email": "a@hub.test",
+            "hub_password": "pw-123456",
+        },
+    )
     ctx = fakes.http_context(target(), True, httpx.MockTransport(hub))
     assert run(action._key(ctx)) == key
     assert seen == [
@@ -405,8 +421,13 @@ class StandIn:
         self.log = root / f"agent-{time.monotonic_ns()}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("BESZEL_AGENT_")}
         env.update(KEY=key, LISTEN=listen)
-        self.command = [sys.executable, "-m", "opskit.lab.beszel_agent",
-                        "--stand-in-version", version]  # fmt: skip
+        self.command = [
+            sys.executable,
+            "-m",
+            "opskit.lab.beszel_agent",
+            "--stand-in-version",
+            version,
+        ]
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(self.command, env=env, stdout=log, stderr=log)
         deadline = time.monotonic() + 30
@@ -447,9 +468,14 @@ def test_stand_in_agent_greets_as_beszel_and_accepts_only_the_hub_key(tmp_path, 
 
         async def session(key: Path) -> str:
             async with asyncssh.connect(
-                AGENT_ADDR, port, username="hub", client_keys=[str(key)], known_hosts=None,
-                agent_path=None, config=[],
-            ) as conn:  # fmt: skip
+                AGENT_ADDR,
+                port,
+                username="hub",
+                client_keys=[str(key)],
+                known_hosts=None,
+                agent_path=None,
+                config=[],
+            ) as conn:
                 done = await conn.run("", check=True)
                 return str(done.stdout)
 
@@ -502,19 +528,25 @@ def test_mirror_is_deterministic_and_laid_out_as_the_releases(tmp_path):
     releases.build_mirror(tmp_path / "b", ["0.18.8", "0.18.7"], archs=("amd64", "arm64"))
     files = sorted(str(p.relative_to(tmp_path / "a")) for p in (tmp_path / "a").rglob("*"))
     assert files == [
-        "v0.18.7", "v0.18.7/beszel-agent_linux_amd64.tar.gz",
-        "v0.18.7/beszel-agent_linux_arm64.tar.gz", "v0.18.7/beszel_0.18.7_checksums.txt",
-        "v0.18.8", "v0.18.8/beszel-agent_linux_amd64.tar.gz",
-        "v0.18.8/beszel-agent_linux_arm64.tar.gz", "v0.18.8/beszel_0.18.8_checksums.txt",
-    ]  # fmt: skip
+        "v0.18.7",
+        "v0.18.7/beszel-agent_linux_amd64.tar.gz",
+        "v0.18.7/beszel-agent_linux_arm64.tar.gz",
+        "v0.18.7/beszel_0.18.7_checksums.txt",
+        "v0.18.8",
+        "v0.18.8/beszel-agent_linux_amd64.tar.gz",
+        "v0.18.8/beszel-agent_linux_arm64.tar.gz",
+        "v0.18.8/beszel_0.18.8_checksums.txt",
+    ]
     for name in files:
         if (tmp_path / "a" / name).is_file():
             assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     folder = tmp_path / "a" / "v0.18.8"
     check = subprocess.run(
-        ["sha256sum", "-c", "beszel_0.18.8_checksums.txt"], cwd=folder, capture_output=True,
+        ["sha256sum", "-c", "beszel_0.18.8_checksums.txt"],
+        cwd=folder,
+        capture_output=True,
         text=True,
-    )  # fmt: skip
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     with tarfile.open(folder / "beszel-agent_linux_amd64.tar.gz") as tar:
         member = tar.getmember("beszel-agent")
@@ -595,8 +627,12 @@ def test_agent_refuses_an_archive_whose_checksum_does_not_match(sshd, host, hub_
     users = {p.pw_name for p in pwd.getpwall()}
     try:
         good.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit
-        outcome = on_host(sshd, tgt, False, make(Agent, agent_args(
-            hub_key[1], paths, release_url=url, user="beszel")).apply)  # fmt: skip
+        outcome = on_host(
+            sshd,
+            tgt,
+            False,
+            make(Agent, agent_args(hub_key[1], paths, release_url=url, user="beszel")).apply,
+        )
     finally:
         good.write_bytes(original)
     assert not outcome.ok and not outcome.changed
@@ -604,8 +640,12 @@ def test_agent_refuses_an_archive_whose_checksum_does_not_match(sshd, host, hub_
     assert "refused" in (outcome.error or "")
     assert not root.exists()  # nothing installed, no directory made
     assert {p.pw_name for p in pwd.getpwall()} == users  # no user created either
-    missing_version = on_host(sshd, tgt, False, make(Agent, agent_args(
-        hub_key[1], paths, release_url=url, version="9.9.9")).apply)  # fmt: skip
+    missing_version = on_host(
+        sshd,
+        tgt,
+        False,
+        make(Agent, agent_args(hub_key[1], paths, release_url=url, version="9.9.9")).apply,
+    )
     assert not missing_version.ok
     assert "cannot download " + url + "/v9.9.9/beszel_9.9.9_checksums.txt" in (
         missing_version.error or ""
@@ -701,13 +741,24 @@ def test_agent_token_file_is_private_from_the_start(sshd, host, hub_key):
 def test_agent_unit_has_the_installers_sandboxing_and_escapes_values():
     action = make(Agent, agent_args("ssh-ed25519 AAAAC3Nza hub 100%", {}))
     unit = action.unit_text("ssh-ed25519 AAAAC3Nza hub 100%")
-    for line in ("KeyringMode=private", "LockPersonality=yes", "ProtectClock=yes",
-                 "ProtectHome=read-only", "ProtectHostname=yes", "ProtectKernelLogs=yes",
-                 "ProtectSystem=strict", "RemoveIPC=yes", "RestrictSUIDSGID=true",
-                 "StateDirectory=beszel-agent", "User=beszel", "Restart=on-failure",
-                 "ExecStart=/opt/beszel-agent/beszel-agent", 'Environment="LISTEN=45876"',
-                 'Environment="KEY=ssh-ed25519 AAAAC3Nza hub 100%%"',
-                 "WantedBy=multi-user.target"):  # fmt: skip
+    for line in (
+        "KeyringMode=private",
+        "LockPersonality=yes",
+        "ProtectClock=yes",
+        "ProtectHome=read-only",
+        "ProtectHostname=yes",
+        "ProtectKernelLogs=yes",
+        "ProtectSystem=strict",
+        "RemoveIPC=yes",
+        "RestrictSUIDSGID=true",
+        "StateDirectory=beszel-agent",
+        "User=beszel",
+        "Restart=on-failure",
+        "ExecStart=/opt/beszel-agent/beszel-agent",
+        'Environment="LISTEN=45876"',
+        'Environment="KEY=ssh-ed25519 AAAAC3Nza hub 100%%"',
+        "WantedBy=multi-user.target",
+    ):
         assert line + "\n" in unit
     assert "TOKEN" not in unit and "EnvironmentFile" not in unit
 
@@ -726,8 +777,12 @@ def test_agent_arguments_and_host_facts_are_checked():
     state = HostState("mips", None, False, "", "", None, None)
     with pytest.raises(OpskitError, match="no Beszel agent build for this host's architecture"):
         action._wanted(state, "ssh-ed25519 AAAA")
-    for machine, arch in (("x86_64", "amd64"), ("aarch64", "arm64"), ("armv7l", "armv7"),
-                          ("armv6l", "arm")):  # fmt: skip
+    for machine, arch in (
+        ("x86_64", "amd64"),
+        ("aarch64", "arm64"),
+        ("armv7l", "armv7"),
+        ("armv6l", "arm"),
+    ):
         facts = HostState(machine, None, False, "", "", None, None)
         assert action._wanted(facts, "ssh-ed25519 AAAA").arch == arch
     with pytest.raises(OpskitError, match="not an SSH public key line"):
@@ -924,10 +979,22 @@ class IsolatedHost:
         script = "set -e\n" + "\n".join(mounts) + f"\nexec {SSHD} -D -e -f {config}\n"
         self.log = open(root / "host.log", "wb")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
-            ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
-             "--propagation", "private", "sh", "-c", script],
-            stdout=self.log, stderr=self.log,
-        )  # fmt: skip
+            [
+                "unshare",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+            ],
+            stdout=self.log,
+            stderr=self.log,
+        )
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -989,8 +1056,13 @@ def test_agent_installs_upgrades_and_removes_on_an_isolated_host(
         first = on_host(iso.sshd, tgt, False, v7.apply)
         assert first.ok, first.error
         assert first.outputs["done"] == [
-            "binary 0.18.7", "user beszel", "unit file", "daemon-reload", "enable", "start"
-        ]  # fmt: skip
+            "binary 0.18.7",
+            "user beszel",
+            "unit file",
+            "daemon-reload",
+            "enable",
+            "start",
+        ]
         running = answering(answers, tgt)
         assert running.ok and running.outputs["version"] == "0.18.7", running.error
         upper = iso.root / "upper"
@@ -1015,8 +1087,10 @@ def test_agent_installs_upgrades_and_removes_on_an_isolated_host(
 
         # a token: in a 0600 file beside the unit, never in it
         token = "0eb2e974-3d7d-4ff0-bfe5-d357dd30c794"
-        tokened = make(Agent, {**base, "version": "0.18.8", "token": token,
-                               "hub_url": "http://hub.invalid:8090"})  # fmt: skip
+        tokened = make(
+            Agent,
+            {**base, "version": "0.18.8", "token": token, "hub_url": "http://hub.invalid:8090"},
+        )
         with_token = on_host(iso.sshd, tgt, False, tokened.apply)
         assert with_token.ok and token not in with_token.model_dump_json()
         env_file = upper / "etc/beszel-agent.env"

@@ -54,9 +54,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def hub(lab: Lab, script: str = HUB_RECORDS) -> Any:
     service = next(s for s in lab.state["services"] if s["name"] == "beszel-hub")  # type: ignore[union-attr]
     secret = lab.root / "secrets"
-    done = lab.inside(sys.executable, "-c", script, str(service["url"]),
-                      (secret / "hub-email").read_text().strip(),
-                      (secret / "hub-password").read_text().strip())  # fmt: skip
+    done = lab.inside(
+        sys.executable,
+        "-c",
+        script,
+        str(service["url"]),
+        (secret / "hub-email").read_text().strip(),
+        (secret / "hub-password").read_text().strip(),
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -159,8 +164,17 @@ def test_a_second_run_plans_no_change(lab: Lab) -> None:
 
 
 def test_another_version_upgrades_and_uninstall_removes_it(lab: Lab) -> None:
-    out = run(lab, "run", "install-beszel-agents", "--lab", "--yes", "-p", "version=0.18.7",
-              "--limit", "media")  # fmt: skip
+    out = run(
+        lab,
+        "run",
+        "install-beszel-agents",
+        "--lab",
+        "--yes",
+        "-p",
+        "version=0.18.7",
+        "--limit",
+        "media",
+    )
     assert "0.18.8 -> 0.18.7" in out
     assert banners(lab, ["media"]) == {"media": "SSH-2.0-beszel_0.18.7"}
     out = run(lab, "run", "uninstall-beszel-agent", "--lab", "--yes", "--limit", "media")

@@ -70,8 +70,15 @@ def tree(root: Path) -> dict[str, str]:
     return found
 
 
-def ask(lab: Lab, method: str, url: str, *, token: str | None = None,
-        bearer: str | None = None, ca: Path | None = None) -> tuple[int, str]:  # fmt: skip
+def ask(
+    lab: Lab,
+    method: str,
+    url: str,
+    *,
+    token: str | None = None,
+    bearer: str | None = None,
+    ca: Path | None = None,
+) -> tuple[int, str]:
     """An HTTP request from the lab's controller namespace: (status, body)."""
     script = textwrap.dedent("""
         import json, ssl, sys, urllib.request, urllib.error
@@ -94,8 +101,9 @@ def ask(lab: Lab, method: str, url: str, *, token: str | None = None,
         except OSError as exc:
             print(json.dumps([0, str(exc)]))
     """)
-    done = lab.inside(sys.executable, "-c", script, method, url, token or "", bearer or "",
-                      str(ca or ""))  # fmt: skip
+    done = lab.inside(
+        sys.executable, "-c", script, method, url, token or "", bearer or "", str(ca or "")
+    )
     status, body = json.loads(done.stdout)
     return int(status), str(body)
 
@@ -148,8 +156,9 @@ def test_the_lab_prepared_the_wheelhouse(lab: Lab) -> None:
 
 
 def test_dry_run_changes_nothing(lab: Lab) -> None:
-    code, text = opskit(lab, "run", "vm-power", "--lab", "--yes", "-p", "action=shutdown",
-                        "--limit", "vm:110")  # fmt: skip
+    code, text = opskit(
+        lab, "run", "vm-power", "--lab", "--yes", "-p", "action=shutdown", "--limit", "vm:110"
+    )
     assert code == 0, text
     tasks = len(pve(lab, "/nodes/pve/tasks"))  # type: ignore[arg-type]
     before = tree(upper(lab))
@@ -190,8 +199,13 @@ def test_deploy_answers_with_the_clusters_nodes(lab: Lab) -> None:
     assert config_path.stat().st_mode & 0o777 == 0o600
     assert env_path.stat().st_mode & 0o777 == 0o600
     config = json.loads(config_path.read_text())
-    assert config["proxmox"] == {"host": lab.address("pve"), "port": 8006, "verify_ssl": True,
-                                 "service": "PVE", "timeout": 30}  # fmt: skip
+    assert config["proxmox"] == {
+        "host": lab.address("pve"),
+        "port": 8006,
+        "verify_ssl": True,
+        "service": "PVE",
+        "timeout": 30,
+    }
     assert config["auth"]["token_value"] == secret(lab, "proxmox-token")
     assert f"PROXMOX_API_KEY={secret(lab, 'proxmoxmcp-api-key')}\n" in env_path.read_text()
     assert "REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt" in env_path.read_text()
@@ -286,8 +300,17 @@ def test_an_install_that_fails_leaves_no_release_behind(lab: Lab, tmp_path: Path
     half-built venv is gone, and what runs is untouched."""
     wheelhouse = tmp_path / "wheelhouse"
     wheel(wheelhouse, "0.0.2.dev0", requires="opskit-no-such-package")
-    code, text = opskit(lab, "run", "deploy-proxmoxmcp", "--lab", "--yes",
-                        "-p", "version=0.0.2.dev0", "-p", f"wheelhouse={wheelhouse}")  # fmt: skip
+    code, text = opskit(
+        lab,
+        "run",
+        "deploy-proxmoxmcp",
+        "--lab",
+        "--yes",
+        "-p",
+        "version=0.0.2.dev0",
+        "-p",
+        f"wheelhouse={wheelhouse}",
+    )
     assert code == 1, text
     assert "install of proxmox-mcp-plus 0.0.2.dev0 into /opt/proxmoxmcp/releases/0.0.2.dev0" in text
     assert "opskit-no-such-package" in text and "Traceback" not in text
@@ -301,8 +324,17 @@ def test_an_install_that_fails_leaves_no_release_behind(lab: Lab, tmp_path: Path
 def test_a_broken_release_is_rolled_back(lab: Lab, tmp_path: Path) -> None:
     wheelhouse = tmp_path / "wheelhouse"
     wheel(wheelhouse, BROKEN)
-    code, text = opskit(lab, "run", "deploy-proxmoxmcp", "--lab", "--yes",
-                        "-p", f"version={BROKEN}", "-p", f"wheelhouse={wheelhouse}")  # fmt: skip
+    code, text = opskit(
+        lab,
+        "run",
+        "deploy-proxmoxmcp",
+        "--lab",
+        "--yes",
+        "-p",
+        f"version={BROKEN}",
+        "-p",
+        f"wheelhouse={wheelhouse}",
+    )
     assert code == 1, text
     assert f"installed proxmox-mcp-plus {BROKEN}" in text
     run_id = re.findall(r"run (\S+) failed in", text)[-1]
@@ -324,8 +356,11 @@ def test_secrets_reach_no_plan_journal_or_log(lab: Lab) -> None:
         assert not any(v in text for v in values)
     leaks = []
     holders = {"etc/proxmoxmcp/config.json", "etc/proxmoxmcp/proxmoxmcp.env"}
-    for base, skip in ((lab.root / "state", set()), (lab.root / "logs", set()),
-                       (upper(lab), holders)):  # fmt: skip
+    for base, skip in (
+        (lab.root / "state", set()),
+        (lab.root / "logs", set()),
+        (upper(lab), holders),
+    ):
         for dirpath, _, filenames in os.walk(base):
             for name in filenames:
                 path = Path(dirpath, name)
@@ -427,12 +462,20 @@ def _config_probe(
 
 def _installed(api_key: str) -> dict[str, tuple[str, str, str, str]]:
     config = {
-        "auth": {"token_name": "opskit", "token_value": "token-value-0123456789",
-                 "user": "root@pam"},
+        "auth": {
+            "token_name": "opskit",
+            "token_value": "token-value-0123456789",
+            "user": "root@pam",
+        },
         "logging": {"level": "INFO"},
-        "proxmox": {"host": "pve.tail0000.ts.net", "port": 8006, "service": "PVE",
-                    "timeout": 30, "verify_ssl": True},
-    }  # fmt: skip
+        "proxmox": {
+            "host": "pve.tail0000.ts.net",
+            "port": 8006,
+            "service": "PVE",
+            "timeout": 30,
+            "verify_ssl": True,
+        },
+    }
     env = "# ProxmoxMCP-Plus, written by opskit: secrets, mode 0600, read by systemd only\n"
     return {
         "/etc/proxmoxmcp/config.json": (

@@ -723,9 +723,13 @@ def test_gates_on_a_real_terminal(env):
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "run", "gated"],
-        cwd=env.project.root, env=child_env, stdin=slave, stdout=slave, stderr=slave,
+        cwd=env.project.root,
+        env=child_env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
         close_fds=True,
-    )  # fmt: skip
+    )
     os.close(slave)
     try:
         first = _read_until(master, b"[q]uit")

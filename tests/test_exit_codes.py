@@ -238,8 +238,11 @@ def test_every_error_class_is_in_the_one_tree_with_its_exit_code() -> None:
     assert outside == [], "error classes defined outside opskit/errors.py"
     drawn = _drawn()
     assert sorted(drawn) == sorted(cls.__name__ for cls in classes.values())
-    wrong = {c.__name__: (drawn[c.__name__], c.exit_code) for c in classes.values()
-             if drawn[c.__name__] != c.exit_code}  # fmt: skip
+    wrong = {
+        c.__name__: (drawn[c.__name__], c.exit_code)
+        for c in classes.values()
+        if drawn[c.__name__] != c.exit_code
+    }
     assert wrong == {}, "drawn exit code != exit_code"
 
 

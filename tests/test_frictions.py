@@ -123,10 +123,22 @@ def test_every_target_attribute_and_free_form_maps_pass(project, opskit):
     used = " ".join(
         f"{{{{ target.{name} }}}}"
         for name in (
-            "name", "vmid", "node", "address", "tailscale", "tags", "groups", "services",
-            "health", "vars", "kind", "cluster", "ssh_user", "ssh_port",
+            "name",
+            "vmid",
+            "node",
+            "address",
+            "tailscale",
+            "tags",
+            "groups",
+            "services",
+            "health",
+            "vars",
+            "kind",
+            "cluster",
+            "ssh_user",
+            "ssh_port",
         )
-    )  # fmt: skip
+    )
     free = "{{ target.vars.anything.deeper }} {{ target.services.nope }} {{ target.get('x') }}"
     text = GOOD.replace("/livez", f"/livez?{used} {free}")
     _, result = _validate(project, opskit, text)
@@ -266,12 +278,21 @@ def test_workspace_options_may_follow_the_command(project, opskit, outside):
 @pytest.mark.parametrize(
     "command",
     [
-        ["run"], ["plan"], ["apply"], ["resume"], ["validate"], ["list"], ["show"],
-        ["inventory", "list"], ["inventory", "show"], ["inventory", "sync"],
-        ["lab", "up"], ["lab", "demo"],
+        ["run"],
+        ["plan"],
+        ["apply"],
+        ["resume"],
+        ["validate"],
+        ["list"],
+        ["show"],
+        ["inventory", "list"],
+        ["inventory", "show"],
+        ["inventory", "sync"],
+        ["lab", "up"],
+        ["lab", "demo"],
     ],
     ids=" ".join,
-)  # fmt: skip
+)
 def test_help_of_each_command_reading_the_workspace_shows_them(opskit, command):
     result = opskit(*command, "--help")
     assert result.code == 0
@@ -363,7 +384,7 @@ def test_a_runbook_uses_the_deploy_directory_of_its_own_project(project, mine):
         (None, "boom", "boom"),
         (None, None, ""),
     ],
-)  # fmt: skip
+)
 def test_a_step_line_says_its_summary_and_error_once(summary, error, said):
     from opskit.report.progress import describe
 

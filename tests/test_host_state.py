@@ -324,8 +324,9 @@ def test_a_template_outside_deploy_is_refused_with_one_clear_line(project):
     )
     plan = project.plan()
     blockers = plan.targets[0].steps[0].change.blockers
-    assert blockers == ["host.file template elsewhere.j2: templates live in the project's deploy/"
-                        " directory"]  # fmt: skip
+    assert blockers == [
+        "host.file template elsewhere.j2: templates live in the project's deploy/ directory"
+    ]
 
 
 # --- host.directory ----------------------------------------------------------------------------
@@ -529,8 +530,11 @@ def test_become_uploads_through_sudo(project):
     plan, result = project.run()
     assert kinds(plan) == [["create"]] and result.exit_code == 0
     assert (project.work / "h2" / "f").read_text() == "as root\n"
-    ours = [p for p in set(Path("/tmp").glob("opskit-upload-*")) - before
-            if p.read_bytes() == b"as root\n"]  # fmt: skip
+    ours = [
+        p
+        for p in set(Path("/tmp").glob("opskit-upload-*")) - before
+        if p.read_bytes() == b"as root\n"
+    ]
     assert not ours  # the temporary copy sudo copied from is gone
     assert any("sudo -H -n" in s.what for s in project.sent)
     assert kinds(project.plan()) == [["none"]]
@@ -683,8 +687,13 @@ def test_service_started_enabled_and_restarted_when_its_unit_changed(project, st
     systemctl = [str(Path(env["PATH"].split(":")[0]) / "systemctl")]
 
     def main_pid() -> int:
-        out = subprocess.run([*systemctl, "show", "-p", "MainPID", "--value", "demo"],
-                             env=env, capture_output=True, text=True, check=True)  # fmt: skip
+        out = subprocess.run(
+            [*systemctl, "show", "-p", "MainPID", "--value", "demo"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return int(out.stdout.strip())
 
     def said() -> str:

@@ -249,10 +249,14 @@ def test_gates_ask_on_stderr_when_stdout_is_the_stream(env):
         "gated", GATED.replace("targets: [docker, ai]", "targets: [docker, ai]\nconcurrency: 1")
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code, "run", "gated", "--json"], cwd=env.project.root,
-        env={k: v for k, v in os.environ.items() if k != "CI"}, stdin=slave,
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-c", code, "run", "gated", "--json"],
+        cwd=env.project.root,
+        env={k: v for k, v in os.environ.items() if k != "CI"},
+        stdin=slave,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     os.close(slave)
     os.close(master)
     assert proc.returncode == 0, proc.stderr

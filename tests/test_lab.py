@@ -30,8 +30,13 @@ HOSTS = ["docker", "homeassistant", "media", "ai", "dev", "pve", "workstation"]
 def machine_network() -> str:
     """The machine's own links, addresses and routes (brief forms: no counters or lifetimes)."""
     parts = []
-    for args in (["-br", "link"], ["-br", "addr"], ["route", "show", "table", "all"],
-                 ["-6", "route", "show", "table", "all"], ["rule"]):  # fmt: skip
+    for args in (
+        ["-br", "link"],
+        ["-br", "addr"],
+        ["route", "show", "table", "all"],
+        ["-6", "route", "show", "table", "all"],
+        ["rule"],
+    ):
         parts.append(subprocess.run(["ip", *args], capture_output=True, text=True).stdout)
     return "\n".join(parts)
 
@@ -82,8 +87,9 @@ def test_up_builds_every_host_and_leaves_the_machine_network_alone(
         [*endpoints, *services.values()], True
     )
     # The machine has no route of its own to the lab (asked of the kernel: nothing is sent).
-    route = subprocess.run(["ip", "route", "get", lab.address("ai")], capture_output=True,
-                           text=True).stdout  # fmt: skip
+    route = subprocess.run(
+        ["ip", "route", "get", lab.address("ai")], capture_output=True, text=True
+    ).stdout
     assert "olab" not in route and f"{lab.name}-" not in route and " dev p" not in route
     status = lab.opskit("lab", "status", "--json")
     assert status.returncode == 0, status.stderr
@@ -100,7 +106,10 @@ def test_up_twice_is_harmless(lab: Lab) -> None:
 
 
 def test_each_host_answers_ssh_with_its_pinned_key(lab: Lab) -> None:
-    runbooks = write_runbook(lab, "reach", """
+    runbooks = write_runbook(
+        lab,
+        "reach",
+        """
         name: reach
         description: every lab host over SSH, keys pinned by the lab inventory
         targets: all
@@ -109,7 +118,8 @@ def test_each_host_answers_ssh_with_its_pinned_key(lab: Lab) -> None:
             check.ssh: {}
           - id: whoami
             check.command: {cmd: "hostname", contains: "{{ target.name }}"}
-    """)  # fmt: skip
+    """,
+    )
     done = lab.opskit("--runbooks", str(runbooks), "run", "reach", "--lab", "--yes")
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("ssh ok: Linux") == len(HOSTS) and "0 failed" in done.stdout
@@ -118,8 +128,18 @@ def test_each_host_answers_ssh_with_its_pinned_key(lab: Lab) -> None:
     keys = {h["name"]: h["host_key"] for h in lab.state["hosts"]}  # type: ignore[union-attr]
     tampered = lab.root.parent / "tampered.yaml"
     tampered.write_text(inventory.replace(keys["ai"], keys["docker"]))
-    refused = lab.opskit("--inventory", str(tampered), "--runbooks", str(runbooks),
-                         "run", "reach", "--lab", "--yes", "--limit", "ai")  # fmt: skip
+    refused = lab.opskit(
+        "--inventory",
+        str(tampered),
+        "--runbooks",
+        str(runbooks),
+        "run",
+        "reach",
+        "--lab",
+        "--yes",
+        "--limit",
+        "ai",
+    )
     assert refused.returncode == 1
     assert "ai" in refused.stdout + refused.stderr
     assert "host key" in (refused.stdout + refused.stderr).lower()
@@ -128,7 +148,10 @@ def test_each_host_answers_ssh_with_its_pinned_key(lab: Lab) -> None:
 def test_changes_inside_hosts_never_reach_the_machine(lab: Lab) -> None:
     before = tree_digest("/opt", "/etc/systemd/system")
     passwd = Path("/etc/passwd").read_bytes()
-    runbooks = write_runbook(lab, "scribble", """
+    runbooks = write_runbook(
+        lab,
+        "scribble",
+        """
         name: scribble
         description: what a deploy does to a host
         targets: ai
@@ -142,7 +165,8 @@ def test_changes_inside_hosts_never_reach_the_machine(lab: Lab) -> None:
                 printf '[Service]\\nExecStart=/bin/true\\n' > /etc/systemd/system/labsvc.service
           - id: seen
             check.command: {cmd: "id labsvc && cat /opt/labsvc/marker", contains: "lab"}
-    """)  # fmt: skip
+    """,
+    )
     done = lab.opskit("--runbooks", str(runbooks), "run", "scribble", "--lab", "--yes")
     assert done.returncode == 0, done.stdout + done.stderr
     assert Path("/etc/passwd").read_bytes() == passwd
@@ -157,7 +181,10 @@ def test_changes_inside_hosts_never_reach_the_machine(lab: Lab) -> None:
 
 
 def test_two_hosts_listen_on_the_same_port(lab: Lab) -> None:
-    runbooks = write_runbook(lab, "listen", """
+    runbooks = write_runbook(
+        lab,
+        "listen",
+        """
         name: listen
         description: a listener on 45876 on two hosts at once
         targets: [docker, ai]
@@ -167,7 +194,8 @@ def test_two_hosts_listen_on_the_same_port(lab: Lab) -> None:
               cmd: >-
                 setsid python3 -m http.server 45876 --bind {{ target.address }}
                 </dev/null >/dev/null 2>&1 & sleep 0.5
-    """)  # fmt: skip
+    """,
+    )
     done = lab.opskit("--runbooks", str(runbooks), "run", "listen", "--lab", "--yes")
     assert done.returncode == 0, done.stdout + done.stderr
     both = [f"{lab.address('docker')}:45876", f"{lab.address('ai')}:45876"]
@@ -175,15 +203,19 @@ def test_two_hosts_listen_on_the_same_port(lab: Lab) -> None:
 
 
 def test_proxmox_is_fakepve_with_the_inventory_guests(lab: Lab) -> None:
-    done = lab.opskit("run", "vm-power", "--lab", "--yes", "-p", "action=reboot",
-                      "--limit", "vm:110")  # fmt: skip
+    done = lab.opskit(
+        "run", "vm-power", "--lab", "--yes", "-p", "action=reboot", "--limit", "vm:110"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "reboot vm 110 (ai)" in done.stdout
     assert "vm 110 (ai) is running on pve" in done.stdout
     # The certificate is pinned by fingerprint in the lab inventory, and the hosts trust it.
     inventory = (lab.root / "inventory.yaml").read_text()
     assert "fingerprint:" in inventory and "SIMULATION" in inventory.splitlines()[0]
-    runbooks = write_runbook(lab, "trust", """
+    runbooks = write_runbook(
+        lab,
+        "trust",
+        """
         name: trust
         description: a lab host verifies the lab's Proxmox certificate with its own CA store
         targets: ai
@@ -196,9 +228,18 @@ def test_proxmox_is_fakepve_with_the_inventory_guests(lab: Lab) -> None:
               contains: "401"
         params:
           pve: {type: str}
-    """)  # fmt: skip
-    done = lab.opskit("--runbooks", str(runbooks), "run", "trust", "--lab", "--yes",
-                      "-p", f"pve={lab.address('pve')}")  # fmt: skip
+    """,
+    )
+    done = lab.opskit(
+        "--runbooks",
+        str(runbooks),
+        "run",
+        "trust",
+        "--lab",
+        "--yes",
+        "-p",
+        f"pve={lab.address('pve')}",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -236,11 +277,19 @@ def test_without_root_every_lab_command_says_so(tmp_path: Path) -> None:
     lab = make_lab(tmp_path)
     for args in (["lab", "up"], ["lab", "status"], ["lab", "down"], ["run", "vm-power", "--lab"]):
         done = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-             os.path.join(os.path.dirname(os.sys.executable), "opskit"), *args],
-            capture_output=True, text=True, env={**lab.env, "HOME": "/tmp"},
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                os.path.join(os.path.dirname(os.sys.executable), "opskit"),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            env={**lab.env, "HOME": "/tmp"},
             cwd=str(Path(__file__).resolve().parent.parent),
-        )  # fmt: skip
+        )
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert "needs root" in done.stderr and "Traceback" not in done.stderr
 
@@ -250,14 +299,18 @@ def test_down_leaves_nothing_and_up_again_works(tmp_path: Path) -> None:
     lab = make_lab(tmp_path)
     lab.env["OPSKIT_LAB_NAME"] = lab.name = lab.name + "d"
     network = machine_network()
-    runbooks = write_runbook(lab, "hello", """
+    runbooks = write_runbook(
+        lab,
+        "hello",
+        """
         name: hello
         description: one command on one host
         targets: ai
         steps:
           - id: hello
             ssh.run: {cmd: "echo hello from $(hostname)"}
-    """)  # fmt: skip
+    """,
+    )
     runs = []
     # --lab after the command, or before it as a newcomer may type it
     for where in (["run", "hello", "--lab"], ["--lab", "run", "hello"]):  # up, down, up, down
@@ -326,7 +379,10 @@ def test_down_cleans_up_after_a_crash(tmp_path: Path) -> None:
 def test_sudo_with_a_password_for_a_user_who_is_not_root(lab: Lab) -> None:
     """The path root never takes: a login user whose sudo asks for a password."""
     password = "lab-sudo-Pa55-" + lab.name
-    runbooks = write_runbook(lab, "mkuser", """
+    runbooks = write_runbook(
+        lab,
+        "mkuser",
+        """
         name: mkuser
         description: a login user with a password and sudo rights that ask for it
         targets: dev
@@ -339,7 +395,8 @@ def test_sudo_with_a_password_for_a_user_who_is_not_root(lab: Lab) -> None:
                 useradd --create-home --shell /bin/sh ops &&
                 echo ops:{{ secrets.password }} | chpasswd &&
                 echo 'ops ALL=(ALL) ALL' > /etc/sudoers.d/ops && chmod 0440 /etc/sudoers.d/ops
-    """)  # fmt: skip
+    """,
+    )
     lab.env["OPS_PASSWORD"] = password
     done = lab.opskit("--runbooks", str(runbooks), "run", "mkuser", "--lab", "--yes")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -352,7 +409,10 @@ def test_sudo_with_a_password_for_a_user_who_is_not_root(lab: Lab) -> None:
     as_ops = lab.root.parent / "as-ops.yaml"
     with as_ops.open("w") as out:
         yaml.dump(doc, out)
-    write_runbook(lab, "become", """
+    write_runbook(
+        lab,
+        "become",
+        """
         name: become
         description: sudo with a password, fed on stdin
         targets: dev
@@ -365,10 +425,20 @@ def test_sudo_with_a_password_for_a_user_who_is_not_root(lab: Lab) -> None:
             check.command: {cmd: "whoami", contains: "ops"}
           - id: root
             check.command: {cmd: 'test "$(stat -c %U /tmp/who):$(cat /tmp/who)" = root:root'}
-    """)  # fmt: skip
+    """,
+    )
     try:
-        ran = lab.opskit("--inventory", str(as_ops), "--runbooks", str(runbooks), "run", "become",
-                         "--lab", "--yes", "--json")  # fmt: skip
+        ran = lab.opskit(
+            "--inventory",
+            str(as_ops),
+            "--runbooks",
+            str(runbooks),
+            "run",
+            "become",
+            "--lab",
+            "--yes",
+            "--json",
+        )
     finally:
         del lab.env["OPS_PASSWORD"]
     assert ran.returncode == 0, ran.stdout + ran.stderr
@@ -381,7 +451,10 @@ def test_sudo_with_a_password_for_a_user_who_is_not_root(lab: Lab) -> None:
 
 
 def test_a_unit_started_through_the_stand_in_is_a_live_process_that_stop_ends(lab: Lab) -> None:
-    runbooks = write_runbook(lab, "unit", """
+    runbooks = write_runbook(
+        lab,
+        "unit",
+        """
         name: unit
         description: a service through the lab's systemctl
         targets: dev
@@ -412,10 +485,12 @@ def test_a_unit_started_through_the_stand_in_is_a_live_process_that_stop_ends(la
           - id: environment
             when: params.action == 'start'
             check.command: {cmd: "sleep 1; cat /tmp/greeting", contains: hello}
-    """)  # fmt: skip
+    """,
+    )
     endpoint = f"{lab.address('dev')}:8123"
-    start = lab.opskit("--runbooks", str(runbooks), "run", "unit", "--lab", "--yes",
-                       "-p", "action=start")  # fmt: skip
+    start = lab.opskit(
+        "--runbooks", str(runbooks), "run", "unit", "--lab", "--yes", "-p", "action=start"
+    )
     assert start.returncode == 0, start.stdout + start.stderr
     deadline = time.monotonic() + 15
     while not lab.answers(endpoint)[endpoint] and time.monotonic() < deadline:
@@ -428,8 +503,9 @@ def test_a_unit_started_through_the_stand_in_is_a_live_process_that_stop_ends(la
         if _cmdline(p).endswith("--bind " + lab.address("dev"))
     ]
     assert procs and all(p.stat().st_uid == 65534 for p in procs)
-    stop = lab.opskit("--runbooks", str(runbooks), "run", "unit", "--lab", "--yes",
-                      "-p", "action=stop")  # fmt: skip
+    stop = lab.opskit(
+        "--runbooks", str(runbooks), "run", "unit", "--lab", "--yes", "-p", "action=stop"
+    )
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert lab.answers(endpoint) == {endpoint: False}
     assert not any(alive(int(p.name)) for p in procs)
@@ -472,15 +548,21 @@ main()
 def guarded(lab: Lab, record: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`opskit ARGS` in the machine's own namespace, every outbound connect watched."""
     return subprocess.run(
-        [sys.executable, "-c", GUARDED_OPSKIT, str(record), *args], cwd=REPO,
-        env=lab.env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [sys.executable, "-c", GUARDED_OPSKIT, str(record), *args],
+        cwd=REPO,
+        env=lab.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_a_lab_plan_never_acts_outside_the_lab(lab: Lab) -> None:
     plan = lab.root.parent / "lab-plan.json"
-    done = lab.opskit("plan", "vm-power", "-p", "action=reboot", "--limit", "vm:110",
-                      "-o", str(plan), "--lab")  # fmt: skip
+    done = lab.opskit(
+        "plan", "vm-power", "-p", "action=reboot", "--limit", "vm:110", "-o", str(plan), "--lab"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     # The hint names the command that applies it: in this lab, --lab included.
     assert f"OPSKIT_LAB_NAME={lab.name} opskit apply {plan} --lab" in done.stdout
@@ -496,8 +578,11 @@ def test_a_lab_plan_never_acts_outside_the_lab(lab: Lab) -> None:
     assert "Traceback" not in applied.stderr
     # The lab's inventory itself, from outside the lab: refused before any connection.
     env_inventory = ["--inventory", str(lab.root / "inventory.yaml")]
-    for command in (["run", "vm-power", "-p", "action=reboot", "--limit", "vm:110", "--yes"],
-                    ["plan", "health"], ["inventory", "sync", "--dry-run"]):  # fmt: skip
+    for command in (
+        ["run", "vm-power", "-p", "action=reboot", "--limit", "vm:110", "--yes"],
+        ["plan", "health"],
+        ["inventory", "sync", "--dry-run"],
+    ):
         refused = guarded(lab, record, *env_inventory, *command)
         assert refused.returncode == 2, (command, refused.stdout + refused.stderr)
         assert "not inside that lab" in refused.stderr, refused.stderr
@@ -507,8 +592,18 @@ def test_a_lab_plan_never_acts_outside_the_lab(lab: Lab) -> None:
     inside = lab.opskit("apply", str(plan), "--yes", "--lab")
     assert inside.returncode == 0, inside.stdout + inside.stderr
     real = lab.root.parent / "real-plan.json"
-    made = guarded(lab, record, "--inventory", str(REPO / "inventory" / "homelab.yaml"),
-                   "plan", "health", "--limit", "vm:110", "-o", str(real))  # fmt: skip
+    made = guarded(
+        lab,
+        record,
+        "--inventory",
+        str(REPO / "inventory" / "homelab.yaml"),
+        "plan",
+        "health",
+        "--limit",
+        "vm:110",
+        "-o",
+        str(real),
+    )
     assert made.returncode == 0, made.stdout + made.stderr
     assert "--lab" not in made.stdout
     wrong = lab.opskit("apply", str(real), "--yes", "--lab")

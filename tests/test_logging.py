@@ -47,13 +47,16 @@ def server() -> Iterator[str]:
 
 
 def _check(project, url: str) -> None:  # type: ignore[no-untyped-def]
-    project.runbook("health", f"""
+    project.runbook(
+        "health",
+        f"""
         name: health
         targets: local
         steps:
           - id: livez
             check.http: {{url: "{url}/livez", headers: {{X-Token: "{SECRET}"}}}}
-    """)  # fmt: skip
+    """,
+    )
 
 
 def test_nothing_is_logged_by_default(project, opskit, server) -> None:  # type: ignore[no-untyped-def]
@@ -102,7 +105,7 @@ def test_v_logs_each_ssh_command_redacted_and_vv_the_door(ssh_project, capsys, m
         steps:
           - id: say
             ssh.run: {cmd: "echo {{ secrets.token }} > /dev/null", unless: "false"}
-    """)  # fmt: skip
+    """)
     configure(2)
     _, result = ssh_project.run()
     assert result.exit_code == 0

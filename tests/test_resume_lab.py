@@ -90,9 +90,14 @@ def kill_mid_run(
     since = time.time() - 1
     with out.open("w") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "opskit", *args], cwd=REPO, env=lab.env,
-            stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
+            [sys.executable, "-m", "opskit", *args],
+            cwd=REPO,
+            env=lab.env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
         try:
             deadline = time.monotonic() + 120
             while True:
@@ -209,9 +214,15 @@ def test_deploy_killed_mid_install_resumes_to_an_answering_proxmoxmcp(
 ) -> None:
     # SIGKILL while pip installs the release on the host (its longest step).
     run_id, _ = kill_mid_run(
-        lab, tmp_path, signal.SIGKILL, lambda s: s.get(("ai", "venv")) == "started",
-        "run", "deploy-proxmoxmcp", "--lab", "--yes",
-    )  # fmt: skip
+        lab,
+        tmp_path,
+        signal.SIGKILL,
+        lambda s: s.get(("ai", "venv")) == "started",
+        "run",
+        "deploy-proxmoxmcp",
+        "--lab",
+        "--yes",
+    )
     assert steps_of(lab, run_id)[("ai", "ssh")] == "succeeded"
     killed_then_resumed(lab, run_id, signal.SIGKILL)
     assert nodes_answer(lab)
@@ -223,14 +234,31 @@ def test_deploy_terminated_while_it_restarts_resumes_to_an_answering_proxmoxmcp(
 ) -> None:
     # Someone edits the API key on the host: the deploy rewrites it and restarts the service;
     # SIGTERM arrives while the restarted service is being waited for.
-    code, text = opskit(lab, *ssh_runbook(lab, tmp_path, "tamper", (
-        "sed -i 's/^PROXMOX_API_KEY=.*/PROXMOX_API_KEY=edited-by-hand/'"
-        " /etc/proxmoxmcp/proxmoxmcp.env")), "--limit", "ai")  # fmt: skip
+    code, text = opskit(
+        lab,
+        *ssh_runbook(
+            lab,
+            tmp_path,
+            "tamper",
+            (
+                "sed -i 's/^PROXMOX_API_KEY=.*/PROXMOX_API_KEY=edited-by-hand/'"
+                " /etc/proxmoxmcp/proxmoxmcp.env"
+            ),
+        ),
+        "--limit",
+        "ai",
+    )
     assert code == 0, text
     run_id, printed = kill_mid_run(
-        lab, tmp_path, signal.SIGTERM, lambda s: s.get(("ai", "start")) in DONE,
-        "run", "deploy-proxmoxmcp", "--lab", "--yes",
-    )  # fmt: skip
+        lab,
+        tmp_path,
+        signal.SIGTERM,
+        lambda s: s.get(("ai", "start")) in DONE,
+        "run",
+        "deploy-proxmoxmcp",
+        "--lab",
+        "--yes",
+    )
     assert "interrupted: starting nothing new" in printed
     killed_then_resumed(lab, run_id, signal.SIGTERM)
     assert nodes_answer(lab)
@@ -258,9 +286,15 @@ def in_the_second_batch(seen: Statuses, step: str) -> bool:
 
 def kill_beszel(lab: Lab, tmp: Path, sig: int, runbook: str, step: str) -> None:
     run_id, _ = kill_mid_run(
-        lab, tmp, sig, lambda seen: in_the_second_batch(seen, step),
-        "run", runbook, "--lab", "--yes",
-    )  # fmt: skip
+        lab,
+        tmp,
+        sig,
+        lambda seen: in_the_second_batch(seen, step),
+        "run",
+        runbook,
+        "--lab",
+        "--yes",
+    )
     if runbook == "install-beszel-agents":
         # Its params default to null (the version comes from the inventory's vars): resume
         # takes them as the run had them (it exited 2: `param version: expected a string,
@@ -299,16 +333,27 @@ def test_health_killed_while_a_check_retries_resumes_to_passing_checks(
 ) -> None:
     # One agent is down: its check retries (2 s apart) while the others pass; the run is
     # killed then, the agent comes back, and the resumed run checks what was left.
-    code, text = opskit(lab, *ssh_runbook(lab, tmp_path, "stop", "systemctl stop beszel-agent"),
-                        "--limit", "media")  # fmt: skip
+    code, text = opskit(
+        lab, *ssh_runbook(lab, tmp_path, "stop", "systemctl stop beszel-agent"), "--limit", "media"
+    )
     assert code == 0, text
     run_id, _ = kill_mid_run(
-        lab, tmp_path, sig, lambda s: count("succeeded", "tcp")(s) >= 3
-        and status_of(s, "media", "tcp") == "started",
-        "run", "health", "--lab", "--limit", HEALTHY,
-    )  # fmt: skip
-    code, text = opskit(lab, *ssh_runbook(lab, tmp_path, "start", "systemctl start beszel-agent"),
-                        "--limit", "media")  # fmt: skip
+        lab,
+        tmp_path,
+        sig,
+        lambda s: count("succeeded", "tcp")(s) >= 3 and status_of(s, "media", "tcp") == "started",
+        "run",
+        "health",
+        "--lab",
+        "--limit",
+        HEALTHY,
+    )
+    code, text = opskit(
+        lab,
+        *ssh_runbook(lab, tmp_path, "start", "systemctl start beszel-agent"),
+        "--limit",
+        "media",
+    )
     assert code == 0, text
     again = killed_then_resumed(lab, run_id, sig)
     assert status_of(again, "media", "tcp") == "succeeded", again
@@ -328,9 +373,19 @@ def guest_status(lab: Lab) -> str:
 def test_vm_power_killed_mid_reboot_resumes_to_a_running_guest(lab: Lab, tmp_path: Path) -> None:
     # The README's own example; the guest takes 2 s to go down (the lab's fakepve).
     run_id, _ = kill_mid_run(
-        lab, tmp_path, signal.SIGKILL, lambda s: s.get(("ai", "reboot")) == "started",
-        "run", "vm-power", "-p", "action=reboot", "--limit", "vm:110", "--lab", "--yes",
-    )  # fmt: skip
+        lab,
+        tmp_path,
+        signal.SIGKILL,
+        lambda s: s.get(("ai", "reboot")) == "started",
+        "run",
+        "vm-power",
+        "-p",
+        "action=reboot",
+        "--limit",
+        "vm:110",
+        "--lab",
+        "--yes",
+    )
     again = killed_then_resumed(lab, run_id, signal.SIGKILL)
     # Whether the killed reboot happened the journal cannot know, and a reboot is never "no
     # change": resume rebooted again, and its verify step saw the guest running.
@@ -347,9 +402,19 @@ def test_vm_power_terminated_mid_shutdown_resumes_to_a_stopped_guest(
     lab: Lab, tmp_path: Path
 ) -> None:
     run_id, _ = kill_mid_run(
-        lab, tmp_path, signal.SIGTERM, lambda s: s.get(("ai", "shutdown")) == "started",
-        "run", "vm-power", "-p", "action=shutdown", "--limit", "vm:110", "--lab", "--yes",
-    )  # fmt: skip
+        lab,
+        tmp_path,
+        signal.SIGTERM,
+        lambda s: s.get(("ai", "shutdown")) == "started",
+        "run",
+        "vm-power",
+        "-p",
+        "action=shutdown",
+        "--limit",
+        "vm:110",
+        "--lab",
+        "--yes",
+    )
     # The running shutdown finished in its grace period; the verify step never started.
     steps = steps_of(lab, run_id)
     assert (steps[("ai", "shutdown")], steps[("ai", "state")]) == ("succeeded", "not run"), steps

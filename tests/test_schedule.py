@@ -19,14 +19,44 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Every form a homelab writes, and systemd's own examples (systemd.time(7)).
 EXPRESSIONS = [
-    "*:0/15", "hourly", "daily", "weekly", "monthly", "yearly", "annually", "quarterly",
-    "semiannually", "minutely", "Mon..Fri 02:00", "Mon-Fri 9:00", "Sat,Sun 03:30",
-    "*-*-01 04:00", "*-02-29 00:00", "Mon *-*-1..7 03:00", "*-*~1 23:00", "*-*~07/1",
-    "2026-12-24 18:00", "*:00/5", "03:15", "00:00", "Sun 03:00 UTC", "Sun 03:00 Europe/Berlin",
-    "*-*-* 2:00 America/New_York", "*-*-* 00/6:00:00", "Mon,Wed,Fri 08:30:15",
-    "*-01,07-15 12:00", "Tue *-*-* 1:2:3", "*-*-* *:*:0/30", "Fri *-*-13 13:13", "12,14:00",
-    "Sun", "Mon 2026-*-* 00:00", "2027-*-* 00:00", "*-*-* 02:30", "*:0/30",
-]  # fmt: skip
+    "*:0/15",
+    "hourly",
+    "daily",
+    "weekly",
+    "monthly",
+    "yearly",
+    "annually",
+    "quarterly",
+    "semiannually",
+    "minutely",
+    "Mon..Fri 02:00",
+    "Mon-Fri 9:00",
+    "Sat,Sun 03:30",
+    "*-*-01 04:00",
+    "*-02-29 00:00",
+    "Mon *-*-1..7 03:00",
+    "*-*~1 23:00",
+    "*-*~07/1",
+    "2026-12-24 18:00",
+    "*:00/5",
+    "03:15",
+    "00:00",
+    "Sun 03:00 UTC",
+    "Sun 03:00 Europe/Berlin",
+    "*-*-* 2:00 America/New_York",
+    "*-*-* 00/6:00:00",
+    "Mon,Wed,Fri 08:30:15",
+    "*-01,07-15 12:00",
+    "Tue *-*-* 1:2:3",
+    "*-*-* *:*:0/30",
+    "Fri *-*-13 13:13",
+    "12,14:00",
+    "Sun",
+    "Mon 2026-*-* 00:00",
+    "2027-*-* 00:00",
+    "*-*-* 02:30",
+    "*:0/30",
+]
 # Rejected by both.
 INVALID = ["Mon 25:00", "bogus", "*-13-01", "Sat..Mon 01:00", "*:61", "Mon 02:00 Mars/Olympus"]
 # Forms the parser lacks and systemd takes: systemd-analyze decides them.
@@ -53,10 +83,17 @@ def systemd_analyze() -> str:
 
 def systemd_times(expression: str, base: datetime, zone: str, count: int) -> list[datetime]:
     done = subprocess.run(
-        [systemd_analyze(), "calendar", f"--iterations={count}",
-         f"--base-time=@{int(base.timestamp())}", expression],
-        capture_output=True, text=True, env={"TZ": zone, "PATH": os.environ["PATH"]},
-    )  # fmt: skip
+        [
+            systemd_analyze(),
+            "calendar",
+            f"--iterations={count}",
+            f"--base-time=@{int(base.timestamp())}",
+            expression,
+        ],
+        capture_output=True,
+        text=True,
+        env={"TZ": zone, "PATH": os.environ["PATH"]},
+    )
     assert done.returncode == 0, (expression, done.stderr)
     return schedule.parse_systemd_calendar(done.stdout)
 
@@ -169,8 +206,11 @@ steps:
 
 def test_validate_locates_each_schedule_problem(opskit, project):
     path = project.runbook("bad", BAD)
-    project.runbook("bare", "name: bare\ntargets: all\nschedule: 'Sat..Mon 1:00'\n"
-                    "steps:\n  - id: w\n    wait: {duration: 1s}\n")  # fmt: skip
+    project.runbook(
+        "bare",
+        "name: bare\ntargets: all\nschedule: 'Sat..Mon 1:00'\n"
+        "steps:\n  - id: w\n    wait: {duration: 1s}\n",
+    )
     done = opskit("validate", cwd=project.root)
     assert done.code == 2
     lines = done.err.splitlines()
@@ -184,19 +224,23 @@ def test_validate_locates_each_schedule_problem(opskit, project):
     for start in expected:
         assert any(line.startswith(start) for line in lines), (start, done.err)
     assert any(
-        line.endswith("bare.yaml:3:11: schedule: bad OnCalendar expression 'Sat..Mon 1:00':"
-                      " bad day-of-week (systemd-analyze calendar agrees)")
+        line.endswith(
+            "bare.yaml:3:11: schedule: bad OnCalendar expression 'Sat..Mon 1:00':"
+            " bad day-of-week (systemd-analyze calendar agrees)"
+        )
         for line in lines
-    ), done.err  # fmt: skip
+    ), done.err
 
 
 def test_a_bare_string_and_a_block_are_the_same_schedule():
     from opskit.model import Runbook
 
     steps = [{"id": "w", "wait": {"duration": 1}}]
-    bare = Runbook.model_validate({"name": "a", "targets": "all", "schedule": "daily",
-                                   "steps": steps})  # fmt: skip
-    block = Runbook.model_validate({"name": "a", "targets": "all", "schedule": {"on": "daily"},
-                                    "steps": steps})  # fmt: skip
+    bare = Runbook.model_validate(
+        {"name": "a", "targets": "all", "schedule": "daily", "steps": steps}
+    )
+    block = Runbook.model_validate(
+        {"name": "a", "targets": "all", "schedule": {"on": "daily"}, "steps": steps}
+    )
     assert bare.schedule == block.schedule and bare.schedule is not None
     assert bare.schedule.on == ["daily"] and bare.schedule.window is None

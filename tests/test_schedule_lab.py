@@ -87,9 +87,14 @@ def run_as_the_unit(lab: Lab, service: Path, cwd: Path) -> subprocess.CompletedP
     (command,) = settings["ExecStart"]
     return subprocess.run(
         ["ip", "netns", "exec", lab.controller_ns, *systemd_words(command)],
-        cwd=cwd, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def lab_secrets(lab: Lab) -> dict[str, str]:
@@ -105,29 +110,50 @@ def lab_secrets(lab: Lab) -> dict[str, str]:
 
 def install(lab: Lab, runbooks: Path, units: Path, env_dir: Path, state: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "opskit", "--runbooks", str(runbooks),
-         "--inventory", str(lab.root / "inventory.yaml"), "schedule", "install",
-         "--unit-dir", str(units), "--env-dir", str(env_dir)],
-        cwd=REPO, env={**lab.env, "OPSKIT_STATE_DIR": str(state)},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "opskit",
+            "--runbooks",
+            str(runbooks),
+            "--inventory",
+            str(lab.root / "inventory.yaml"),
+            "schedule",
+            "install",
+            "--unit-dir",
+            str(units),
+            "--env-dir",
+            str(env_dir),
+        ],
+        cwd=REPO,
+        env={**lab.env, "OPSKIT_STATE_DIR": str(state)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def history(state: Path) -> list[dict[str, object]]:
     done = subprocess.run(
-        [sys.executable, "-m", "opskit", "history", "--json"], cwd=REPO,
-        env={**os.environ, "OPSKIT_STATE_DIR": str(state)}, capture_output=True, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "opskit", "history", "--json"],
+        cwd=REPO,
+        env={**os.environ, "OPSKIT_STATE_DIR": str(state)},
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     return list(json.loads(done.stdout))
 
 
 def show_run(state: Path, run_id: str) -> dict[str, object]:
     done = subprocess.run(
-        [sys.executable, "-m", "opskit", "show-run", run_id, "--json"], cwd=REPO,
-        env={**os.environ, "OPSKIT_STATE_DIR": str(state)}, capture_output=True, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "opskit", "show-run", run_id, "--json"],
+        cwd=REPO,
+        env={**os.environ, "OPSKIT_STATE_DIR": str(state)},
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     return dict(json.loads(done.stdout))
 

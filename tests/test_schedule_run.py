@@ -69,8 +69,9 @@ def test_approvals_by_risk_and_a_cap_on_targets_changed(env):  # noqa: F811
 
 def test_scheduled_refuses_yes_and_needs_a_schedule(env):  # noqa: F811
     env.project.runbook("upkeep", upkeep("approve: {steps: [wipe]}"))
-    env.project.runbook("plain", "name: plain\ntargets: [ai]\nsteps:\n"
-                        "  - id: make\n    test.resource: {name: x}\n")  # fmt: skip
+    env.project.runbook(
+        "plain", "name: plain\ntargets: [ai]\nsteps:\n  - id: make\n    test.resource: {name: x}\n"
+    )
     assert env.run("run", "upkeep", "--scheduled", "--yes").code == 2
     done = env.run("run", "plain", "--scheduled")
     assert done.code == 2 and "has no schedule" in done.err

@@ -45,8 +45,16 @@ def dirs(tmp_path: Path) -> dict[str, Path]:
 
 
 def install(opskit, project, dirs, *args: str):
-    return opskit("schedule", "install", *args, "--unit-dir", str(dirs["units"]),
-                  "--env-dir", str(dirs["env"]), cwd=project.root)  # fmt: skip
+    return opskit(
+        "schedule",
+        "install",
+        *args,
+        "--unit-dir",
+        str(dirs["units"]),
+        "--env-dir",
+        str(dirs["env"]),
+        cwd=project.root,
+    )
 
 
 def verify(paths: list[Path], user: bool = False, runtime: Path | None = None) -> None:
@@ -57,8 +65,10 @@ def verify(paths: list[Path], user: bool = False, runtime: Path | None = None) -
         env["XDG_RUNTIME_DIR"] = str(runtime)
     done = subprocess.run(
         [systemd_analyze(), *(["--user"] if user else []), "verify", *map(str, paths)],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert done.returncode == 0 and not done.stderr.strip(), done.stdout + done.stderr
 
 
@@ -141,8 +151,9 @@ def test_dry_run_prints_the_units_and_writes_nothing(opskit, project, dirs):
     assert not dirs["units"].exists() and not dirs["env"].exists()
     shown = json.loads(install(opskit, project, dirs, "--dry-run", "--json").out)
     assert set(shown[0]["contents"]) == {
-        str(dirs["units"] / "opskit-nightly.timer"), str(dirs["units"] / "opskit-nightly.service")
-    }  # fmt: skip
+        str(dirs["units"] / "opskit-nightly.timer"),
+        str(dirs["units"] / "opskit-nightly.service"),
+    }
     assert not dirs["units"].exists()
 
 
@@ -156,18 +167,39 @@ def test_remove_removes_exactly_its_own_units(opskit, project, dirs):
     }
     for name, text in others.items():
         (dirs["units"] / name).write_text(text)
-    done = opskit("schedule", "remove", "nightly", "--unit-dir", str(dirs["units"]),
-                  "--env-dir", str(dirs["env"]), cwd=project.root)  # fmt: skip
+    done = opskit(
+        "schedule",
+        "remove",
+        "nightly",
+        "--unit-dir",
+        str(dirs["units"]),
+        "--env-dir",
+        str(dirs["env"]),
+        cwd=project.root,
+    )
     assert done.code == 0, done.err
     left = sorted(p.name for p in dirs["units"].iterdir())
-    assert left == ["backup.timer", "opskit-handmade.service", "opskit-weekly.service",
-                    "opskit-weekly.timer"]  # fmt: skip
+    assert left == [
+        "backup.timer",
+        "opskit-handmade.service",
+        "opskit-weekly.service",
+        "opskit-weekly.timer",
+    ]
     assert "kept the secrets file" in done.out and (dirs["env"] / "nightly.env").exists()
-    refused = opskit("schedule", "remove", "handmade", "--unit-dir", str(dirs["units"]),
-                     cwd=project.root)  # fmt: skip
+    refused = opskit(
+        "schedule", "remove", "handmade", "--unit-dir", str(dirs["units"]), cwd=project.root
+    )
     assert refused.code == 2 and "was not written by opskit" in refused.err
-    everything = opskit("schedule", "remove", "--all", "--unit-dir", str(dirs["units"]),
-                        "--env-dir", str(dirs["env"]), cwd=project.root)  # fmt: skip
+    everything = opskit(
+        "schedule",
+        "remove",
+        "--all",
+        "--unit-dir",
+        str(dirs["units"]),
+        "--env-dir",
+        str(dirs["env"]),
+        cwd=project.root,
+    )
     assert everything.code == 0
     assert sorted(p.name for p in dirs["units"].iterdir()) == sorted(others)
     for name, text in others.items():
@@ -227,9 +259,11 @@ def test_where_systemd_runs_it_reloads_and_enables_once(opskit, project, tmp_pat
     done = opskit("schedule", "install", cwd=project.root)
     assert done.code == 0, done.err
     assert log.read_text().splitlines() == [
-        "daemon-reload", "is-enabled opskit-nightly.timer", "is-active opskit-nightly.timer",
+        "daemon-reload",
+        "is-enabled opskit-nightly.timer",
+        "is-active opskit-nightly.timer",
         "enable --now opskit-nightly.timer",
-    ]  # fmt: skip
+    ]
     assert "enabled: opskit-nightly.timer" in done.out
     log.unlink()
     assert opskit("schedule", "install", cwd=project.root).code == 0

@@ -53,14 +53,20 @@ def test_optional_references_give_none_when_missing(tmp_path, monkeypatch):
     monkeypatch.delenv("OPSKIT_NOT_SET", raising=False)
     monkeypatch.setenv("OPSKIT_SET", "s3cr3t-optional")
     (tmp_path / "here").write_text("s3cr3t-here\n")
-    values = resolve_all({
-        "unset": "optional:env:OPSKIT_NOT_SET",
-        "set": "optional:env:OPSKIT_SET",
-        "no_file": f"optional:file:{tmp_path}/missing",
-        "file": f"optional:file:{tmp_path}/here",
-    })  # fmt: skip
-    assert values == {"unset": None, "set": "s3cr3t-optional", "no_file": None,
-                      "file": "s3cr3t-here"}  # fmt: skip
+    values = resolve_all(
+        {
+            "unset": "optional:env:OPSKIT_NOT_SET",
+            "set": "optional:env:OPSKIT_SET",
+            "no_file": f"optional:file:{tmp_path}/missing",
+            "file": f"optional:file:{tmp_path}/here",
+        }
+    )
+    assert values == {
+        "unset": None,
+        "set": "s3cr3t-optional",
+        "no_file": None,
+        "file": "s3cr3t-here",
+    }
     assert "s3cr3t-optional" in redactor
     # A command that fails is still an error: optional means "may be absent", not "may break".
     with pytest.raises(SecretError, match="exited 1"):
@@ -72,7 +78,9 @@ def test_optional_references_give_none_when_missing(tmp_path, monkeypatch):
 
 def test_optional_secret_reaches_an_action_as_null(project, opskit, monkeypatch):
     monkeypatch.delenv("OPSKIT_NOT_SET", raising=False)
-    project.runbook("opt", """
+    project.runbook(
+        "opt",
+        """
         name: opt
         targets: local
         secrets:
@@ -84,7 +92,8 @@ def test_optional_secret_reaches_an_action_as_null(project, opskit, monkeypatch)
           - id: with
             when: secrets.maybe is not none
             wait: {duration: 0s}
-    """)  # fmt: skip
+    """,
+    )
     done = opskit("run", "opt", "--yes", cwd=project.root)
     assert done.code == 0, done.out + done.err
     assert "[local] without: ok" in done.out and "[local] with: skipped" in done.out
@@ -93,13 +102,16 @@ def test_optional_secret_reaches_an_action_as_null(project, opskit, monkeypatch)
     assert "[local] with: ok" in done.out and "[local] without: skipped" in done.out
     bad = opskit("validate", cwd=project.root)
     assert bad.code == 0
-    project.runbook("bad", """
+    project.runbook(
+        "bad",
+        """
         name: bad
         targets: local
         secrets: {x: "optional:nope:X"}
         steps:
           - {id: s, check.command: {cmd: "true"}}
-    """)  # fmt: skip
+    """,
+    )
     refused = opskit("validate", cwd=project.root)
     assert refused.code == 2 and "bad secret reference" in refused.err
 

@@ -86,10 +86,14 @@ class Terminal:
         env["TERM"] = "xterm"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "opskit", *args],
-            cwd=root, env=env, stdin=slave, stdout=slave, stderr=slave,
+            cwd=root,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
             start_new_session=True,  # a session of its own, with this pty as its terminal
             preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
-        )  # fmt: skip
+        )
         os.close(slave)
         self.seen = b""
 
@@ -156,9 +160,13 @@ def project(tmp_path, hosts, monkeypatch) -> Path:
 
 def _opskit(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "opskit", *args], cwd=root, capture_output=True, text=True,
-        stdin=subprocess.DEVNULL, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", "opskit", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
 
 
 def _last_run(root: Path) -> dict:

@@ -27,13 +27,19 @@ def no_agent(monkeypatch):
 
 def pool_for(sshd: Sshd, tmp_path: Path, *, tofu: bool = False, keys=None) -> SSHPool:
     host_keys = HostKeys(tmp_path / "known_hosts", user_files=[], tofu=tofu)
-    return SSHPool(host_keys, client_keys=keys or [str(sshd.client_key)], config=[],
-                   connect_timeout=5)  # fmt: skip
+    return SSHPool(
+        host_keys, client_keys=keys or [str(sshd.client_key)], config=[], connect_timeout=5
+    )
 
 
 def ep(sshd: Sshd, address: str, *, pinned: bool = True, port: int | None = None) -> Endpoint:
-    return Endpoint(name=f"host-{address.rsplit('.', 1)[1]}", host=address, port=port or sshd.port,
-                    user="root", pinned=sshd.pinned if pinned else None)  # fmt: skip
+    return Endpoint(
+        name=f"host-{address.rsplit('.', 1)[1]}",
+        host=address,
+        port=port or sshd.port,
+        user="root",
+        pinned=sshd.pinned if pinned else None,
+    )
 
 
 def run(coro):
@@ -140,8 +146,9 @@ def test_a_changed_host_key_is_a_hard_error(sshd, tmp_path):
     async def go():
         pool = pool_for(sshd, tmp_path, tofu=True)  # not even TOFU accepts a changed key
         try:
-            host = Endpoint(name="ai", host="127.0.0.20", port=impostor.port, user="root",
-                            pinned=sshd.pinned)  # fmt: skip
+            host = Endpoint(
+                name="ai", host="127.0.0.20", port=impostor.port, user="root", pinned=sshd.pinned
+            )
             with pytest.raises(HostKeyError) as info:
                 await pool.run(host, "true")
             message = str(info.value)
@@ -208,8 +215,14 @@ def test_through_a_jump_host(sshd, tmp_path):
     async def go():
         keys = HostKeys(tmp_path / "opskit_known_hosts", user_files=[known])
         pool = SSHPool(keys, client_keys=[str(sshd.client_key)], config=[], connect_timeout=5)
-        target = Endpoint(name="inner", host=HOSTS[0], port=sshd.port, user="root",
-                          pinned=sshd.pinned, jump=f"root@{HOSTS[2]}:{sshd.port}")  # fmt: skip
+        target = Endpoint(
+            name="inner",
+            host=HOSTS[0],
+            port=sshd.port,
+            user="root",
+            pinned=sshd.pinned,
+            jump=f"root@{HOSTS[2]}:{sshd.port}",
+        )
         try:
             result = await pool.run(target, "echo inside")
             assert result.stdout == "inside\n"

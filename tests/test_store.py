@@ -7,11 +7,22 @@ from opskit.store import Journal
 
 def _run(j: Journal) -> None:
     j.start_run(
-        "r1", runbook="rb", runbook_path="runbooks/rb.yaml", runbook_sha="s", inventory_path="i",
-        inventory_sha="s", fingerprint="f", params={"p": 1}, limit=None, opskit_version="0",
-        plan={}, steps=[("t", "a", 0, "steps", "x", "update", "make a"), ("t", "b", 1, "steps", "x",
-                                                                       "update", "make b")],
-    )  # fmt: skip
+        "r1",
+        runbook="rb",
+        runbook_path="runbooks/rb.yaml",
+        runbook_sha="s",
+        inventory_path="i",
+        inventory_sha="s",
+        fingerprint="f",
+        params={"p": 1},
+        limit=None,
+        opskit_version="0",
+        plan={},
+        steps=[
+            ("t", "a", 0, "steps", "x", "update", "make a"),
+            ("t", "b", 1, "steps", "x", "update", "make b"),
+        ],
+    )
 
 
 def test_a_start_is_committed_before_the_step_acts_and_its_end_with_the_run(tmp_path):

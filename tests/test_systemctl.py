@@ -46,8 +46,11 @@ class Systemd:
     def __call__(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [PYTHON, "-I", str(STAND_IN), *args],
-            env=self.env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if check and done.returncode != 0:
             raise AssertionError(f"systemctl {' '.join(args)}: {done.returncode} {done.stderr}")
         return done
@@ -113,8 +116,11 @@ def test_start_runs_the_process_and_stop_ends_it(systemd):
     status = systemd("status", "demo")
     assert status.returncode == 0 and "● demo.service - A demo" in status.stdout
     assert "Active: active (running)" in status.stdout
-    child = int(subprocess.run(["pgrep", "-f", "sleep 300$"], capture_output=True, text=True,
-                               check=True).stdout.split()[0])  # fmt: skip
+    child = int(
+        subprocess.run(
+            ["pgrep", "-f", "sleep 300$"], capture_output=True, text=True, check=True
+        ).stdout.split()[0]
+    )
     systemd("start", "demo", check=True)  # already running: nothing happens
     assert systemd.main_pid("demo") == pid
 

@@ -193,10 +193,12 @@ def _read_bounded(path: Path, name: str) -> str:
 
 def _too_large(name: str, size: int) -> LoadError:
     return LoadError.at(
-        name, 1, 1,
+        name,
+        1,
+        1,
         f"file too large: {size / 2**20:.1f} MiB, over the {MAX_BYTES // 2**20} MiB limit"
         " for a runbook or inventory (not parsed)",
-    )  # fmt: skip
+    )
 
 
 def _one_line(text: str) -> str:

@@ -140,11 +140,16 @@ def systemd_elapses(expression: str, after: datetime, count: int) -> list[dateti
         )
     done = subprocess.run(
         [
-            SYSTEMD_ANALYZE, "calendar", f"--iterations={count}",
-            f"--base-time=@{int(after.timestamp())}", expression,
+            SYSTEMD_ANALYZE,
+            "calendar",
+            f"--iterations={count}",
+            f"--base-time=@{int(after.timestamp())}",
+            expression,
         ],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if done.returncode != 0:
         raise CalendarError(f"bad OnCalendar expression {expression!r}: {done.stderr.strip()}")
     return [when.astimezone(after.tzinfo) for when in parse_systemd_calendar(done.stdout)]
@@ -352,10 +357,15 @@ def render_units(
             # The window stops the run itself; systemd's timeout is the backstop behind it.
             timeout = schedule.window.duration + grace + STOP_MARGIN
     exec_start = [
-        *settings.command, "--runbooks", str(runbooks_dir.resolve()),
-        "--inventory", str(inventory_path.resolve()),
-        "run", str(runbook_path.resolve()), "--scheduled",
-    ]  # fmt: skip
+        *settings.command,
+        "--runbooks",
+        str(runbooks_dir.resolve()),
+        "--inventory",
+        str(inventory_path.resolve()),
+        "run",
+        str(runbook_path.resolve()),
+        "--scheduled",
+    ]
     if schedule.lock_wait:
         exec_start += ["--lock-wait", f"{int(schedule.lock_wait)}s"]
     environment = {"OPSKIT_STATE_DIR": str(state_dir.resolve()), "PYTHONUNBUFFERED": "1"}
@@ -634,10 +644,15 @@ def notify_run(
             detail.append(row.message)
     log = state_dir() / "logs" / f"{run_id}.log" if run_id else None
     notice = Notice(
-        runbook=loaded.name, status=status, run_id=run_id, scheduled=req.scheduled,
-        failed_targets=failed, first_error=first_error, detail=detail,
+        runbook=loaded.name,
+        status=status,
+        run_id=run_id,
+        scheduled=req.scheduled,
+        failed_targets=failed,
+        first_error=first_error,
+        detail=detail,
         log=str(log) if log is not None and log.exists() else None,
-    )  # fmt: skip
+    )
     reached = send(notice, block.notify, warn)
     if reached:
         say(f"notified ({notice.event}): {', '.join(reached)}")
@@ -690,12 +705,16 @@ def _journal_refusal(
         runbook_ref = file_ref(loaded.path)
         inventory_ref = file_ref(req.workspace.inventory_path)
         journal.start_run(
-            run_id, runbook=loaded.name, runbook_path=str(loaded.path.resolve()),
-            runbook_sha=runbook_ref.sha256, inventory_path=str(req.workspace.inventory_path),
+            run_id,
+            runbook=loaded.name,
+            runbook_path=str(loaded.path.resolve()),
+            runbook_sha=runbook_ref.sha256,
+            inventory_path=str(req.workspace.inventory_path),
             inventory_sha=inventory_ref.sha256,
             fingerprint=plan.fingerprint if plan is not None else "",
             params=plan.params if plan is not None else {},
-            limit=plan.limit if plan is not None else None, opskit_version=__version__,
+            limit=plan.limit if plan is not None else None,
+            opskit_version=__version__,
             plan=plan.model_dump(mode="json") if plan is not None else {},
             steps=[
                 (tp.target, s.id, seq, s.section, s.action, s.change.kind.value, s.change.summary)
@@ -703,7 +722,7 @@ def _journal_refusal(
                 for seq, s in enumerate(tp.steps)
             ],
             scheduled=True,
-        )  # fmt: skip
+        )
         journal.finish_run(run_id, status, code, message)
     finally:
         if req.journal is None:

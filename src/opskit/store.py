@@ -249,12 +249,24 @@ class Journal:
                 " opskit_version, resumed_from, plan, scheduled)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    run_id, runbook, runbook_path, runbook_sha, inventory_path, inventory_sha,
-                    fingerprint, self._text(params), limit, time.time(), os.getpid(),
-                    socket.gethostname(), opskit_version, resumed_from, self._text(plan),
+                    run_id,
+                    runbook,
+                    runbook_path,
+                    runbook_sha,
+                    inventory_path,
+                    inventory_sha,
+                    fingerprint,
+                    self._text(params),
+                    limit,
+                    time.time(),
+                    os.getpid(),
+                    socket.gethostname(),
+                    opskit_version,
+                    resumed_from,
+                    self._text(plan),
                     int(scheduled),
                 ),
-            )  # fmt: skip
+            )
             self.db.executemany(
                 "INSERT INTO steps (run_id, target, step_id, seq, section, action, status,"
                 " change, summary) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
@@ -272,25 +284,32 @@ class Journal:
         is committed leaves that step 'started', which resume re-probes: the journal may be
         cautious, it never claims what did not happen."""
         now = time.time()
-        self._pending.append((
-            "UPDATE steps SET status = 'started', attempts = ?, started_at ="
-            " COALESCE(started_at, ?) WHERE run_id = ? AND target = ? AND step_id = ?",
-            (attempt, now, run_id, target, step_id),
-        ))  # fmt: skip
-        self._pending.append((
-            "INSERT OR REPLACE INTO attempts (run_id, target, step_id, attempt, status, started_at)"
-            " VALUES (?, ?, ?, ?, 'started', ?)",
-            (run_id, target, step_id, attempt, now),
-        ))  # fmt: skip
+        self._pending.append(
+            (
+                "UPDATE steps SET status = 'started', attempts = ?, started_at ="
+                " COALESCE(started_at, ?) WHERE run_id = ? AND target = ? AND step_id = ?",
+                (attempt, now, run_id, target, step_id),
+            )
+        )
+        self._pending.append(
+            (
+                "INSERT OR REPLACE INTO attempts"
+                " (run_id, target, step_id, attempt, status, started_at)"
+                " VALUES (?, ?, ?, ?, 'started', ?)",
+                (run_id, target, step_id, attempt, now),
+            )
+        )
 
     def attempt_finished(
         self, run_id: str, target: str, step_id: str, attempt: int, status: str, error: str | None
     ) -> None:
-        self._pending.append((
-            "UPDATE attempts SET status = ?, ended_at = ?, error = ?"
-            " WHERE run_id = ? AND target = ? AND step_id = ? AND attempt = ?",
-            (status, time.time(), self._text(error), run_id, target, step_id, attempt),
-        ))  # fmt: skip
+        self._pending.append(
+            (
+                "UPDATE attempts SET status = ?, ended_at = ?, error = ?"
+                " WHERE run_id = ? AND target = ? AND step_id = ? AND attempt = ?",
+                (status, time.time(), self._text(error), run_id, target, step_id, attempt),
+            )
+        )
 
     def step_finished(
         self,
@@ -306,12 +325,22 @@ class Journal:
         text = self._text(outputs)
         if text is not None and len(text) > OUTPUT_CAP:
             text = json.dumps({"truncated": text[:OUTPUT_CAP]})
-        self._pending.append((
-            "UPDATE steps SET status = ?, summary = COALESCE(?, summary), error = ?, outputs = ?,"
-            " ended_at = ? WHERE run_id = ? AND target = ? AND step_id = ?",
-            (status, self._text(summary), self._text(error), text, time.time(), run_id, target,
-             step_id),
-        ))  # fmt: skip
+        self._pending.append(
+            (
+                "UPDATE steps SET status = ?, summary = COALESCE(?, summary), error = ?,"
+                " outputs = ?, ended_at = ? WHERE run_id = ? AND target = ? AND step_id = ?",
+                (
+                    status,
+                    self._text(summary),
+                    self._text(error),
+                    text,
+                    time.time(),
+                    run_id,
+                    target,
+                    step_id,
+                ),
+            )
+        )
 
     def finish_run(
         self, run_id: str, status: str, exit_code: int, message: str | None = None
@@ -403,12 +432,23 @@ class Journal:
         ).fetchall()
         return [
             StepRow(
-                run_id=r[0], target=r[1], step_id=r[2], seq=r[3], section=r[4], action=r[5],
-                status=r[6], attempts=r[7], change=r[8], summary=r[9], error=r[10],
-                outputs=json.loads(r[11]) if r[11] else None, started_at=r[12], ended_at=r[13],
+                run_id=r[0],
+                target=r[1],
+                step_id=r[2],
+                seq=r[3],
+                section=r[4],
+                action=r[5],
+                status=r[6],
+                attempts=r[7],
+                change=r[8],
+                summary=r[9],
+                error=r[10],
+                outputs=json.loads(r[11]) if r[11] else None,
+                started_at=r[12],
+                ended_at=r[13],
             )
             for r in rows
-        ]  # fmt: skip
+        ]
 
     def _run(self, r: tuple[Any, ...]) -> RunRow:
         cols = [c[0] for c in self.db.execute("SELECT * FROM runs LIMIT 0").description]

@@ -255,8 +255,10 @@ def sync(
             hosts.append(host)
             notes.append(f"added Tailscale host {peer.host} ({peer.dns})")
         else:
-            notes.append(f"Tailscale peer {peer.host} ({peer.dns}) matches no guest or host"
-                         " (add it with --add-hosts)")  # fmt: skip
+            notes.append(
+                f"Tailscale peer {peer.host} ({peer.dns}) matches no guest or host"
+                " (add it with --add-hosts)"
+            )
     buffer = io.StringIO()
     yaml.dump(doc, buffer)
     return SyncReport(before, buffer.getvalue(), notes)

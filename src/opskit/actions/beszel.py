@@ -257,9 +257,12 @@ class HubSystem(Action[SystemArgs]):
             after = {**want, "fingerprint": "new token" if a.token is None else "given token"}
             summary = f"add system {name} ({want['host']}:{want['port']}) to the hub"
             return _SystemPlan(
-                Change(kind=ChangeKind.CREATE, summary=summary, after=after), None, want, None,
+                Change(kind=ChangeKind.CREATE, summary=summary, after=after),
+                None,
+                want,
+                None,
                 a.token,
-            )  # fmt: skip
+            )
         have = _shown(system)
         fields = {k: v for k, v in want.items() if have.get(k) != v}
         fingerprint = await hub.fingerprint(system["id"])
@@ -408,9 +411,11 @@ class CheckHub(Check[HubCheckArgs]):
                 status = record.get("status") or ""
                 if a.status and status and status != a.status:
                     return Outcome(
-                        ok=False, summary=f"system {name}: {status}", outputs=outputs,
+                        ok=False,
+                        summary=f"system {name}: {status}",
+                        outputs=outputs,
                         error=f"system {name}: the hub reports {status}, expected {a.status}",
-                    )  # fmt: skip
+                    )
                 if a.status and not status:
                     status = "status not reported (not a Beszel hub?)"
                 found.append(f"system {name} registered" + (f", {status}" if status else ""))
@@ -482,16 +487,20 @@ class CheckAgent(Check[AgentCheckArgs]):
         outputs = {"banner": banner}
         if not banner.startswith("SSH-2.0-beszel_"):
             return Outcome(
-                ok=False, summary=f"{where}: not a Beszel agent", outputs=outputs,
+                ok=False,
+                summary=f"{where}: not a Beszel agent",
+                outputs=outputs,
                 error=f"{where} answers {banner!r}, not a Beszel agent (SSH-2.0-beszel_...)",
-            )  # fmt: skip
+            )
         running = banner.removeprefix("SSH-2.0-beszel_").split()[0]
         outputs["version"] = running
         if a.version and running != a.version.lstrip("v"):
             return Outcome(
-                ok=False, summary=f"{where}: Beszel agent {running}", outputs=outputs,
+                ok=False,
+                summary=f"{where}: Beszel agent {running}",
+                outputs=outputs,
                 error=f"{where} runs Beszel agent {running}, expected {a.version.lstrip('v')}",
-            )  # fmt: skip
+            )
         return Outcome(ok=True, summary=f"{where}: Beszel agent {running}", outputs=outputs)
 
 
@@ -822,9 +831,11 @@ if [ -f "$u" ]; then echo unit=yes; cat "$u"; else echo unit=no; fi"""
         want = self._wanted(state, key if key != _KEY_MARK else None)
         differs, later = self._differences(state, want)
         before = {
-            "version": state.version, "enabled": state.enabled or None,
-            "active": state.active or None, "user": state.user,
-        }  # fmt: skip
+            "version": state.version,
+            "enabled": state.enabled or None,
+            "active": state.active or None,
+            "user": state.user,
+        }
         after = {"version": want.version, "enabled": "enabled", "active": "active", "user": True}
         if "unit file" in differs and state.unit is not None:
             after["unit_diff"] = _diff(state.unit, want.unit, want.key_known)
@@ -940,16 +951,18 @@ if [ -f "$u" ]; then echo unit=yes; cat "$u"; else echo unit=no; fi"""
         a = self.args
         done = []
         if state.unit != want.unit:
-            await put_file(shell, self.unit_path, want.unit.encode(), mode=0o644,
-                           become=a.become, parents=True)  # fmt: skip
+            await put_file(
+                shell, self.unit_path, want.unit.encode(), mode=0o644, become=a.become, parents=True
+            )
             done.append("unit file")
         env_same = want.env is not None and state.env == (
             "0600",
             hashlib.sha256(want.env.encode()).hexdigest(),
         )
         if want.env is not None and not env_same:
-            await put_file(shell, a.env_file, want.env.encode(), mode=0o600, become=a.become,
-                           parents=True)  # fmt: skip
+            await put_file(
+                shell, a.env_file, want.env.encode(), mode=0o600, become=a.become, parents=True
+            )
             done.append("token file")
         elif want.env is None and state.env is not None:
             await remove_files(shell, [a.env_file], become=a.become)
@@ -1002,8 +1015,14 @@ else rm -f "$stage"; exit 25; fi"""
             return Outcome(ok=True, summary=change.summary)
         a = self.args
         try:
-            await remove_unit(shell, SERVICE, state.service, [self.unit_path, a.env_file],
-                              reload=state.unit is not None, become=a.become)  # fmt: skip
+            await remove_unit(
+                shell,
+                SERVICE,
+                state.service,
+                [self.unit_path, a.env_file],
+                reload=state.unit is not None,
+                become=a.become,
+            )
             await remove_directory(shell, a.install_dir, become=a.become)
             if state.user:
                 await remove_user(shell, a.user, become=a.become)

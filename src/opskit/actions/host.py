@@ -75,14 +75,21 @@ def _outcome(report: OpReport, what: str, done: str, outputs: dict[str, Any]) ->
     outputs = {**outputs, "commands": report.commands}
     changed = report.executed and bool(report.commands)
     if not report.ok:
-        return Outcome(ok=False, changed=changed, summary=f"{what}: failed", outputs=outputs,
-                       error=f"{what}: {report.error}")  # fmt: skip
-    return Outcome(ok=True, changed=changed, summary=done if changed else f"{what}: no change",
-                   outputs=outputs)  # fmt: skip
+        return Outcome(
+            ok=False,
+            changed=changed,
+            summary=f"{what}: failed",
+            outputs=outputs,
+            error=f"{what}: {report.error}",
+        )
+    return Outcome(
+        ok=True, changed=changed, summary=done if changed else f"{what}: no change", outputs=outputs
+    )
 
 
-def _meta_changes(info: dict[str, Any], mode: str | None, owner: str | None,
-                  group: str | None) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+def _meta_changes(
+    info: dict[str, Any], mode: str | None, owner: str | None, group: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(before, after) of mode, owner and group where the step names them and they differ."""
     before: dict[str, Any] = {}
     after: dict[str, Any] = {}
@@ -223,9 +230,14 @@ class HostFile(Action[FileArgs]):
                     plan.secrets_matched = True
             h.link.upload_mode = int(a.mode, 8)  # content and mode arrive together
             plan.report = h.operation(
-                files.put, src=stream(payload), dest=a.path, user=a.owner, group=a.group,
-                mode=a.mode, create_remote_dir=a.create_dirs,
-            )  # fmt: skip
+                files.put,
+                src=stream(payload),
+                dest=a.path,
+                user=a.owner,
+                group=a.group,
+                mode=a.mode,
+                create_remote_dir=a.create_dirs,
+            )
             return plan
 
         return work
@@ -256,25 +268,36 @@ class HostFile(Action[FileArgs]):
             after: Any = after_text if after_text is not None else _digest(data)
             owner = f", owner {a.owner}" if a.owner else ""
             what = f"{len(data)} bytes, mode {_mode(a.mode)}{owner}"
-            return Change(kind=ChangeKind.CREATE, summary=f"create {a.path} ({what})",
-                          after=after)  # fmt: skip
+            return Change(kind=ChangeKind.CREATE, summary=f"create {a.path} ({what})", after=after)
         meta_before, meta_after = _meta_changes(plan.info, a.mode, a.owner, a.group)
         parts = _changes_text(meta_before, meta_after)
         if not plan.report.uploads:
-            return Change(kind=ChangeKind.UPDATE, summary=f"update {a.path} ({parts})",
-                          before=meta_before, after=meta_after)  # fmt: skip
+            return Change(
+                kind=ChangeKind.UPDATE,
+                summary=f"update {a.path} ({parts})",
+                before=meta_before,
+                after=meta_after,
+            )
         what = "content" + (f", {parts}" if parts else "")
         before_text = _shown_text(plan.remote) if plan.remote is not None else None
         if after_text is None or before_text is None:
-            before = _digest(plan.remote) if plan.remote is not None else {
-                "size": plan.info.get("size")
-            }  # fmt: skip
-            return Change(kind=ChangeKind.UPDATE, summary=f"update {a.path} ({what})",
-                          before=before, after=_digest(data))  # fmt: skip
+            before = (
+                _digest(plan.remote) if plan.remote is not None else {"size": plan.info.get("size")}
+            )
+            return Change(
+                kind=ChangeKind.UPDATE,
+                summary=f"update {a.path} ({what})",
+                before=before,
+                after=_digest(data),
+            )
         known = not _has_secret(data.decode("utf-8", "replace"))  # values, not placeholders
         before_shown = _mask(before_text, after_text, sensitive, known)
-        return Change(kind=ChangeKind.UPDATE, summary=f"update {a.path} ({what})",
-                      before=before_shown, after=after_text)  # fmt: skip
+        return Change(
+            kind=ChangeKind.UPDATE,
+            summary=f"update {a.path} ({what})",
+            before=before_shown,
+            after=after_text,
+        )
 
     async def apply(self, ctx: ActionContext) -> Outcome:
         a = self.args
@@ -284,8 +307,9 @@ class HostFile(Action[FileArgs]):
         outputs: dict[str, Any] = {"path": a.path, "size": len(data)}
         if not self._sensitive(data):  # a checksum of a secret would let one guess it offline
             outputs["sha256"] = hashlib.sha256(data).hexdigest()
-        return _outcome(plan.report, f"file {a.path}", f"wrote {a.path} ({len(data)} bytes)",
-                        outputs)  # fmt: skip
+        return _outcome(
+            plan.report, f"file {a.path}", f"wrote {a.path} ({len(data)} bytes)", outputs
+        )
 
 
 def _has_secret(text: str) -> bool:
@@ -409,8 +433,14 @@ class HostDirectory(Action[DirectoryArgs]):
 
         a = self.args
         info = h.fact(Directory, path=a.path)
-        report = h.operation(files.directory, path=a.path, user=a.owner, group=a.group,
-                             mode=a.mode, recursive=a.recursive)  # fmt: skip
+        report = h.operation(
+            files.directory,
+            path=a.path,
+            user=a.owner,
+            group=a.group,
+            mode=a.mode,
+            recursive=a.recursive,
+        )
         return (dict(info) if info else None), report
 
     async def probe(self, ctx: ActionContext) -> Change:
@@ -418,22 +448,32 @@ class HostDirectory(Action[DirectoryArgs]):
         info, report = await on_host(ctx, a, self._work)
         if not report.changes:
             return Change.none(f"{a.path} is up to date")
-        wanted = {k: v for k, v in (("mode", _mode(a.mode)), ("owner", a.owner),
-                                    ("group", a.group)) if v is not None}  # fmt: skip
+        wanted = {
+            k: v
+            for k, v in (("mode", _mode(a.mode)), ("owner", a.owner), ("group", a.group))
+            if v is not None
+        }
         if info is None:
             extra = f" ({_pairs(wanted)})" if wanted else ""
-            return Change(kind=ChangeKind.CREATE, summary=f"create directory {a.path}{extra}",
-                          after=wanted or {"exists": True})  # fmt: skip
+            return Change(
+                kind=ChangeKind.CREATE,
+                summary=f"create directory {a.path}{extra}",
+                after=wanted or {"exists": True},
+            )
         before, after = _meta_changes(info, a.mode, a.owner, a.group)
-        return Change(kind=ChangeKind.UPDATE,
-                      summary=f"update {a.path} ({_changes_text(before, after)})",
-                      before=before, after=after)  # fmt: skip
+        return Change(
+            kind=ChangeKind.UPDATE,
+            summary=f"update {a.path} ({_changes_text(before, after)})",
+            before=before,
+            after=after,
+        )
 
     async def apply(self, ctx: ActionContext) -> Outcome:
         a = self.args
         _, report = await on_host(ctx, a, self._work)
-        return _outcome(report, f"directory {a.path}", f"directory {a.path} in place",
-                        {"path": a.path})  # fmt: skip
+        return _outcome(
+            report, f"directory {a.path}", f"directory {a.path} in place", {"path": a.path}
+        )
 
 
 def _pairs(values: dict[str, Any]) -> str:
@@ -495,12 +535,21 @@ class HostUser(Action[UserArgs]):
         create_home = a.create_home if a.create_home is not None else not a.system
         reports = [
             h.operation(
-                server.user, user=a.name, present=True, home=a.home, shell=a.shell,
-                group=a.group, groups=a.groups or None, append=a.append_groups,
-                system=a.system, uid=a.uid, comment=a.comment, create_home=create_home,
+                server.user,
+                user=a.name,
+                present=True,
+                home=a.home,
+                shell=a.shell,
+                group=a.group,
+                groups=a.groups or None,
+                append=a.append_groups,
+                system=a.system,
+                uid=a.uid,
+                comment=a.comment,
+                create_home=create_home,
                 ensure_home=False,
             )
-        ]  # fmt: skip
+        ]
         home = a.home or (existing or {}).get("home") or f"/home/{a.name}"
         if create_home:
             # pyinfra would chown the home to a group named like the user: use the real one
@@ -513,8 +562,7 @@ class HostUser(Action[UserArgs]):
 
     def _wanted(self) -> dict[str, Any]:
         a = self.args
-        wanted: dict[str, Any] = {"home": a.home, "shell": a.shell, "group": a.group,
-                                  "uid": a.uid}  # fmt: skip
+        wanted: dict[str, Any] = {"home": a.home, "shell": a.shell, "group": a.group, "uid": a.uid}
         if a.groups:
             wanted["groups"] = sorted(a.groups)
         return {k: v for k, v in wanted.items() if v is not None}
@@ -528,8 +576,11 @@ class HostUser(Action[UserArgs]):
         if existing is None:
             kind = "system user" if a.system else "user"
             extra = f" ({_pairs(wanted)})" if wanted else ""
-            return Change(kind=ChangeKind.CREATE, summary=f"create {kind} {a.name}{extra}",
-                          after={"user": a.name, "system": a.system, **wanted})  # fmt: skip
+            return Change(
+                kind=ChangeKind.CREATE,
+                summary=f"create {kind} {a.name}{extra}",
+                after={"user": a.name, "system": a.system, **wanted},
+            )
         have = dict(existing)
         if "groups" in wanted:
             have["groups"] = sorted(have.get("groups") or [])
@@ -538,8 +589,12 @@ class HostUser(Action[UserArgs]):
         before = {k: have.get(k) for k in wanted if have.get(k) != wanted[k]}
         after = {k: wanted[k] for k in before}
         what = ", ".join(before) or "home directory"
-        return Change(kind=ChangeKind.UPDATE, summary=f"update user {a.name} ({what})",
-                      before=before, after=after)  # fmt: skip
+        return Change(
+            kind=ChangeKind.UPDATE,
+            summary=f"update user {a.name} ({what})",
+            before=before,
+            after=after,
+        )
 
     async def apply(self, ctx: ActionContext) -> Outcome:
         a = self.args
@@ -611,13 +666,16 @@ class HostPackages(Action[PackagesArgs]):
 
             installed = h.fact(DebPackages) if h.read_only else {}
             report = h.operation(
-                apt.packages, packages=list(a.packages), present=a.present, update=update,
+                apt.packages,
+                packages=list(a.packages),
+                present=a.present,
+                update=update,
                 cache_time=int(a.cache_time) if update and a.cache_time else None,
                 no_recommends=a.no_recommends,
                 # a host without network fails in seconds, not after apt's two minutes
                 extra_install_args="-o Acquire::Retries=0 -o Acquire::http::Timeout=20"
                 " -o Acquire::https::Timeout=20",
-            )  # fmt: skip
+            )
             return dict(installed), report
 
         return work
@@ -634,12 +692,19 @@ class HostPackages(Action[PackagesArgs]):
             before = {n: _version(installed.get(n)) for n in todo}
             after = {n: _pin(a.packages, n) for n in todo}
             update = " (after apt-get update)" if a.update else ""
-            return Change(kind=ChangeKind.UPDATE, summary=f"install {', '.join(todo)}{update}",
-                          before=before, after=after)  # fmt: skip
+            return Change(
+                kind=ChangeKind.UPDATE,
+                summary=f"install {', '.join(todo)}{update}",
+                before=before,
+                after=after,
+            )
         todo = [n for n in names if n in installed]
-        return Change(kind=ChangeKind.UPDATE, summary=f"remove {', '.join(todo or names)}",
-                      before={n: _version(installed.get(n)) for n in todo},
-                      after=dict.fromkeys(todo, "absent"))  # fmt: skip
+        return Change(
+            kind=ChangeKind.UPDATE,
+            summary=f"remove {', '.join(todo or names)}",
+            before={n: _version(installed.get(n)) for n in todo},
+            after=dict.fromkeys(todo, "absent"),
+        )
 
     async def apply(self, ctx: ActionContext) -> Outcome:
         a = self.args
@@ -649,8 +714,12 @@ class HostPackages(Action[PackagesArgs]):
             if errors:
                 report.error = "apt-get failed: " + " ".join(e.strip() for e in errors)
         verb = "installed" if a.present else "removed"
-        return _outcome(report, self.describe(), f"{verb} {', '.join(a.packages)}",
-                        {"packages": list(a.packages)})  # fmt: skip
+        return _outcome(
+            report,
+            self.describe(),
+            f"{verb} {', '.join(a.packages)}",
+            {"packages": list(a.packages)},
+        )
 
 
 def _version(versions: Any) -> str:
@@ -724,8 +793,15 @@ class HostDownload(Action[DownloadArgs]):
         a = self.args
         info = h.fact(File, path=a.dest)
         digest = h.fact(Sha256File, path=a.dest) if info else None
-        report = h.operation(verified_download, src=a.url, dest=a.dest, sha256sum=a.sha256,
-                             user=a.owner, group=a.group, mode=a.mode)  # fmt: skip
+        report = h.operation(
+            verified_download,
+            src=a.url,
+            dest=a.dest,
+            sha256sum=a.sha256,
+            user=a.owner,
+            group=a.group,
+            mode=a.mode,
+        )
         return (dict(info) if info else None), digest, report
 
     async def probe(self, ctx: ActionContext) -> Change:
@@ -735,25 +811,37 @@ class HostDownload(Action[DownloadArgs]):
         if not report.changes:
             return Change.none(f"{a.dest} has sha256 {short}")
         if info is None:
-            return Change(kind=ChangeKind.CREATE,
-                          summary=f"download {a.url} to {a.dest} (sha256 {short})",
-                          after={"sha256": a.sha256, "mode": _mode(a.mode)})  # fmt: skip
+            return Change(
+                kind=ChangeKind.CREATE,
+                summary=f"download {a.url} to {a.dest} (sha256 {short})",
+                after={"sha256": a.sha256, "mode": _mode(a.mode)},
+            )
         if digest != a.sha256:
-            return Change(kind=ChangeKind.UPDATE,
-                          summary=f"download {a.url} over {a.dest} (sha256 differs)",
-                          before={"sha256": digest}, after={"sha256": a.sha256})  # fmt: skip
+            return Change(
+                kind=ChangeKind.UPDATE,
+                summary=f"download {a.url} over {a.dest} (sha256 differs)",
+                before={"sha256": digest},
+                after={"sha256": a.sha256},
+            )
         before, after = _meta_changes(info, a.mode, a.owner, a.group)
-        return Change(kind=ChangeKind.UPDATE,
-                      summary=f"update {a.dest} ({_changes_text(before, after)})",
-                      before=before, after=after)  # fmt: skip
+        return Change(
+            kind=ChangeKind.UPDATE,
+            summary=f"update {a.dest} ({_changes_text(before, after)})",
+            before=before,
+            after=after,
+        )
 
     async def apply(self, ctx: ActionContext) -> Outcome:
         a = self.args
         _, _, report = await on_host(ctx, a, self._work)
         if not report.ok and report.error and "sha256 mismatch" in report.error:
             report.error = report.error[report.error.index("sha256 mismatch") :]
-        return _outcome(report, f"download {a.dest}", f"downloaded {a.dest}",
-                        {"path": a.dest, "sha256": a.sha256})  # fmt: skip
+        return _outcome(
+            report,
+            f"download {a.dest}",
+            f"downloaded {a.dest}",
+            {"path": a.dest, "sha256": a.sha256},
+        )
 
 
 # --- host.service ------------------------------------------------------------------------------
@@ -838,21 +926,29 @@ class HostService(Action[ServiceArgs]):
         running = h.fact(SystemdStatus, services=[self.unit]).get(self.unit)
         enabled = h.fact(SystemdEnabled, services=[self.unit]).get(self.unit)
         report = h.operation(
-            systemd.service, service=self.unit, running=a.running, restarted=self.restart,
+            systemd.service,
+            service=self.unit,
+            running=a.running,
+            restarted=self.restart,
             enabled=a.enabled,
             # with a change to apply, re-read unit files first (an earlier step may have
             # written this one); while planning it would be a change of its own
             daemon_reload=not h.read_only,
-        )  # fmt: skip
+        )
         return running, enabled, report
 
     async def probe(self, ctx: ActionContext) -> Change:
         a = self.args
         running, enabled, report = await on_host(ctx, a, self._work)
         if not report.changes:
-            return Change.none(f"{self.unit} is {'running' if a.running else 'stopped'}"
-                               + (f" and {'enabled' if a.enabled else 'disabled'}"
-                                  if a.enabled is not None else ""))  # fmt: skip
+            return Change.none(
+                f"{self.unit} is {'running' if a.running else 'stopped'}"
+                + (
+                    f" and {'enabled' if a.enabled else 'disabled'}"
+                    if a.enabled is not None
+                    else ""
+                )
+            )
         verbs = []
         if a.running and not running:
             verbs.append("start")
@@ -871,9 +967,12 @@ class HostService(Action[ServiceArgs]):
             before["enabled"], after["enabled"] = bool(enabled), a.enabled
         if "restart" in verbs:
             before["restarted"], after["restarted"] = False, True
-        return Change(kind=ChangeKind.UPDATE,
-                      summary=f"{' and '.join(verbs or ['update'])} {self.unit}{why}",
-                      before=before, after=after)  # fmt: skip
+        return Change(
+            kind=ChangeKind.UPDATE,
+            summary=f"{' and '.join(verbs or ['update'])} {self.unit}{why}",
+            before=before,
+            after=after,
+        )
 
     async def apply(self, ctx: ActionContext) -> Outcome:
         _, _, report = await on_host(ctx, self.args, self._work)

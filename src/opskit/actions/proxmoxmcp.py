@@ -153,11 +153,16 @@ class Config(Action[ConfigArgs]):
         a = self.args
         _, host, port, user, token_name, token = self._cluster(ctx)
         config: dict[str, Any] = {
-            "proxmox": {"host": host, "port": port, "verify_ssl": a.verify_ssl,
-                        "service": "PVE", "timeout": 30},
+            "proxmox": {
+                "host": host,
+                "port": port,
+                "verify_ssl": a.verify_ssl,
+                "service": "PVE",
+                "timeout": 30,
+            },
             "auth": {"user": user, "token_name": token_name, "token_value": token},
             "logging": {"level": "INFO"},
-        }  # fmt: skip
+        }
         _merge(config, a.settings)
         text = json.dumps(config, indent=2, sort_keys=True) + "\n"
         if "\n" in a.api_key:
@@ -231,12 +236,18 @@ class Config(Action[ConfigArgs]):
         a = self.args
         note = f" ({', '.join(later)} compared when applying: not resolved here)" if later else ""
         if fresh:
-            return Change(kind=ChangeKind.CREATE, summary=f"create {a.path} and {a.env_file}",
-                          after={"changes": found})  # fmt: skip
+            return Change(
+                kind=ChangeKind.CREATE,
+                summary=f"create {a.path} and {a.env_file}",
+                after={"changes": found},
+            )
         if found:
             # Which keys changed, never their values: both files hold secrets.
-            return Change(kind=ChangeKind.UPDATE, summary="update " + "; ".join(found) + note,
-                          after={"changes": found})  # fmt: skip
+            return Change(
+                kind=ChangeKind.UPDATE,
+                summary="update " + "; ".join(found) + note,
+                after={"changes": found},
+            )
         if later:
             return Change.unknown(
                 f"{a.path} and {a.env_file} match but for {', '.join(later)}: known after apply"

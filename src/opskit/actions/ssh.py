@@ -42,8 +42,11 @@ class CommandArgs(Guards):
 
 def _prefix(args: CommandArgs) -> str:
     """cd and environment, quoted here: the one place these values meet the shell."""
-    parts = [f"export {k}={shlex.quote(v)}" for k, v in sorted(args.env.items())
-             if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]  # fmt: skip
+    parts = [
+        f"export {k}={shlex.quote(v)}"
+        for k, v in sorted(args.env.items())
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)
+    ]
     if args.chdir:
         parts.append(f"cd {shlex.quote(args.chdir)}")
     return "".join(f"{p} && " for p in parts)
@@ -61,8 +64,11 @@ async def guarded(ctx: ActionContext, guards: Guards, what: str) -> Change:
         if done.rc == 0:
             return Change.none(f"unless: {_short(guards.unless)} succeeded")
     if guards.creates:
-        return Change(kind=ChangeKind.CREATE, summary=f"{what} (creates {guards.creates})",
-                      after={"exists": guards.creates})  # fmt: skip
+        return Change(
+            kind=ChangeKind.CREATE,
+            summary=f"{what} (creates {guards.creates})",
+            after={"exists": guards.creates},
+        )
     if guards.unless:
         return Change(kind=ChangeKind.UPDATE, summary=f"{what} (unless failed)")
     return Change.unknown(what)
@@ -85,8 +91,13 @@ def _outcome(args: CommandArgs, result: Any, summary: str) -> Outcome:
     if result.rc not in args.expect:
         tail = (result.stderr or result.stdout).strip()[-400:]
         error = f"exit code {result.rc}, expected {' or '.join(map(str, args.expect))}"
-        return Outcome(ok=False, changed=True, summary=text, outputs=outputs,
-                       error=f"{error}: {tail}" if tail else error)  # fmt: skip
+        return Outcome(
+            ok=False,
+            changed=True,
+            summary=text,
+            outputs=outputs,
+            error=f"{error}: {tail}" if tail else error,
+        )
     return Outcome(ok=True, changed=True, summary=text, outputs=outputs)
 
 
@@ -269,8 +280,12 @@ class Upload(Action[UploadArgs]):
         found = await file_state(ctx.shell(), self.args.dest)
         if found is None:
             return None
-        return {"sha256": found.sha256, "mode": found.mode, "owner": found.owner,
-                "group": found.group}  # fmt: skip
+        return {
+            "sha256": found.sha256,
+            "mode": found.mode,
+            "owner": found.owner,
+            "group": found.group,
+        }
 
     def _wanted(self, data: bytes) -> dict[str, Any]:
         a = self.args
@@ -290,8 +305,12 @@ class Upload(Action[UploadArgs]):
         if before == want:
             return Change.none(f"{self.args.dest} is up to date")
         what = ", ".join(k for k in want if want[k] != before[k])
-        return Change(kind=ChangeKind.UPDATE, summary=f"update {self.args.dest} ({what})",
-                      before=before, after=want)  # fmt: skip
+        return Change(
+            kind=ChangeKind.UPDATE,
+            summary=f"update {self.args.dest} ({what})",
+            before=before,
+            after=want,
+        )
 
     async def apply(self, ctx: ActionContext) -> Outcome:
         a = self.args
@@ -299,13 +318,18 @@ class Upload(Action[UploadArgs]):
 
         data = self._data(ctx)
         try:
-            await put_file(ctx.shell(), a.dest, data, mode=int(a.mode, 8), owner=a.owner,
-                           group=a.group)  # fmt: skip
+            await put_file(
+                ctx.shell(), a.dest, data, mode=int(a.mode, 8), owner=a.owner, group=a.group
+            )
         except StepError as exc:
             return Outcome(ok=False, changed=True, summary=f"wrote {a.dest}", error=str(exc))
         digest = hashlib.sha256(data).hexdigest()
-        return Outcome(ok=True, changed=True, summary=f"wrote {a.dest} ({len(data)} bytes)",
-                       outputs={"sha256": digest, "size": len(data)})  # fmt: skip
+        return Outcome(
+            ok=True,
+            changed=True,
+            summary=f"wrote {a.dest} ({len(data)} bytes)",
+            outputs={"sha256": digest, "size": len(data)},
+        )
 
 
 class SshCheckArgs(ActionArgs):
@@ -333,9 +357,12 @@ class CheckSsh(Check[SshCheckArgs]):
 
     async def apply(self, ctx: ActionContext) -> Outcome:
         result = await ctx.shell().run("uname -srm", timeout=self.args.timeout)
-        return Outcome(ok=result.rc == 0, summary=f"ssh ok: {result.stdout.strip()}",
-                       outputs={"uname": result.stdout.strip()},
-                       error=None if result.rc == 0 else result.stderr.strip())  # fmt: skip
+        return Outcome(
+            ok=result.rc == 0,
+            summary=f"ssh ok: {result.stdout.strip()}",
+            outputs={"uname": result.stdout.strip()},
+            error=None if result.rc == 0 else result.stderr.strip(),
+        )
 
 
 class CommandCheckArgs(ActionArgs):

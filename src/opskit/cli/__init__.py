@@ -100,14 +100,23 @@ class LazyGroup(click.Group):
 @click.option("--runbooks", "runbooks_dir", metavar="DIR", help=RUNBOOKS_HELP)
 @click.option("--inventory", "inventory_path", metavar="FILE", help=INVENTORY_HELP)
 @click.option(
-    "--lab", is_flag=True, is_eager=True, expose_value=False, callback=use_lab_state,
+    "--lab",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=use_lab_state,
     help="The same as --lab after the command: inside the lab (`opskit lab up`).",
-)  # fmt: skip
+)
 @click.option(
-    "-v", "--verbose", count=True, is_eager=True, expose_value=False, callback=use_logging,
+    "-v",
+    "--verbose",
+    count=True,
+    is_eager=True,
+    expose_value=False,
+    callback=use_logging,
     help="Log each SSH command, HTTP request and Proxmox task on stderr (-vv: more);"
     " also OPSKIT_LOG=info|debug.",
-)  # fmt: skip
+)
 @click.pass_context
 def cli(ctx: click.Context, runbooks_dir: str | None, inventory_path: str | None) -> None:
     """Declarative runbooks for a Proxmox homelab: validate, show, plan and run them."""

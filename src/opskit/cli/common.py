@@ -52,9 +52,12 @@ def workspace_options(command: F) -> F:
         ]
     ):
         command = click.option(
-            flag, metavar=metavar, help=text, expose_value=False,
+            flag,
+            metavar=metavar,
+            help=text,
+            expose_value=False,
             callback=_global_option(key, flag),
-        )(command)  # fmt: skip
+        )(command)
     return command
 
 

@@ -35,12 +35,23 @@ def history(runbook: str | None, last: int, as_json: bool) -> None:
     finally:
         journal.close()
     if as_json:
-        emit_json([
-            {"id": r.id, "runbook": r.runbook, "status": r.shown_status, "exit_code": r.exit_code,
-             "started_at": r.started_at, "ended_at": r.ended_at, "fingerprint": r.fingerprint,
-             "resumed_from": r.resumed_from, "scheduled": r.scheduled, "steps": counts[r.id]}
-            for r in rows
-        ])  # fmt: skip
+        emit_json(
+            [
+                {
+                    "id": r.id,
+                    "runbook": r.runbook,
+                    "status": r.shown_status,
+                    "exit_code": r.exit_code,
+                    "started_at": r.started_at,
+                    "ended_at": r.ended_at,
+                    "fingerprint": r.fingerprint,
+                    "resumed_from": r.resumed_from,
+                    "scheduled": r.scheduled,
+                    "steps": counts[r.id],
+                }
+                for r in rows
+            ]
+        )
         return
     from ..store import state_dir
 
@@ -58,12 +69,19 @@ def history(runbook: str | None, last: int, as_json: bool) -> None:
     table(
         ["RUN", "RUNBOOK", "STARTED", "BY", "TOOK", "STATUS", "EXIT", "STEPS"],
         [
-            [r.id, r.runbook, _when(r.started_at), "timer" if r.scheduled else "hand",
-             _took(r.started_at, r.ended_at), r.shown_status, _exit(r.exit_code),
-             count_words(counts[r.id])]
+            [
+                r.id,
+                r.runbook,
+                _when(r.started_at),
+                "timer" if r.scheduled else "hand",
+                _took(r.started_at, r.ended_at),
+                r.shown_status,
+                _exit(r.exit_code),
+                count_words(counts[r.id]),
+            ]
             for r in rows
         ],
-    )  # fmt: skip
+    )
     if lab_note:
         echo(lab_note)
 
@@ -93,25 +111,47 @@ def show_run(run_id: str, as_json: bool) -> None:
     finally:
         journal.close()
     if as_json:
-        emit_json({
-            "id": row.id, "runbook": row.runbook, "runbook_path": row.runbook_path,
-            "status": row.shown_status, "exit_code": row.exit_code, "message": row.message,
-            "params": row.params, "limit": row.limit, "fingerprint": row.fingerprint,
-            "started_at": row.started_at, "ended_at": row.ended_at, "pid": row.pid,
-            "resumed_from": row.resumed_from, "scheduled": row.scheduled,
-            "steps": [
-                {"target": s.target, "step": s.step_id, "section": s.section, "action": s.action,
-                 "status": s.status, "attempts": s.attempts, "change": s.change,
-                 "summary": s.summary, "error": s.error, "started_at": s.started_at,
-                 "ended_at": s.ended_at}
-                for s in steps
-            ],
-        })  # fmt: skip
+        emit_json(
+            {
+                "id": row.id,
+                "runbook": row.runbook,
+                "runbook_path": row.runbook_path,
+                "status": row.shown_status,
+                "exit_code": row.exit_code,
+                "message": row.message,
+                "params": row.params,
+                "limit": row.limit,
+                "fingerprint": row.fingerprint,
+                "started_at": row.started_at,
+                "ended_at": row.ended_at,
+                "pid": row.pid,
+                "resumed_from": row.resumed_from,
+                "scheduled": row.scheduled,
+                "steps": [
+                    {
+                        "target": s.target,
+                        "step": s.step_id,
+                        "section": s.section,
+                        "action": s.action,
+                        "status": s.status,
+                        "attempts": s.attempts,
+                        "change": s.change,
+                        "summary": s.summary,
+                        "error": s.error,
+                        "started_at": s.started_at,
+                        "ended_at": s.ended_at,
+                    }
+                    for s in steps
+                ],
+            }
+        )
         return
     scheduled = " (scheduled: started by its timer)" if row.scheduled else ""
     echo(f"run {row.id}: {row.runbook} ({row.runbook_path}) {row.shown_status}{scheduled}")
-    echo(f"started {_when(row.started_at)}, took {_took(row.started_at, row.ended_at)},"
-         f" exit {_exit(row.exit_code)}")  # fmt: skip
+    echo(
+        f"started {_when(row.started_at)}, took {_took(row.started_at, row.ended_at)},"
+        f" exit {_exit(row.exit_code)}"
+    )
     if row.resumed_from:
         echo(f"resumes run {row.resumed_from}")
     if row.message:
@@ -141,17 +181,21 @@ def unlock(targets: tuple[str, ...], force: bool, as_json: bool) -> None:
     if not targets:
         found = list_locks(directory)
         if as_json:
-            emit_json([
-                {"target": name, "held": held,
-                 "holder": holder.__dict__ if holder else None}
-                for name, holder, held in found
-            ])  # fmt: skip
+            emit_json(
+                [
+                    {"target": name, "held": held, "holder": holder.__dict__ if holder else None}
+                    for name, holder, held in found
+                ]
+            )
             return
         rows = [
-            [name, "held" if held else ("stale" if holder else "free"),
-             holder.describe() if holder else ""]
+            [
+                name,
+                "held" if held else ("stale" if holder else "free"),
+                holder.describe() if holder else "",
+            ]
             for name, holder, held in found
-        ]  # fmt: skip
+        ]
         table(["TARGET", "STATE", "HOLDER"], rows) if rows else echo("no locks")
         return
     for target in targets:

@@ -147,9 +147,11 @@ def show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the changes as a diff; write nothing.")
 @click.option("--cluster", "clusters", multiple=True, metavar="NAME", help="Only this cluster.")
 @click.option(
-    "--tailscale-json", type=click.Path(path_type=Path), metavar="FILE",
+    "--tailscale-json",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
     help="`tailscale status --json` saved to a file (default: ask the local tailscale CLI).",
-)  # fmt: skip
+)
 @click.option("--add-hosts", is_flag=True, help="Add Tailscale peers that match no entry.")
 @click.option("--no-tailscale", is_flag=True, help="Sync from Proxmox only.")
 @lab_option
@@ -181,9 +183,12 @@ def sync(
             )
     status = None if no_tailscale else syncing.tailscale_status(tailscale_json)
     report = syncing.sync(
-        ws.inventory_path, inv, clusters=list(clusters) or None, tailscale=status,
+        ws.inventory_path,
+        inv,
+        clusters=list(clusters) or None,
+        tailscale=status,
         add_hosts=add_hosts,
-    )  # fmt: skip
+    )
     if status is None and not no_tailscale:
         report.notes.append(
             "tailscale CLI not found: Tailscale names not synced (give --tailscale-json FILE)"

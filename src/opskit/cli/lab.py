@@ -39,9 +39,12 @@ def lab() -> None:
 
 @lab.command()
 @click.option(
-    "--range", "network_range", default="198.51.100.0/24", show_default=True,
+    "--range",
+    "network_range",
+    default="198.51.100.0/24",
+    show_default=True,
     help="The lab's private IPv4 range (refused if the machine routes it).",
-)  # fmt: skip
+)
 @workspace_options
 def up(network_range: str) -> None:
     """Build the lab from the inventory (harmless when it is already up)."""
@@ -60,8 +63,10 @@ def status(as_json: bool) -> None:
     if "hosts" not in report:
         echo(f"the lab is not up ({report['dir']})")
         click.get_current_context().exit(1)
-    echo(f"lab {'up' if report['up'] else 'DEGRADED'}: {report['network']}, "
-         f"controller {report['controller']}  (SIMULATION)")  # fmt: skip
+    echo(
+        f"lab {'up' if report['up'] else 'DEGRADED'}: {report['network']}, "
+        f"controller {report['controller']}  (SIMULATION)"
+    )
     for h in report["hosts"]:
         mark = "ok" if h["ssh"] else "DOWN"
         echo(f"  host {h['name']:<16} {h['address']:<16} ssh {mark}")

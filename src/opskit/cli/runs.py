@@ -67,9 +67,13 @@ def executes(func: Callable[..., None]) -> Callable[..., None]:
 
         events = open_events() if as_json else None  # ended by opskit.cli.run, however it ends
         req = _request(
-            yes=yes, approve=approve, events=events, lock_wait=_duration(lock_wait),
-            grace=_duration(grace), tofu=tofu,
-        )  # fmt: skip
+            yes=yes,
+            approve=approve,
+            events=events,
+            lock_wait=_duration(lock_wait),
+            grace=_duration(grace),
+            tofu=tofu,
+        )
         func(*args, req=req, **kwargs)
 
     options = [
@@ -140,20 +144,27 @@ def _warn(text: str) -> None:
 @limit_option
 @click.option("--dry-run", is_flag=True, help="Plan and show; change nothing.")
 @click.option(
-    "--scheduled", is_flag=True,
+    "--scheduled",
+    is_flag=True,
     help="Run as the runbook's timer does: nobody at a terminal, only its standing approvals"
     " (schedule.approve), within its maintenance window, journaled as scheduled.",
-)  # fmt: skip
+)
 @click.option(
-    "--notify", is_flag=True,
+    "--notify",
+    is_flag=True,
     help="Tell the runbook's schedule.notify receivers how this run ended (scheduled runs"
     " always do).",
-)  # fmt: skip
+)
 @executes
 def run(
-    runbook: str, params: tuple[str, ...], limit: str | None, dry_run: bool, scheduled: bool,
-    notify: bool, req: Request,
-) -> None:  # fmt: skip
+    runbook: str,
+    params: tuple[str, ...],
+    limit: str | None,
+    dry_run: bool,
+    scheduled: bool,
+    notify: bool,
+    req: Request,
+) -> None:
     """Plan RUNBOOK, ask at its gates, and execute it.
 
     Exit codes: 0 done (or nothing to do), 1 a step failed or the plan has blockers, 2 usage
@@ -175,10 +186,15 @@ def run(
                 " drop --yes and --approve"
             )
         code = run_scheduled(
-            req, runbook, parse_param_args(params), limit, dry_run=dry_run,
-            show=lambda plan: _show_plan(req, plan), say=lambda text: _say(req, text),
+            req,
+            runbook,
+            parse_param_args(params),
+            limit,
+            dry_run=dry_run,
+            show=lambda plan: _show_plan(req, plan),
+            say=lambda text: _say(req, text),
             warn=_warn,
-        )  # fmt: skip
+        )
         ctx.exit(code)
     loaded, targets, plan = make_plan(req, runbook, parse_param_args(params), limit)
     if notify and (loaded.runbook.schedule is None or loaded.runbook.schedule.notify is None):
@@ -210,11 +226,19 @@ def run(
         result = execute(req, loaded, targets, plan)
     except OpskitError as exc:
         status = "needs approval" if isinstance(exc, GateError) else "failed"
-        notify_run(req, loaded, status, None, message=str(exc), say=lambda t: _say(req, t),
-                   warn=_warn)  # fmt: skip
+        notify_run(
+            req, loaded, status, None, message=str(exc), say=lambda t: _say(req, t), warn=_warn
+        )
         raise
-    notify_run(req, loaded, result.status, result.run_id, result=result,
-               say=lambda t: _say(req, t), warn=_warn)  # fmt: skip
+    notify_run(
+        req,
+        loaded,
+        result.status,
+        result.run_id,
+        result=result,
+        say=lambda t: _say(req, t),
+        warn=_warn,
+    )
     _exit(result)
 
 
@@ -224,21 +248,32 @@ def run(
 @limit_option
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Save the plan (JSON) here.")
 @click.option(
-    "--format", "fmt", type=click.Choice(["text", "md", "json"]), default="text",
-    show_default=True, help="How to print the plan.",
-)  # fmt: skip
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "md", "json"]),
+    default="text",
+    show_default=True,
+    help="How to print the plan.",
+)
 @click.option(
-    "--detailed-exitcode", "detailed", is_flag=True,
+    "--detailed-exitcode",
+    "detailed",
+    is_flag=True,
     help="Exit 0 when the plan changes nothing, 2 when it has changes, 1 on any error"
     " (blockers and usage errors included), as Terraform's plan does: for CI gates.",
-)  # fmt: skip
+)
 @tofu_option
 @lab_option
 @workspace_options
 def plan(
-    runbook: str, params: tuple[str, ...], limit: str | None, out: Path | None, fmt: str,
-    detailed: bool, tofu: bool,
-) -> None:  # fmt: skip
+    runbook: str,
+    params: tuple[str, ...],
+    limit: str | None,
+    out: Path | None,
+    fmt: str,
+    detailed: bool,
+    tofu: bool,
+) -> None:
     """Plan RUNBOOK and print it for review; -o saves it for `opskit apply`.
 
     Exit codes: 0 planned, 1 the plan has blockers (it could not be applied), 2 usage error;

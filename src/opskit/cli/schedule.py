@@ -32,16 +32,20 @@ def unit_options(command: F) -> F:
                 "--user", is_flag=True, help="User units (~/.config/systemd/user), not system ones."
             ),
             click.option(
-                "--unit-dir", type=click.Path(path_type=Path), metavar="DIR",
+                "--unit-dir",
+                type=click.Path(path_type=Path),
+                metavar="DIR",
                 help="Write units here instead (tests, packaging); systemctl is not called.",
             ),
             click.option(
-                "--env-dir", type=click.Path(path_type=Path), metavar="DIR",
+                "--env-dir",
+                type=click.Path(path_type=Path),
+                metavar="DIR",
                 help="Where each runbook's secrets file is (default /etc/opskit, or"
                 " ~/.config/opskit with --user).",
             ),
         ]
-    ):  # fmt: skip
+    ):
         command = option(command)
     return command
 
@@ -88,10 +92,16 @@ def _units(ws: Workspace, loaded: LoadedRunbook, settings: UnitSettings) -> Unit
         refs += [rb.schedule.notify.heartbeat] if rb.schedule.notify.heartbeat else []
     settings.templates = find_templates([ws.root_for(loaded.path)])
     return render_units(
-        runbook=rb.name, description=rb.description, runbook_path=loaded.path,
-        runbooks_dir=loaded.path.resolve().parent, inventory_path=ws.inventory_path,
-        state_dir=state_dir(), schedule=rb.schedule, secret_refs=refs, settings=settings,
-    )  # fmt: skip
+        runbook=rb.name,
+        description=rb.description,
+        runbook_path=loaded.path,
+        runbooks_dir=loaded.path.resolve().parent,
+        inventory_path=ws.inventory_path,
+        state_dir=state_dir(),
+        schedule=rb.schedule,
+        secret_refs=refs,
+        settings=settings,
+    )
 
 
 def _verify(sets: list[UnitSet], user: bool) -> None:
@@ -144,9 +154,14 @@ def schedule() -> None:
 @workspace_options
 @click.pass_context
 def install(
-    ctx: click.Context, names: tuple[str, ...], dry_run: bool, user: bool,
-    unit_dir: Path | None, env_dir: Path | None, as_json: bool,
-) -> None:  # fmt: skip
+    ctx: click.Context,
+    names: tuple[str, ...],
+    dry_run: bool,
+    user: bool,
+    unit_dir: Path | None,
+    env_dir: Path | None,
+    as_json: bool,
+) -> None:
     """Write a timer and a service for each RUNBOOK with a schedule (default: all of them),
     then reload systemd and enable each timer, where systemd runs.
 
@@ -187,9 +202,14 @@ def install(
         changed = any(a != "unchanged" for a in actions.values())
         changed_any = changed_any or changed
         results.append(
-            {**_set_json(unit_set), "units": actions, "env_file_action": env_action,
-             "changed": changed, "loose_env_file": _loose(unit_set.env_file)}
-        )  # fmt: skip
+            {
+                **_set_json(unit_set),
+                "units": actions,
+                "env_file_action": env_action,
+                "changed": changed,
+                "loose_env_file": _loose(unit_set.env_file),
+            }
+        )
     enable = unit_dir is None and systemd_running()
     if enable:
         _enable(sets, results, user, changed_any)
@@ -361,9 +381,14 @@ def _installed(unit_set: UnitSet) -> str:
 @json_option
 @workspace_options
 def remove(
-    names: tuple[str, ...], everything: bool, dry_run: bool, user: bool,
-    unit_dir: Path | None, env_dir: Path | None, as_json: bool,
-) -> None:  # fmt: skip
+    names: tuple[str, ...],
+    everything: bool,
+    dry_run: bool,
+    user: bool,
+    unit_dir: Path | None,
+    env_dir: Path | None,
+    as_json: bool,
+) -> None:
     """Remove the timer and service of each RUNBOOK (or --all of opskit's), after stopping
     and disabling the timer where systemd runs. Only units opskit wrote are touched; each
     secrets file is kept (it holds what you put there).
@@ -408,8 +433,12 @@ def remove(
     if not paths:
         echo(f"no units of opskit in {settings.unit_dir}")
     elif not dry_run:
-        env_files = sorted({settings.env_dir / f"{p.name[len(UNIT_PREFIX):].rsplit('.', 1)[0]}.env"
-                            for p in paths})  # fmt: skip
+        env_files = sorted(
+            {
+                settings.env_dir / f"{p.name[len(UNIT_PREFIX) :].rsplit('.', 1)[0]}.env"
+                for p in paths
+            }
+        )
         kept = [str(p) for p in env_files if p.exists()]
         if kept:
             echo(f"kept the secrets file{'s' if len(kept) > 1 else ''}: {', '.join(kept)}")

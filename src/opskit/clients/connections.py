@@ -179,15 +179,21 @@ def _make_door_class() -> type[httpx.AsyncBaseTransport]:
             except Exception as exc:
                 if log.isEnabledFor(logging.INFO):
                     log.info(
-                        "HTTP %s %s -> %s after %.0f ms", method, _url(request), type(exc).__name__,
+                        "HTTP %s %s -> %s after %.0f ms",
+                        method,
+                        _url(request),
+                        type(exc).__name__,
                         (time.monotonic() - started) * 1000,
-                    )  # fmt: skip
+                    )
                 raise
             if log.isEnabledFor(logging.INFO):
                 log.info(
-                    "HTTP %s %s -> %d in %.0f ms", method, _url(request), response.status_code,
+                    "HTTP %s %s -> %d in %.0f ms",
+                    method,
+                    _url(request),
+                    response.status_code,
                     (time.monotonic() - started) * 1000,
-                )  # fmt: skip
+                )
             return response
 
         async def aclose(self) -> None:
@@ -274,9 +280,13 @@ class Connections:
         if auth not in AUTH_COLLECTIONS:
             raise OpskitError(f"unknown hub login {auth!r}")
         return HubClient(
-            url, email, password, auth=auth,  # type: ignore[arg-type]
-            timeout=timeout, transport=self.transport(read_only, verify=verify),
-        )  # fmt: skip
+            url,
+            email,
+            password,
+            auth=auth,  # type: ignore[arg-type]
+            timeout=timeout,
+            transport=self.transport(read_only, verify=verify),
+        )
 
     # ----- Proxmox -----------------------------------------------------------------------
 

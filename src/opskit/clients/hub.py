@@ -196,9 +196,13 @@ class HubClient:
         reads = method == "GET" or not changes
         try:
             return await self._http.request(
-                method, path, params=dict(params or {}), json=json, headers=headers,
+                method,
+                path,
+                params=dict(params or {}),
+                json=json,
+                headers=headers,
                 extensions={CLIENT: "hub", READS: reads},
-            )  # fmt: skip
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             # Nothing reached the hub: TLS refused it, or nothing answered.
             host = urlsplit(self.url).netloc or self.url

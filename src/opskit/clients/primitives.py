@@ -67,8 +67,13 @@ async def file_state(shell: HostShell, path: str, *, become: bool = False) -> Fi
     return FileState(lines[0].split()[0], mode.zfill(4), owner, group)
 
 
-def same_file(have: FileState | None, data: bytes, mode: int, owner: str | None = None,
-              group: str | None = None) -> bool:  # fmt: skip
+def same_file(
+    have: FileState | None,
+    data: bytes,
+    mode: int,
+    owner: str | None = None,
+    group: str | None = None,
+) -> bool:
     """Whether `have` is `data` with `mode` (and owner and group, where given)."""
     return (
         have is not None

@@ -43,8 +43,14 @@ def _not_sent() -> tuple[type[Exception], ...]:
     import httpx
 
     # Errors httpx raises before a request's first byte is written.
-    return (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError,
-            httpx.UnsupportedProtocol, httpx.LocalProtocolError)  # fmt: skip
+    return (
+        httpx.ConnectError,
+        httpx.ConnectTimeout,
+        httpx.PoolTimeout,
+        httpx.ProxyError,
+        httpx.UnsupportedProtocol,
+        httpx.LocalProtocolError,
+    )
 
 
 @dataclass(frozen=True)
@@ -229,14 +235,20 @@ class ProxmoxClient:
                 async with self.session.in_flight:
                     if method in ("GET", "DELETE"):
                         response = await self._http.request(
-                            method, path, params=_form(params), headers=headers,
+                            method,
+                            path,
+                            params=_form(params),
+                            headers=headers,
                             extensions=extensions,
-                        )  # fmt: skip
+                        )
                     else:
                         response = await self._http.request(
-                            method, path, data=_form(params), headers=headers,
+                            method,
+                            path,
+                            data=_form(params),
+                            headers=headers,
                             extensions=extensions,
-                        )  # fmt: skip
+                        )
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing reached the server: safe to try again, whatever the method (but a
                 # certificate TLS refuses stays refused).
@@ -310,9 +322,10 @@ class ProxmoxClient:
             shown = {"username": c.user, "password": "(hidden)"}
             try:
                 response = await self._http.post(
-                    path, data={"username": c.user or "", "password": c.password or ""},
+                    path,
+                    data={"username": c.user or "", "password": c.password or ""},
                     extensions={READS: True, CLIENT: "proxmox", PARAMS: shown, PATH: path},
-                )  # fmt: skip
+                )
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 raise ProxmoxUnreachable("POST", path, self._unreachable(exc)) from None
             except httpx.TransportError as exc:
@@ -340,9 +353,12 @@ class ProxmoxClient:
             if status.get("status") == "stopped":
                 exit_status = str(status.get("exitstatus", ""))
                 log.info(
-                    "Proxmox task %s on %s: %s in %.1f s", upid, node, exit_status or "?",
+                    "Proxmox task %s on %s: %s in %.1f s",
+                    upid,
+                    node,
+                    exit_status or "?",
                     time.monotonic() - started,
-                )  # fmt: skip
+                )
                 if exit_status == "OK":
                     return TaskResult(upid, exit_status)
                 if exit_status.startswith("WARNINGS"):

@@ -50,10 +50,15 @@ class Endpoint:
     @classmethod
     def of(cls, target: Target) -> Endpoint:
         return cls(
-            name=target.name, host=target.address, port=target.ssh_port, user=target.ssh_user,
-            pinned=target.host_key, jump=target.jump, password_ref=target.ssh_password,
+            name=target.name,
+            host=target.address,
+            port=target.ssh_port,
+            user=target.ssh_user,
+            pinned=target.host_key,
+            jump=target.jump,
+            password_ref=target.ssh_password,
             identity=target.ssh_identity,
-        )  # fmt: skip
+        )
 
     @property
     def key(self) -> tuple[str, str | None, int | None]:
@@ -364,8 +369,9 @@ class SSHPool:
                 ) from None
             except (asyncio.IncompleteReadError, OSError, ValueError) as exc:
                 session.shell.close()
-                raise SSHError(f"{endpoint.where()}: the shell ended while running"
-                               f" {_short(command)}: {exc}") from None  # fmt: skip
+                raise SSHError(
+                    f"{endpoint.where()}: the shell ended while running {_short(command)}: {exc}"
+                ) from None
             except asyncio.CancelledError:
                 session.shell.close()  # its output is unread: the next command gets a fresh shell
                 raise
@@ -395,10 +401,15 @@ class SSHPool:
         self.channels_opened += 1
         try:
             done = await asyncio.wait_for(
-                session.conn.run(command, input=data, encoding=None, check=False,
-                                 term_type="xterm" if pty else None),
+                session.conn.run(
+                    command,
+                    input=data,
+                    encoding=None,
+                    check=False,
+                    term_type="xterm" if pty else None,
+                ),
                 timeout,
-            )  # fmt: skip
+            )
         except TimeoutError:
             where = session.endpoint.where()
             raise SSHError(
@@ -457,9 +468,13 @@ class HostShell:
         result = await self.pool.run(self.endpoint, command, timeout=timeout, stdin=stdin, pty=pty)
         if log.isEnabledFor(logging.INFO):
             log.info(
-                "SSH %s: %s -> exit %d in %.2f s%s", name, _logged(shown or command), result.rc,
-                result.duration, " (probe)" if probe else "",
-            )  # fmt: skip
+                "SSH %s: %s -> exit %d in %.2f s%s",
+                name,
+                _logged(shown or command),
+                result.rc,
+                result.duration,
+                " (probe)" if probe else "",
+            )
         return result
 
     async def put(self, data: bytes, path: str, mode: int) -> None:
@@ -489,9 +504,13 @@ class HostShell:
         except (asyncssh.Error, OSError) as exc:
             raise SSHError(f"{self.endpoint.where()}: cannot write {path}: {exc}") from None
         log.info(
-            "SSH %s: wrote %s (%d bytes, mode %04o) in %.2f s", self.endpoint.name, path,
-            len(data), mode, time.monotonic() - started,
-        )  # fmt: skip
+            "SSH %s: wrote %s (%d bytes, mode %04o) in %.2f s",
+            self.endpoint.name,
+            path,
+            len(data),
+            mode,
+            time.monotonic() - started,
+        )
 
 
 def _logged(command: str) -> str:

@@ -133,14 +133,29 @@ def download(
     partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         command = [
-            sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
-            "--no-input", "--retries", "2", "--timeout", "30", "--dest", str(partial),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--retries",
+            "2",
+            "--timeout",
+            "30",
+            "--dest",
+            str(partial),
+        ]
         same = interpreter == Interpreter.here()
         if not same:
             # Another interpreter: pip may only take wheels, for tags we name.
-            command += ["--only-binary=:all:", "--implementation", "cp",
-                        "--python-version", interpreter.version]  # fmt: skip
+            command += [
+                "--only-binary=:all:",
+                "--implementation",
+                "cp",
+                "--python-version",
+                interpreter.version,
+            ]
             arch = interpreter.machine
             for minor in GLIBC_MINORS:
                 command += ["--platform", f"manylinux_2_{minor}_{arch}"]
@@ -151,10 +166,20 @@ def download(
         sdists = [p for p in partial.iterdir() if p.name.endswith((".tar.gz", ".zip"))]
         if sdists and same:
             _pip(
-                [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-deps",
-                 "--wheel-dir", str(partial), *map(str, sdists)],
-                timeout, f"building wheels for {', '.join(p.name for p in sdists)}",
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "wheel",
+                    "--disable-pip-version-check",
+                    "--no-deps",
+                    "--wheel-dir",
+                    str(partial),
+                    *map(str, sdists),
+                ],
+                timeout,
+                f"building wheels for {', '.join(p.name for p in sdists)}",
+            )
             for path in sdists:
                 path.unlink()
         target.mkdir(exist_ok=True)
@@ -172,9 +197,13 @@ def _pip(command: list[str], timeout: float, what: str) -> None:
     env = {**os.environ, "PIP_NO_INPUT": "1"}
     try:
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, env=env,
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
             stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
     except subprocess.TimeoutExpired:
         raise WheelhouseError(f"{what}: no result within {timeout:g}s") from None
     if done.returncode != 0:

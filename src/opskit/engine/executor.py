@@ -524,9 +524,14 @@ class Execution:
         duration: float | None = None,
     ) -> None:
         self.journal.step_finished(
-            self.run_id, tr.target.name, step_id, status, summary=summary, error=error,
+            self.run_id,
+            tr.target.name,
+            step_id,
+            status,
+            summary=summary,
+            error=error,
             outputs=outputs,
-        )  # fmt: skip
+        )
         self.reporter.emit(
             {
                 "event": "step",
@@ -655,10 +660,14 @@ class Execution:
         }
         self._host_log(tr, item.id, status, outcome)
         self._finish(
-            tr, item.id, status, summary=outcome.summary,
-            error=None if outcome.ok else outcome.error, outputs=outputs,
+            tr,
+            item.id,
+            status,
+            summary=outcome.summary,
+            error=None if outcome.ok else outcome.error,
+            outputs=outputs,
             duration=time.monotonic() - started,
-        )  # fmt: skip
+        )
         return ItemResult(status, outputs)
 
     def _host_log(self, tr: TargetRun, step_id: str, status: str, outcome: Outcome) -> None:

@@ -94,10 +94,15 @@ class TargetLocks:
         handle.truncate()
         handle.write(
             json.dumps(
-                {"run_id": self.run_id, "pid": os.getpid(), "host": socket.gethostname(),
-                 "since": time.time(), "target": target}
+                {
+                    "run_id": self.run_id,
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "since": time.time(),
+                    "target": target,
+                }
             )
-        )  # fmt: skip
+        )
         handle.flush()
         self.held[target] = handle
 

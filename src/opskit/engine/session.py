@@ -80,10 +80,16 @@ def make_plan(
     targets = targets_for(loaded, ws.inventory, limit)
     plan = asyncio.run(
         build_plan(
-            loaded, _relative(ws.inventory_path), params, targets, ws.catalog, limit=limit,
-            settings=req.settings, inventory=ws.inventory,
+            loaded,
+            _relative(ws.inventory_path),
+            params,
+            targets,
+            ws.catalog,
+            limit=limit,
+            settings=req.settings,
+            inventory=ws.inventory,
         )
-    )  # fmt: skip
+    )
     return loaded, targets, plan
 
 
@@ -142,10 +148,16 @@ def check_saved_plan(
         raise StalePlanError("stale plan: the runbook's targets are not those planned")
     fresh = asyncio.run(
         build_plan(
-            loaded, Path(plan.inventory_file.path), plan.params, targets, ws.catalog,
-            limit=plan.limit, settings=req.settings, inventory=ws.inventory,
+            loaded,
+            Path(plan.inventory_file.path),
+            plan.params,
+            targets,
+            ws.catalog,
+            limit=plan.limit,
+            settings=req.settings,
+            inventory=ws.inventory,
         )
-    )  # fmt: skip
+    )
     differences = compare(plan, fresh)
     if differences:
         if _changes(fresh) == 0:

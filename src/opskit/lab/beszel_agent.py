@@ -45,8 +45,16 @@ Flags:
   -v, --version         Show version information
   -h, --help            Show this help message
 """
-FLAGS = {"-k": "key", "--key": "key", "-l": "listen", "--listen": "listen",
-         "-u": "url", "--url": "url", "-t": "token", "--token": "token"}  # fmt: skip
+FLAGS = {
+    "-k": "key",
+    "--key": "key",
+    "-l": "listen",
+    "--listen": "listen",
+    "-u": "url",
+    "--url": "url",
+    "-t": "token",
+    "--token": "token",
+}
 
 
 def env(name: str) -> str | None:

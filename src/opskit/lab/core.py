@@ -131,8 +131,9 @@ Say = Callable[[str], None]
 class Lab:
     """The lab in `root`, built from `inventory` (its file at `inventory_path`)."""
 
-    def __init__(self, root: Path, inventory: Inventory | None = None,
-                 inventory_path: Path | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, root: Path, inventory: Inventory | None = None, inventory_path: Path | None = None
+    ) -> None:
         self.root = root
         self._inventory = inventory
         self.inventory_path = inventory_path or Path("inventory.yaml")
@@ -246,8 +247,14 @@ class Lab:
             out.write(value + "\n")
 
     def _make_secrets(self) -> None:
-        for name in ("proxmox-token", "proxmox-password", "proxmoxmcp-api-key", "hub-password",
-                     "user-password", "agent-token"):  # fmt: skip
+        for name in (
+            "proxmox-token",
+            "proxmox-password",
+            "proxmoxmcp-api-key",
+            "hub-password",
+            "user-password",
+            "agent-token",
+        ):
             self._write_secret(name, secrets.token_hex(20))
         self._write_secret("hub-email", "opskit@lab.invalid")
         self._write_secret("user-email", "operator@lab.invalid")
@@ -355,8 +362,16 @@ class Lab:
             'for unit in $units; do /usr/bin/systemctl start "$unit" || true; done\n'
             "exec /usr/sbin/sshd -D -e -f /etc/ssh/opskit-lab-sshd_config\n"
         )
-        unshare = ["unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc",
-                   "--propagation", "private"]  # fmt: skip
+        unshare = [
+            "unshare",
+            "--mount",
+            "--uts",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--propagation",
+            "private",
+        ]
         command = ["ip", "netns", "exec", host.netns, *unshare, "sh", "-c", script]
         return self._spawn(command, f"host-{host.name}")
 
@@ -364,9 +379,13 @@ class Lab:
         out = open(self.root / "logs" / f"{log}.log", "ab")  # noqa: SIM115 - the child keeps it
         try:
             process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, env=env,
-            )  # fmt: skip
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
         finally:
             out.close()
         return process.pid
@@ -401,10 +420,15 @@ class Lab:
 
     def _start_pve(self, state: LabState, pve: tuple[str, str, int]) -> LabService:
         address, netns, port = pve
-        nodes = sorted({n for c in self.inventory.proxmox.values() for n in c.nodes}
-                       | {g.node for g in self.inventory.guests if g.node})  # fmt: skip
+        nodes = sorted(
+            {n for c in self.inventory.proxmox.values() for n in c.nodes}
+            | {g.node for g in self.inventory.guests if g.node}
+        )
         spec = {
-            "address": address, "port": port, "time_scale": 0.05, "token_id": TOKEN_ID,
+            "address": address,
+            "port": port,
+            "time_scale": 0.05,
+            "token_id": TOKEN_ID,
             "token_file": str(self.secret("proxmox-token")),
             "password_file": str(self.secret("proxmox-password")),
             "certfile": str(self.root / "pve" / "pve.crt"),
@@ -414,11 +438,18 @@ class Lab:
             # A guest takes PVE seconds to boot and to power off (1 s and 2 s here), as a
             # real one does: a power task lasts long enough to be interrupted mid-task.
             "guests": [
-                {"vmid": g.vmid, "name": g.name, "kind": g.kind, "status": "running",
-                 "node": g.node or (nodes or ["pve"])[0], "start_secs": 20, "shutdown_secs": 40}
+                {
+                    "vmid": g.vmid,
+                    "name": g.name,
+                    "kind": g.kind,
+                    "status": "running",
+                    "node": g.node or (nodes or ["pve"])[0],
+                    "start_secs": 20,
+                    "shutdown_secs": 40,
+                }
                 for g in self.inventory.guests
             ],
-        }  # fmt: skip
+        }
         spec_file = self.root / "pve" / "spec.json"
         spec_file.write_text(json.dumps(spec, indent=2))
         pid = self._spawn(
@@ -449,12 +480,22 @@ class Lab:
         build_mirror(mirror / "beszel", list(BESZEL_VERSIONS))
         address = state.controller
         pid = self._spawn(
-            self._in_lab(controller_ns(), sys.executable, "-m", "http.server", "--bind", address,
-                         "--directory", str(mirror), str(MIRROR_PORT)),
+            self._in_lab(
+                controller_ns(),
+                sys.executable,
+                "-m",
+                "http.server",
+                "--bind",
+                address,
+                "--directory",
+                str(mirror),
+                str(MIRROR_PORT),
+            ),
             "mirror",
-        )  # fmt: skip
-        return LabService("mirror", address, MIRROR_PORT, controller_ns(), pid,
-                          f"http://{address}:{MIRROR_PORT}")  # fmt: skip
+        )
+        return LabService(
+            "mirror", address, MIRROR_PORT, controller_ns(), pid, f"http://{address}:{MIRROR_PORT}"
+        )
 
     def _tailscale(self, state: LabState) -> None:
         """A `tailscale` on the lab's PATH whose `status --json` describes the lab hosts."""
@@ -502,8 +543,15 @@ class Lab:
 
     def probe(self, endpoints: dict[str, str], wait: float = 0.0) -> dict[str, bool]:
         """Which endpoints answer, from the controller's namespace."""
-        command = self._in_lab(controller_ns(), sys.executable, "-m", "opskit.lab.probe",
-                               "--wait", str(wait), *endpoints.values())  # fmt: skip
+        command = self._in_lab(
+            controller_ns(),
+            sys.executable,
+            "-m",
+            "opskit.lab.probe",
+            "--wait",
+            str(wait),
+            *endpoints.values(),
+        )
         done = subprocess.run(command, capture_output=True, text=True)
         try:
             raw: dict[str, bool] = json.loads(done.stdout)
@@ -538,17 +586,28 @@ class Lab:
             "controller": state.controller,
             "inventory": str(self.root / "inventory.yaml"),
             "hosts": [
-                {"name": h.name, "address": h.address, "netns": h.netns, "pid": h.pid,
-                 "running": alive(h.pid), "ssh": answers.get(f"{h.name} ssh", False)}
+                {
+                    "name": h.name,
+                    "address": h.address,
+                    "netns": h.netns,
+                    "pid": h.pid,
+                    "running": alive(h.pid),
+                    "ssh": answers.get(f"{h.name} ssh", False),
+                }
                 for h in state.hosts
             ],
             "services": [
-                {"name": s.name, "url": s.url, "pid": s.pid, "running": alive(s.pid),
-                 "answers": answers.get(s.name, False)}
+                {
+                    "name": s.name,
+                    "url": s.url,
+                    "pid": s.pid,
+                    "running": alive(s.pid),
+                    "answers": answers.get(s.name, False),
+                }
                 for s in state.services
             ],
             "problems": self.problems(state),
-        }  # fmt: skip
+        }
 
     # ----- down ---------------------------------------------------------------------------
 
@@ -557,8 +616,11 @@ class Lab:
         require_root()
         removed: list[str] = []
         state = self.state()
-        pids = {p for p in ([h.pid for h in state.hosts] + [s.pid for s in state.services])
-                if p} if state else set()  # fmt: skip
+        pids = (
+            {p for p in ([h.pid for h in state.hosts] + [s.pid for s in state.services]) if p}
+            if state
+            else set()
+        )
         namespaces = network.lab_namespaces()
         for ns in namespaces:
             pids.update(network.namespace_pids(ns))
@@ -607,8 +669,11 @@ def hidden_runtime() -> list[Path]:
 
 def keygen(path: Path, comment: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-                   check=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
     return Path(str(path) + ".pub").read_text().strip()
 
 

@@ -54,9 +54,18 @@ DEFAULT_UNIT_PATH = (
 DEFAULT_STATE_DIR = "/run/opskit-systemctl"
 SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 UNIT_SUFFIXES = (
-    ".service", ".socket", ".device", ".mount", ".automount", ".swap", ".target", ".path",
-    ".timer", ".slice", ".scope",
-)  # fmt: skip
+    ".service",
+    ".socket",
+    ".device",
+    ".mount",
+    ".automount",
+    ".swap",
+    ".target",
+    ".path",
+    ".timer",
+    ".slice",
+    ".scope",
+)
 CLEAN_SIGNALS = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE}
 VERSION = "systemd 252 (opskit lab stand-in)"
 
@@ -109,11 +118,26 @@ def unit_name(name: str) -> str:
 # --- time spans --------------------------------------------------------------------------------
 
 _SPAN_UNITS = {
-    "us": 1e-6, "usec": 1e-6, "ms": 1e-3, "msec": 1e-3, "s": 1.0, "sec": 1.0, "second": 1.0,
-    "seconds": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0,
-    "hr": 3600.0, "hour": 3600.0, "hours": 3600.0, "d": 86400.0, "day": 86400.0,
+    "us": 1e-6,
+    "usec": 1e-6,
+    "ms": 1e-3,
+    "msec": 1e-3,
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
+    "h": 3600.0,
+    "hr": 3600.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
     "days": 86400.0,
-}  # fmt: skip
+}
 
 
 def timespan(text: str | None, default: float) -> float:
@@ -170,9 +194,15 @@ class Unit:
         stem = self.name.rsplit(".", 1)[0]
         prefix, _, instance = stem.partition("@")
         table = {
-            "n": self.name, "N": stem, "p": prefix, "i": instance, "I": instance,
-            "t": "/run", "H": socket.gethostname(), "%": "%",
-        }  # fmt: skip
+            "n": self.name,
+            "N": stem,
+            "p": prefix,
+            "i": instance,
+            "I": instance,
+            "t": "/run",
+            "H": socket.gethostname(),
+            "%": "%",
+        }
         return re.sub(r"%(.)", lambda m: table.get(m.group(1), m.group(0)), text)
 
 
@@ -534,9 +564,11 @@ class Service:
             env["LANG"] = os.environ["LANG"]
         if self.user is not None:
             env.update(
-                HOME=self.user.pw_dir, USER=self.user.pw_name, LOGNAME=self.user.pw_name,
+                HOME=self.user.pw_dir,
+                USER=self.user.pw_name,
+                LOGNAME=self.user.pw_name,
                 SHELL=self.user.pw_shell or "/bin/sh",
-            )  # fmt: skip
+            )
         for value in self.unit.values("Service", "Environment"):
             for item in shlex.split(self.unit.specifiers(value)):
                 key, eq, val = item.partition("=")
@@ -753,8 +785,15 @@ class Supervisor:
         signal.signal(signal.SIGINT, self.on_term)
         _become_subreaper()
         me = ref_of(os.getpid())
-        write_state(self.name, active="activating", sub="start", supervisor=me, main=None,
-                    result="success", since=time.time())  # fmt: skip
+        write_state(
+            self.name,
+            active="activating",
+            sub="start",
+            supervisor=me,
+            main=None,
+            result="success",
+            since=time.time(),
+        )
         try:
             unit = load_unit(self.name)
             service = Service.of(unit)
@@ -767,8 +806,9 @@ class Supervisor:
         if service.kind == "oneshot":
             return self.oneshot(service)
         restarts: list[float] = []
-        burst = int(unit.get("Unit", "StartLimitBurst") or unit.get("Service", "StartLimitBurst")
-                    or 5)  # fmt: skip
+        burst = int(
+            unit.get("Unit", "StartLimitBurst") or unit.get("Service", "StartLimitBurst") or 5
+        )
         interval = timespan(
             unit.get("Unit", "StartLimitIntervalSec") or unit.get("Service", "StartLimitInterval"),
             10.0,
@@ -795,25 +835,47 @@ class Supervisor:
                 signaled and -code in CLEAN_SIGNALS
             )
             kill_group(self.main.pid, signal.SIGTERM)  # what it left in its group goes too
-            status = {"exit_code": code if code >= 0 else None, "exit_signal": -code if signaled
-                      else None}  # fmt: skip
+            status = {
+                "exit_code": code if code >= 0 else None,
+                "exit_signal": -code if signaled else None,
+            }
             if self.stopping:
                 return self.stop(service)
             if not service.should_restart(clean, signaled):
                 result = "success" if clean else ("signal" if signaled else "exit-code")
-                write_state(self.name, active="inactive" if clean else "failed",
-                            sub="dead" if clean else "failed", main=None, result=result,
-                            since=time.time(), **status)  # fmt: skip
+                write_state(
+                    self.name,
+                    active="inactive" if clean else "failed",
+                    sub="dead" if clean else "failed",
+                    main=None,
+                    result=result,
+                    since=time.time(),
+                    **status,
+                )
                 return 0
             now = time.monotonic()
             restarts = [t for t in restarts if now - t < interval] + [now]
             if len(restarts) > burst:
-                write_state(self.name, active="failed", sub="failed", main=None,
-                            result="start-limit-hit", since=time.time(), **status)  # fmt: skip
+                write_state(
+                    self.name,
+                    active="failed",
+                    sub="failed",
+                    main=None,
+                    result="start-limit-hit",
+                    since=time.time(),
+                    **status,
+                )
                 return 0
             count = int(read_state(self.name).get("restarts", 0)) + 1
-            write_state(self.name, active="activating", sub="auto-restart", main=None,
-                        restarts=count, restart_times=restarts, **status)  # fmt: skip
+            write_state(
+                self.name,
+                active="activating",
+                sub="auto-restart",
+                main=None,
+                restarts=count,
+                restart_times=restarts,
+                **status,
+            )
             try:
                 self.interruptible = True
                 if self.stopping:
@@ -822,8 +884,7 @@ class Supervisor:
                 self.interruptible = False
             except StopRequested:
                 self.interruptible = False
-                write_state(self.name, active="inactive", sub="dead", main=None,
-                            since=time.time())  # fmt: skip
+                write_state(self.name, active="inactive", sub="dead", main=None, since=time.time())
                 return 0
 
     def spawn(self, service: Service) -> None:
@@ -841,8 +902,7 @@ class Supervisor:
                 path = service.unit.specifiers(pid_file)
                 with contextlib.suppress(OSError, ValueError), open(path, encoding="ascii") as f:
                     main = int(f.read().strip())
-        write_state(self.name, active="active", sub="running", main=ref_of(main),
-                    since=time.time())  # fmt: skip
+        write_state(self.name, active="active", sub="running", main=ref_of(main), since=time.time())
         self.main_ref = ref_of(main)
 
     def wait_main(self) -> int:
@@ -883,8 +943,9 @@ class Supervisor:
         _reap_children()
         for command in service.commands("ExecStopPost"):
             run_sync(service, command, self.log, service.stop_timeout)
-        write_state(self.name, active="inactive", sub="dead", main=None, result="success",
-                    since=time.time())  # fmt: skip
+        write_state(
+            self.name, active="inactive", sub="dead", main=None, result="success", since=time.time()
+        )
         return 0
 
     def oneshot(self, service: Service) -> int:
@@ -895,19 +956,38 @@ class Supervisor:
         for command in service.commands("ExecStartPost"):
             run_sync(service, command, self.log, service.stop_timeout)
         if service.unit.flag("Service", "RemainAfterExit"):
-            write_state(self.name, active="active", sub="exited", main=None, supervisor=None,
-                        since=time.time())  # fmt: skip
+            write_state(
+                self.name,
+                active="active",
+                sub="exited",
+                main=None,
+                supervisor=None,
+                since=time.time(),
+            )
         else:
-            write_state(self.name, active="inactive", sub="dead", main=None, supervisor=None,
-                        since=time.time())  # fmt: skip
+            write_state(
+                self.name,
+                active="inactive",
+                sub="dead",
+                main=None,
+                supervisor=None,
+                since=time.time(),
+            )
         self.say(ok=True, pid=0)
         return 0
 
     def failed(self, message: str, result: str) -> int:
         self.log.write(f"{message}\n".encode())
         self.log.flush()
-        write_state(self.name, active="failed", sub="failed", main=None, result=result,
-                    since=time.time(), error=message)  # fmt: skip
+        write_state(
+            self.name,
+            active="failed",
+            sub="failed",
+            main=None,
+            result=result,
+            since=time.time(),
+            error=message,
+        )
         self.say(ok=False, error=message)
         return 1
 
@@ -950,11 +1030,20 @@ def start(name: str) -> None:
         log = open(state_path(unit.name, ".log"), "ab")  # noqa: SIM115
         try:
             subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), "--supervise", unit.name,
-                 str(write_end)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_end,),
-                close_fds=True, start_new_session=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    "--supervise",
+                    unit.name,
+                    str(write_end),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                pass_fds=(write_end,),
+                close_fds=True,
+                start_new_session=True,
+            )
         finally:
             os.close(write_end)
             log.close()
@@ -1029,8 +1118,14 @@ def stop(name: str, *, quiet_missing: bool = False) -> None:
                 for command in service.commands("ExecStop"):
                     run_sync(service, command, log, service.stop_timeout)
         if state:
-            write_state(unit.name, active="inactive", sub="dead", main=None, supervisor=None,
-                        since=time.time())  # fmt: skip
+            write_state(
+                unit.name,
+                active="inactive",
+                sub="dead",
+                main=None,
+                supervisor=None,
+                since=time.time(),
+            )
 
 
 def restart(name: str) -> None:
@@ -1186,8 +1281,15 @@ def list_units(names: list[str]) -> str:
     rows = [("UNIT", "LOAD", "ACTIVE", "SUB", "DESCRIPTION")]
     for name in names or known_units():
         props = properties(load_unit(name))
-        rows.append((name, props["LoadState"], props["ActiveState"], props["SubState"],
-                     props["Description"]))  # fmt: skip
+        rows.append(
+            (
+                name,
+                props["LoadState"],
+                props["ActiveState"],
+                props["SubState"],
+                props["Description"],
+            )
+        )
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(r[i].ljust(width[i]) for i in range(4)) + "  " + r[4] for r in rows)
 
@@ -1219,10 +1321,24 @@ def kill(name: str, sig: int) -> None:
 # --- command line ------------------------------------------------------------------------------
 
 IGNORED_FLAGS = {
-    "--no-pager", "--no-block", "--system", "--full", "-l", "--no-legend", "--plain",
-    "--no-ask-password", "--no-reload", "--force", "-f", "--all", "-a", "--quiet", "-q",
-    "--show-types", "--failed",
-}  # fmt: skip
+    "--no-pager",
+    "--no-block",
+    "--system",
+    "--full",
+    "-l",
+    "--no-legend",
+    "--plain",
+    "--no-ask-password",
+    "--no-reload",
+    "--force",
+    "-f",
+    "--all",
+    "-a",
+    "--quiet",
+    "-q",
+    "--show-types",
+    "--failed",
+}
 
 
 @dataclass
@@ -1298,8 +1414,16 @@ def main(argv: list[str]) -> int:
         return EXIT_OK
     opts = parse_args(argv)
     verb = opts.verb
-    if verb in ("start", "stop", "restart", "try-restart", "reload", "reload-or-restart",
-                "condrestart", "force-reload"):  # fmt: skip
+    if verb in (
+        "start",
+        "stop",
+        "restart",
+        "try-restart",
+        "reload",
+        "reload-or-restart",
+        "condrestart",
+        "force-reload",
+    ):
         for name in _need_units(opts):
             if verb == "start":
                 start(name)

@@ -79,10 +79,16 @@ def _default(value: Any, params: dict[str, Any]) -> str | None:
 def host_interpreter(python: str = HOST_PYTHON) -> Interpreter | None:
     try:
         done = subprocess.run(
-            [python, "-c", "import sys,platform;print('%d.%d' % sys.version_info[:2],"
-             " platform.machine())"],
-            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                python,
+                "-c",
+                "import sys,platform;print('%d.%d' % sys.version_info[:2], platform.machine())",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if done.returncode != 0:
@@ -109,8 +115,10 @@ def prepare(inventory_path: Path, say: Callable[[str], None] = print) -> list[Pa
         if ready(where, package, version, interpreter):
             prepared.append(where)
             continue
-        say(f"wheelhouse: downloading {package}=={version} for Python {interpreter.version}"
-            f" ({interpreter.machine}) into {where}")  # fmt: skip
+        say(
+            f"wheelhouse: downloading {package}=={version} for Python {interpreter.version}"
+            f" ({interpreter.machine}) into {where}"
+        )
         try:
             prepared.append(download(package, version, interpreter))
         except WheelhouseError as exc:

@@ -140,8 +140,16 @@ class Plan(_Lazy):
     def counts(self) -> dict[str, int]:
         """How many steps would create, update, delete, are unknown, or only check; how many
         are blocked; handlers (they run only when a step fails) apart from all of those."""
-        out = {"create": 0, "update": 0, "delete": 0, "unknown": 0, "check": 0, "none": 0,
-               "blocked": 0, "handlers": 0}  # fmt: skip
+        out = {
+            "create": 0,
+            "update": 0,
+            "delete": 0,
+            "unknown": 0,
+            "check": 0,
+            "none": 0,
+            "blocked": 0,
+            "handlers": 0,
+        }
         for t in self.targets:
             for s in t.steps:
                 if s.skipped:

@@ -80,8 +80,10 @@ def count_words(counts: dict[str, int]) -> str:
     words = {"succeeded": "ok"}
     shown = [f"{counts.get(s, 0)} {words.get(s, s)}" for s in ALWAYS_COUNTED]
     order = ("declined", "unknown", "interrupted", "started", "pending", "not run")
-    rest = sorted((s for s in counts if s not in ALWAYS_COUNTED), key=lambda s: (
-        order.index(s) if s in order else len(order), s))  # fmt: skip
+    rest = sorted(
+        (s for s in counts if s not in ALWAYS_COUNTED),
+        key=lambda s: (order.index(s) if s in order else len(order), s),
+    )
     return ", ".join(shown + [f"{counts[s]} {s}" for s in rest if counts[s]])
 
 
@@ -194,8 +196,9 @@ class LiveReporter(Reporter):
         self.console = Console(file=self.out, highlight=False)
         self.running: dict[tuple[str, str], float] = {}
         self.started = time.monotonic()
-        self.live = Live(console=self.console, refresh_per_second=4, transient=True,
-                         get_renderable=self._footer)  # fmt: skip
+        self.live = Live(
+            console=self.console, refresh_per_second=4, transient=True, get_renderable=self._footer
+        )
         self.live.start()
 
     def _footer(self) -> Any:

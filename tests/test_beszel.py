@@ -34,7 +34,8 @@ from pydantic import ValidationError
 
 import fakes
 from opskit.actions import ActionContext
-from opskit.actions.beszel import Agent, CheckAgent, CheckHub, HostState, HubSystem
+from opskit.actions.beszel import CheckAgent, CheckHub, HubSystem
+from opskit.actions.beszel_agent import Agent, HostState
 from opskit.clients.connections import Connections, Transports
 from opskit.clients.hub import (
     TOKEN_REFRESH,

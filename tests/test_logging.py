@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ def _logging_reset(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         logger.removeHandler(handler)
     logger.setLevel(logging.NOTSET)
     logger.propagate = True
+    os.environ.pop("OPSKIT_LOG", None)
 
 
 @pytest.fixture
@@ -66,7 +68,7 @@ def test_nothing_is_logged_by_default(project, opskit, server) -> None:  # type:
     assert "HTTP GET" not in done.err and "opskit:" not in done.err
 
 
-@pytest.mark.parametrize("how", ["-v", "env"])
+@pytest.mark.parametrize("how", ["-v", "after", "env"])
 def test_v_logs_each_http_request_line_with_status_and_time(
     project, opskit, server, monkeypatch, how
 ) -> None:  # type: ignore[no-untyped-def]
@@ -75,6 +77,8 @@ def test_v_logs_each_http_request_line_with_status_and_time(
         monkeypatch.setenv("OPSKIT_LOG", "info")
         done = opskit("run", "health", "--yes", "--json", cwd=project.root)
         assert all(line.startswith("{") for line in done.out.splitlines())  # stdout stays JSON
+    elif how == "after":
+        done = opskit("run", "health", "--yes", "-v", cwd=project.root)
     else:
         done = opskit("-v", "run", "health", "--yes", cwd=project.root)
     assert done.code == 0, done.out + done.err

@@ -32,18 +32,17 @@ def verbosity_from_env() -> int:
 
 
 def configure(verbosity: int) -> None:
-    """Log at INFO (1) or DEBUG (2, and more) to stderr; 0 leaves logging off. The level is
-    also put in OPSKIT_LOG, so a command opskit re-runs (inside the lab) logs the same."""
+    """Log at INFO (1) or DEBUG (2, and more) to stderr, as it is now; 0 (and OPSKIT_LOG unset)
+    leaves logging off. A command re-run inside the lab gets the same flags, so it logs alike."""
     verbosity = max(verbosity, verbosity_from_env())
     if verbosity <= 0:
         return
-    level = logging.INFO if verbosity == 1 else logging.DEBUG
-    os.environ[ENV] = "info" if level == logging.INFO else "debug"
     logger = logging.getLogger("opskit")
-    if not any(getattr(h, "opskit", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(RedactingFormatter("opskit: %(message)s"))
-        handler.opskit = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-    logger.setLevel(level)
+    for old in [h for h in logger.handlers if getattr(h, "opskit", False)]:
+        logger.removeHandler(old)  # one handler, on this process's stderr of now
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("opskit: %(message)s"))
+    handler.opskit = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbosity == 1 else logging.DEBUG)
     logger.propagate = False  # never twice, never through another tool's root handler

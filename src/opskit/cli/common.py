@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from ..workspace import Workspace
-from . import INVENTORY_HELP, RUNBOOKS_HELP, use_lab_state
+from . import INVENTORY_HELP, RUNBOOKS_HELP, use_lab_state, use_logging
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,8 +43,8 @@ def _global_option(key: str, flag: str) -> Callable[[click.Context, click.Parame
 
 
 def workspace_options(command: F) -> F:
-    """`--runbooks` and `--inventory` on a command too, so they may follow it as well as
-    precede it (`opskit run health --inventory X`)."""
+    """`--runbooks`, `--inventory` and `-v` on a command too, so they may follow it as well
+    as precede it (`opskit run health --inventory X -v`)."""
     for key, flag, metavar, text in reversed(
         [
             ("runbooks", "--runbooks", "DIR", RUNBOOKS_HELP),
@@ -58,7 +58,15 @@ def workspace_options(command: F) -> F:
             expose_value=False,
             callback=_global_option(key, flag),
         )(command)
-    return command
+    return click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        is_eager=True,
+        expose_value=False,
+        callback=use_logging,
+        help="Log each SSH command, HTTP request and Proxmox task on stderr (-vv: more).",
+    )(command)
 
 
 def _inside_lab(ctx: click.Context, param: click.Parameter, value: bool) -> None:

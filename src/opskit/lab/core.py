@@ -111,9 +111,8 @@ class LabService:
     netns: str
     pid: int | None = None
     url: str = ""
-    host: str | None = (
-        None  # a unit on this lab host (no pid of the lab's: it runs as its host does)
-    )
+    # A unit of this lab host: no pid of the lab's, it runs while its host does.
+    host: str | None = None
 
 
 @dataclass
@@ -635,13 +634,13 @@ class Lab:
             elif not power.powered_off(self.root, h.name) and not alive(self.host_pid(h)):
                 found.append(f"{h.name}: sshd is not running")
         for s in state.services:
-            if s.host is None and not alive(s.pid):
+            if s.host is None and not power.runs(s.pid, str(self.root)):
                 found.append(f"{s.name}: not running")
         return found
 
     def host_pid(self, host: LabHost) -> int | None:
         """The running host's outermost process (it changes when the host reboots)."""
-        return power.current_pid(self.root, host.name) or host.pid
+        return power.current_pid(self.root, host.name)
 
     def status(self) -> dict[str, Any]:
         require_root()
@@ -665,8 +664,8 @@ class Lab:
             ],
             "services": [
                 {"name": s.name, "url": s.url, "pid": s.pid, "host": s.host,
-                 "running": alive(s.pid) if s.host is None else not power.powered_off(
-                     self.root, s.host),
+                 "running": power.runs(s.pid, str(self.root)) if s.host is None
+                 else not power.powered_off(self.root, s.host),
                  "answers": answers.get(s.name, False)}
                 for s in state.services
             ],
@@ -703,13 +702,14 @@ class Lab:
         require_root()
         removed: list[str] = []
         state = self.state()
-        # The lab's Proxmox first: it boots hosts, and must not boot one while they go.
-        services = {s.pid for s in state.services if s.pid} if state else set()
+        # The lab's Proxmox first: it boots hosts, and must not boot one while they go. A pid
+        # from the record counts only while it is still the lab's (pids are reused).
+        services = {s.pid for s in (state.services if state else [])
+                    if s.pid and power.runs(s.pid, str(self.root))}  # fmt: skip
         stop(services)
         namespaces = network.lab_namespaces()
         for _ in range(3):  # again, for whatever started while the others were stopped
-            pids = {p for h in (state.hosts if state else []) for p in (h.pid, self.host_pid(h))
-                    if p}  # fmt: skip
+            pids = {p for h in (state.hosts if state else []) if (p := self.host_pid(h))}
             for ns in namespaces:
                 pids.update(network.namespace_pids(ns))
             pids = {p for p in pids if alive(p)}

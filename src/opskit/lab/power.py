@@ -89,10 +89,23 @@ def halt(root: Path, name: str, timeout: float = HALT_TIMEOUT) -> None:
 
 
 def current_pid(root: Path, name: str) -> int | None:
+    """The running host's outermost process; None when it is not running. A recorded pid
+    counts only while its command line is this host's boot (a pid can be reused)."""
     try:
-        return int((host_dir(root, name) / "pid").read_text().strip())
+        pid = int((host_dir(root, name) / "pid").read_text().strip())
     except (OSError, ValueError):
         return None
+    return pid if runs(pid, str(host_dir(root, name))) else None
+
+
+def runs(pid: int | None, mark: str) -> bool:
+    """Whether `pid` is alive and its command line mentions `mark` (a lab path)."""
+    if not alive(pid):
+        return False
+    try:
+        return mark in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
 
 
 def powered_off(root: Path, name: str) -> bool:

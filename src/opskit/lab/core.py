@@ -240,13 +240,14 @@ class Lab:
         self._hosts_files(state)
         certificate.join()
         cert_fp = self._cert_fp
+        # Proxmox starts first (its imports take a while); it acts on the hosts only when asked.
+        state.services.append(self._start_pve(state, pve))
         for host in hosts:
             self._prepare_host(state, host)
             host.pid = power.boot(self.root, host.name, host.netns)
         say(
             f"hosts: {len(hosts)} sshd in their own namespaces ({', '.join(h.name for h in hosts)})"
         )
-        state.services.append(self._start_pve(state, pve))
         hub_data.join()
         state.services.append(self._start_hub(state))
         repository.join()
@@ -449,8 +450,8 @@ class Lab:
             f"{unpark}"
             "mkdir -p /run/sshd\n"
             f"hostname {host.name}\n"
-            # The units start beside sshd, as systemd starts them: in parallel with it.
-            '(for unit in $units; do /usr/bin/systemctl start "$unit" || true; done) &\n'
+            # The units start beside sshd and each other, as systemd starts them: in parallel.
+            '(for unit in $units; do /usr/bin/systemctl start "$unit" || true & done; wait) &\n'
             "exec /usr/sbin/sshd -D -e -f /etc/ssh/opskit-lab-sshd_config\n"
         )
 

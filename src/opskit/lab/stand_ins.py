@@ -18,7 +18,9 @@ enabled at boot, so they stop with their host and start again when it boots.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -106,12 +108,17 @@ def lab_hosts() -> list[str]:
 
 def serve_mcp(service: str, address: str, port: int) -> None:
     # The port is bound before the SDK loads (0.6-1 s of imports): connections wait in its
-    # backlog and are answered once the server runs, as with a socket-activated service.
+    # backlog and are answered once the server runs, as with a socket-activated service. The
+    # imports run at a low priority, so a host booting (or `lab up`) is not slowed by them.
     listener = socket.create_server((address, port), backlog=128)
+    os.nice(10)
     import uvicorn
     from mcp.server.fastmcp import FastMCP
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
+
+    with contextlib.suppress(PermissionError):  # back to the unit's priority (root may)
+        os.nice(-10)
 
     title = MCP_SERVERS[service]
     server = FastMCP(

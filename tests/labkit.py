@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+Done = subprocess.CompletedProcess[str]
 
 
 def require_root() -> None:
@@ -77,6 +79,38 @@ class Lab:
     def answers(self, *endpoints: str) -> dict[str, bool]:
         done = self.inside(sys.executable, "-m", "opskit.lab.probe", *endpoints)
         return dict(json.loads(done.stdout))
+
+    def ssh(
+        self, host: str, command: str, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """`command` on a lab host over OpenSSH from the controller, its host key pinned."""
+        known = self.root.parent / f"known_hosts-{self.name}"
+        hosts = self.state["hosts"]
+        assert isinstance(hosts, list)
+        known.write_text("".join(f"{h['address']} {h['host_key']}\n" for h in hosts))
+        return self.inside(
+            "ssh",
+            "-i",
+            str(self.root / "ssh" / "id_ed25519"),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"UserKnownHostsFile={known}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "ConnectTimeout=5",
+            f"root@{self.address(host)}",
+            command,
+            timeout=timeout,
+        )
+
+    def wait_for_ssh(self, host: str, timeout: float = 30) -> None:
+        endpoint = f"{self.address(host)}:22"
+        deadline = time.monotonic() + timeout
+        while not self.answers(endpoint)[endpoint]:
+            assert time.monotonic() < deadline, f"{host} did not answer SSH within {timeout}s"
+            time.sleep(0.1)
 
 
 def make_lab(tmp: Path) -> Lab:

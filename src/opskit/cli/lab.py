@@ -1,4 +1,4 @@
-"""`opskit lab`: the simulated homelab (up, status, down, demo)."""
+"""`opskit lab`: the simulated homelab (up, status, packages, down, demo)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def status(as_json: bool) -> None:
     )
     for h in report["hosts"]:
         mark = "ok" if h["ssh"] else "DOWN"
-        echo(f"  host {h['name']:<16} {h['address']:<16} ssh {mark}")
+        power = "  (powered off in Proxmox)" if h["power"] == "off" else ""
+        echo(f"  host {h['name']:<16} {h['address']:<16} ssh {mark}{power}")
     for s in report["services"]:
         mark = "ok" if s["answers"] else "DOWN"
         echo(f"  {s['name']:<21} {s['url']:<30} {mark}")
@@ -78,6 +79,33 @@ def status(as_json: bool) -> None:
         echo(f"  problem: {problem}")
     if not report["up"]:
         click.get_current_context().exit(1)
+
+
+@lab.command()
+@click.argument("hosts", nargs=-1)
+@click.option(
+    "--offer",
+    type=click.Choice(["upgrade", "broken", "none"]),
+    help="What the lab's apt repository offers HOSTS (all hosts when none is named).",
+)
+@json_option
+def packages(hosts: tuple[str, ...], offer: str | None, as_json: bool) -> None:
+    """What the lab's apt repository offers each host, or --offer to change it.
+
+    Every host has opskit-lab-demo 1.0 and opskit-lab-broken 1.0 installed. `upgrade` (the
+    default) offers opskit-lab-demo 1.1, whose postinst touches /var/run/reboot-required;
+    `broken` also offers opskit-lab-broken 1.1, whose postinst fails (a patch that fails);
+    `none` offers nothing newer. Hosts see a change at their next `apt-get update`.
+    """
+    from ..lab.apt import OFFERS
+
+    offers = _lab().packages(list(hosts), offer)
+    if as_json:
+        echo(json.dumps(offers, indent=2))
+        return
+    for host, chosen in offers.items():
+        listed = ", ".join(f"{p.name} {p.version}" for p in OFFERS[chosen])
+        echo(f"  {host:<16} {chosen:<8} {listed}")
 
 
 @lab.command()

@@ -7,7 +7,10 @@ Layout of the lab directory (default /tmp/opskit-lab, or $OPSKIT_LAB_DIR):
     secrets/            generated secrets, 0600 (Proxmox token, hub credentials, keys)
     ssh/                the controller's client key
     hosts/NAME/upper    each host's copy-on-write layer (what runbooks change lands here)
+    hosts/NAME/snapshots/SNAP   copies of that layer, one per Proxmox snapshot of the guest
+    hosts/NAME/boot.sh, boot_id, pid, power   how the host boots, and its power (lab.power)
     pve/ hub/ mirror/   fakepve's certificate and request log, PocketBase's data, the mirror
+                        (Beszel releases, and the apt repository of lab.apt)
     bin/                stand-ins the controller uses inside the lab (tailscale)
     logs/               each process's output
 
@@ -15,11 +18,15 @@ Lab runs keep their journal, logs and locks outside it, in $OPSKIT_STATE_DIR/lab
 `lab_state_dir`), so they outlive `down`. Nothing lives in the machine's own network
 namespace, and nothing of a host's changes lands on the machine: /etc, /opt, /usr, /var, /srv,
 /root and /home are overlays, /tmp and /run private.
+
+A guest's host follows its power state in the lab's Proxmox: stopped, it runs nothing (its
+sshd neither); started, it boots (enabled units start, /tmp and /run are empty, a new boot ID).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import json
@@ -39,8 +46,9 @@ from urllib.parse import urlsplit
 
 from ..errors import LabError, UsageError
 from ..model import Inventory
-from . import network
+from . import network, power
 from .network import controller as controller_ns
+from .power import alive
 
 DEFAULT_DIR = Path("/tmp/opskit-lab")
 DEFAULT_RANGE = "198.51.100.0/24"
@@ -75,6 +83,11 @@ def require_root() -> None:
     for tool in ("ip", "unshare", "ssh-keygen"):
         if shutil.which(tool) is None:
             raise UsageError(f"the lab needs {tool!r} (Debian: iproute2, util-linux, openssh)")
+    for tool in ("dpkg-deb", "dpkg-scanpackages"):
+        if shutil.which(tool) is None:
+            raise UsageError(
+                f"the lab needs {tool!r} to build its apt repository (Debian: dpkg-dev)"
+            )
     if not Path("/usr/sbin/sshd").exists():
         raise UsageError("the lab needs OpenSSH's sshd (Debian: openssh-server)")
 
@@ -97,6 +110,8 @@ class LabService:
     netns: str
     pid: int | None = None
     url: str = ""
+    # A unit of this lab host: no pid of the lab's, it runs while its host does.
+    host: str | None = None
 
 
 @dataclass
@@ -137,6 +152,8 @@ class Lab:
         self.root = root
         self._inventory = inventory
         self.inventory_path = inventory_path or Path("inventory.yaml")
+        self._background: list[Background] = []  # work of `up` running beside it
+        self._cert_fp = ""
 
     @property
     def inventory(self) -> Inventory:
@@ -181,9 +198,12 @@ class Lab:
         needed = 9 + len(self.inventory.all_hosts())  # the controller, .2-.9 kept, the hosts
         if net.num_addresses - 2 < needed:
             raise UsageError(f"lab range {net} is too small: the lab needs {needed} addresses")
+        self._background = []
         try:
             return self._build(net, say)
         except BaseException:
+            for work in self._background:  # nothing may still write into what `down` removes
+                work.join(quietly=True)
             self.down(say=lambda line: None)
             raise
 
@@ -205,23 +225,34 @@ class Lab:
         state = LabState(root=str(self.root), network=str(net), controller=controller, hosts=hosts)
         self._prepare_dirs()
         self._make_secrets()
+        # What takes time and needs nothing of the rest runs beside it: the hub's data (a
+        # PocketBase started and stopped), the apt repository (dpkg-deb, dpkg-scanpackages) and
+        # Proxmox's certificate.
+        hub_data = self._beside(self._bootstrap_hub)
+        repository = self._beside(self._build_apt, state)
+        pve = self._pve_site(state)
+        certificate = self._beside(self._pve_cert, pve)
         from .wheelhouse import prepare  # online here: the --lab runs cannot reach the index
 
         prepare(self.inventory_path, say)
         say(f"network: {net}, switch {network.switch()}, controller {controller}")
         network.build(net, [(controller_ns(), controller), *((h.netns, h.address) for h in hosts)])
         self._hosts_files(state)
-        pve = self._pve_site(state)
-        cert_fp = self._pve_cert(pve)
+        certificate.join()
+        cert_fp = self._cert_fp
+        # Proxmox starts first (its imports take a while); it acts on the hosts only when asked.
+        state.services.append(self._start_pve(state, pve))
         for host in hosts:
             self._prepare_host(state, host)
-            host.pid = self._start_host(host)
+            host.pid = power.boot(self.root, host.name, host.netns)
         say(
             f"hosts: {len(hosts)} sshd in their own namespaces ({', '.join(h.name for h in hosts)})"
         )
-        state.services.append(self._start_pve(state, pve))
+        hub_data.join()
         state.services.append(self._start_hub(state))
+        repository.join()
         state.services.append(self._start_mirror(state))
+        state.services.extend(self._stand_in_services(state))
         self._tailscale(state)
         self._overlay(state, cert_fp)
         state.started = time.time()
@@ -327,8 +358,81 @@ class Lab:
         text = Path(__file__).with_name("systemctl.py").read_text()
         target.write_text(text if text.startswith("#!") else "#!/usr/bin/python3\n" + text)
         os.chmod(target, 0o755)
+        self._apt_host(state, host, upper)
+        self._stand_in_units(host, upper)
+        (base / "boot.sh").write_text(self._boot_script(host))
 
-    def _start_host(self, host: LabHost) -> int:
+    def _apt_host(self, state: LabState, host: LabHost, upper: Path) -> None:
+        """apt on the host sees the lab's repository only, and the lab's packages installed."""
+        from . import apt
+
+        url = f"http://{state.controller}:{MIRROR_PORT}/apt"
+        upper_path(upper, "etc/apt/sources.list").write_text(
+            apt.sources_list(url, host.name, self._arch)
+        )
+        # The machine's sources, and the indexes and caches apt made of them, are not the
+        # host's: opaque directories in the layer hide the machine's below them.
+        for rel in ("etc/apt/sources.list.d", "var/lib/apt/lists", "var/cache/apt"):
+            opaque(upper, rel)
+        for rel in ("var/lib/apt/lists/partial", "var/cache/apt/archives/partial"):
+            upper_path(upper, rel).mkdir(exist_ok=True)
+            mirror_mode(Path("/") / rel, upper / rel)
+        apt.preinstall(lambda rel: upper_path(upper, rel))
+
+    @functools.cached_property
+    def _arch(self) -> str:
+        from .apt import architecture
+
+        return architecture()
+
+    def _stand_ins(self, host: LabHost) -> list[tuple[str, int]]:
+        """(service, port) of the inventory's services on `host` that the lab stands in for."""
+        from .stand_ins import SERVICES
+
+        found = []
+        for h in self.inventory.all_hosts():
+            if h.name != host.name:
+                continue
+            for name, service in h.services.items():
+                port = (service.health.port if service.health else None) or service.port
+                if name in SERVICES and port:
+                    found.append((name, port))
+        return found
+
+    def _stand_in_units(self, host: LabHost, upper: Path) -> None:
+        """Each stand-in as a unit of its host, enabled: it stops and boots with the host."""
+        for name, port in self._stand_ins(host):
+            unit = f"opskit-lab-{name}.service"
+            command = shlex.join(
+                [
+                    sys.executable,
+                    "-m",
+                    "opskit.lab.stand_ins",
+                    name,
+                    "--address",
+                    host.address,
+                    "--port",
+                    str(port),
+                ]
+            )
+            upper_path(upper, f"etc/systemd/system/{unit}").write_text(
+                f"[Unit]\nDescription=opskit lab: stand-in for {name} (SIMULATION)\n"
+                f"[Service]\nExecStart={command}\nRestart=on-failure\nRestartSec=1\n"
+                "[Install]\nWantedBy=multi-user.target\n"
+            )
+            link = upper_path(upper, f"etc/systemd/system/multi-user.target.wants/{unit}")
+            link.unlink(missing_ok=True)
+            link.symlink_to(f"/etc/systemd/system/{unit}")
+
+    def _stand_in_services(self, state: LabState) -> list[LabService]:
+        return [
+            LabService(name, h.address, port, h.netns, None, f"http://{h.address}:{port}", h.name)
+            for h in state.hosts
+            for name, port in self._stand_ins(h)
+        ]
+
+    def _boot_script(self, host: LabHost) -> str:
+        """What the host runs at each boot (lab.power runs it in the host's namespaces)."""
         upper, work = self._host_dir(host) / "upper", self._host_dir(host) / "work"
         mounts = "".join(
             f"mount -t overlay overlay -o lowerdir=/{d},upperdir={upper}/{d},workdir={work}/{d}"
@@ -348,32 +452,24 @@ class Lab:
             where = shlex.quote(str(path))
             park += f"mkdir -p {spot} && mount --bind -o ro {where} {spot}\n"
             unpark += f"mkdir -p {where} && mount --bind {spot} {where} && umount {spot}\n"
-        script = (
+        # Its own boot ID, where programs read it (the kernel's cannot change in a namespace).
+        boot_id = shlex.quote(str(power.boot_id_file(self.root, host.name)))
+        return (
             "set -e\n"
             f"{mounts}"
             f'units=$(for w in {wants}/*.wants/*; do [ -L "$w" ] && basename "$w"; done'
             " | sort -u)\n"
+            f"mount --bind -o ro {boot_id} /proc/sys/kernel/random/boot_id\n"
             f"{park}"
             "mount -t tmpfs -o mode=1777 tmpfs /tmp\n"
             "mount -t tmpfs -o mode=755 tmpfs /run\n"
             f"{unpark}"
             "mkdir -p /run/sshd\n"
             f"hostname {host.name}\n"
-            'for unit in $units; do /usr/bin/systemctl start "$unit" || true; done\n'
+            # The units start beside sshd and each other, as systemd starts them: in parallel.
+            '(for unit in $units; do /usr/bin/systemctl start "$unit" || true & done; wait) &\n'
             "exec /usr/sbin/sshd -D -e -f /etc/ssh/opskit-lab-sshd_config\n"
         )
-        unshare = [
-            "unshare",
-            "--mount",
-            "--uts",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--propagation",
-            "private",
-        ]
-        command = ["ip", "netns", "exec", host.netns, *unshare, "sh", "-c", script]
-        return self._spawn(command, f"host-{host.name}")
 
     def _spawn(self, command: list[str], log: str, env: dict[str, str] | None = None) -> int:
         out = open(self.root / "logs" / f"{log}.log", "ab")  # noqa: SIM115 - the child keeps it
@@ -410,13 +506,19 @@ class Lab:
             port = (urlsplit(clusters[0].api_url).port if clusters else None) or 8006
         return address, netns, port
 
-    def _pve_cert(self, pve: tuple[str, str, int]) -> str:
+    def _beside(self, work: Callable[..., None], *args: Any) -> Background:
+        started = Background(work, *args)
+        self._background.append(started)
+        return started
+
+    def _pve_cert(self, pve: tuple[str, str, int]) -> None:
+        """Proxmox's certificate; its SHA-256 fingerprint in `_cert_fp`."""
         from fakepve.certs import make_cert
 
         names = [pve[0]] + [h.tailscale for h in self.inventory.hosts if h.tailscale]
         _, _, der = make_cert(str(self.root / "pve"), name="pve", hosts=tuple(names))
         digest = hashlib.sha256(der).hexdigest().upper()
-        return ":".join(digest[i : i + 2] for i in range(0, 64, 2))
+        self._cert_fp = ":".join(digest[i : i + 2] for i in range(0, 64, 2))
 
     def _start_pve(self, state: LabState, pve: tuple[str, str, int]) -> LabService:
         address, netns, port = pve
@@ -446,9 +548,12 @@ class Lab:
                     "node": g.node or (nodes or ["pve"])[0],
                     "start_secs": 20,
                     "shutdown_secs": 40,
+                    "host": g.name,
                 }
                 for g in self.inventory.guests
             ],
+            # Each guest's power and snapshots act on its lab host (opskit.lab.pve).
+            "lab": {"root": str(self.root), "netns": {h.name: h.netns for h in state.hosts}},
         }
         spec_file = self.root / "pve" / "spec.json"
         spec_file.write_text(json.dumps(spec, indent=2))
@@ -457,19 +562,23 @@ class Lab:
         )
         return LabService("proxmox", address, port, netns, pid, f"https://{address}:{port}")
 
+    def _bootstrap_hub(self) -> None:
+        from . import hub
+
+        hub.bootstrap_hub(
+            self.root / "hub" / "data",
+            self.secret("hub-email").read_text().strip(),
+            self.secret("hub-password").read_text().strip(),
+            self.secret("user-email").read_text().strip(),
+            self.secret("user-password").read_text().strip(),
+        )
+
     def _start_hub(self, state: LabState) -> LabService:
         from . import hub
 
         address, netns, port = self._site(state, "beszel-hub")
         port = port or 8090
         data = self.root / "hub" / "data"
-        hub.bootstrap_hub(
-            data,
-            self.secret("hub-email").read_text().strip(),
-            self.secret("hub-password").read_text().strip(),
-            self.secret("user-email").read_text().strip(),
-            self.secret("user-password").read_text().strip(),
-        )
         pid = self._spawn(self._in_lab(netns, *hub.serve_command(data, address, port)), "hub")
         return LabService("beszel-hub", address, port, netns, pid, f"http://{address}:{port}")
 
@@ -496,6 +605,11 @@ class Lab:
         return LabService(
             "mirror", address, MIRROR_PORT, controller_ns(), pid, f"http://{address}:{MIRROR_PORT}"
         )
+
+    def _build_apt(self, state: LabState) -> None:
+        from . import apt
+
+        apt.build(self.root / "mirror" / "apt", [h.name for h in state.hosts], self._arch)
 
     def _tailscale(self, state: LabState) -> None:
         """A `tailscale` on the lab's PATH whose `status --json` describes the lab hosts."""
@@ -560,17 +674,23 @@ class Lab:
         return {name: raw.get(ep, False) for name, ep in endpoints.items()}
 
     def problems(self, state: LabState) -> list[str]:
+        """What is broken: a guest the lab's Proxmox powered off is not (its services neither,
+        nor a stand-in, which runs as its host does)."""
         found = []
         present = set(network.lab_namespaces())
         for h in state.hosts:
             if h.netns not in present:
                 found.append(f"{h.name}: no namespace")
-            elif not alive(h.pid):
+            elif not power.powered_off(self.root, h.name) and not alive(self.host_pid(h)):
                 found.append(f"{h.name}: sshd is not running")
         for s in state.services:
-            if not alive(s.pid):
+            if s.host is None and not power.runs(s.pid, str(self.root)):
                 found.append(f"{s.name}: not running")
         return found
+
+    def host_pid(self, host: LabHost) -> int | None:
+        """The running host's outermost process (it changes when the host reboots)."""
+        return power.current_pid(self.root, host.name)
 
     def status(self) -> dict[str, Any]:
         require_root()
@@ -590,8 +710,9 @@ class Lab:
                     "name": h.name,
                     "address": h.address,
                     "netns": h.netns,
-                    "pid": h.pid,
-                    "running": alive(h.pid),
+                    "pid": self.host_pid(h),
+                    "running": alive(self.host_pid(h)),
+                    "power": "off" if power.powered_off(self.root, h.name) else "on",
                     "ssh": answers.get(f"{h.name} ssh", False),
                 }
                 for h in state.hosts
@@ -601,13 +722,39 @@ class Lab:
                     "name": s.name,
                     "url": s.url,
                     "pid": s.pid,
-                    "running": alive(s.pid),
+                    "host": s.host,
+                    "running": power.runs(s.pid, str(self.root))
+                    if s.host is None
+                    else not power.powered_off(self.root, s.host),
                     "answers": answers.get(s.name, False),
                 }
                 for s in state.services
             ],
             "problems": self.problems(state),
         }
+
+    # ----- packages -----------------------------------------------------------------------
+
+    def packages(self, hosts: list[str], offer: str | None = None) -> dict[str, str]:
+        """Each host's offer in the lab's apt repository; with `offer`, set it for `hosts`
+        (every host when none is named) first."""
+        from . import apt
+
+        require_root()
+        state = self.state()
+        repo = self.root / "mirror" / "apt"
+        if state is None or not (repo / "offers.json").exists():
+            raise LabError(f"the lab is not up ({self.root}): start it with  opskit lab up")
+        try:
+            if offer is not None:
+                return apt.offer(repo, hosts or [h.name for h in state.hosts], offer)
+            offers = apt.offers(repo)
+        except apt.AptError as exc:
+            raise UsageError(str(exc)) from None
+        unknown = [h for h in hosts if h not in offers]
+        if unknown:
+            raise UsageError(f"the lab has no host {unknown[0]!r} (its hosts: {', '.join(offers)})")
+        return {h: o for h, o in offers.items() if not hosts or h in hosts}
 
     # ----- down ---------------------------------------------------------------------------
 
@@ -616,15 +763,23 @@ class Lab:
         require_root()
         removed: list[str] = []
         state = self.state()
-        pids = (
-            {p for p in ([h.pid for h in state.hosts] + [s.pid for s in state.services]) if p}
-            if state
-            else set()
-        )
+        # The lab's Proxmox first: it boots hosts, and must not boot one while they go. A pid
+        # from the record counts only while it is still the lab's (pids are reused).
+        services = {
+            s.pid
+            for s in (state.services if state else [])
+            if s.pid and power.runs(s.pid, str(self.root))
+        }
+        stop(services)
         namespaces = network.lab_namespaces()
-        for ns in namespaces:
-            pids.update(network.namespace_pids(ns))
-        stop(pids)
+        for _ in range(3):  # again, for whatever started while the others were stopped
+            pids = {p for h in (state.hosts if state else []) if (p := self.host_pid(h))}
+            for ns in namespaces:
+                pids.update(network.namespace_pids(ns))
+            pids = {p for p in pids if alive(p)}
+            if not pids:
+                break
+            stop(pids)
         for ns in namespaces:
             network.remove(ns)
             removed.append(f"namespace {ns}")
@@ -651,6 +806,29 @@ class Lab:
 
 
 # ----- helpers ----------------------------------------------------------------------------
+
+
+class Background:
+    """`work(*args)` in a thread; `join()` waits for it and raises what it raised."""
+
+    def __init__(self, work: Callable[..., None], *args: Any) -> None:
+        import threading
+
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                work(*args)
+            except BaseException as exc:
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def join(self, quietly: bool = False) -> None:
+        self._thread.join()
+        if self._error is not None and not quietly:
+            raise self._error
 
 
 def hidden_runtime() -> list[Path]:
@@ -687,6 +865,14 @@ def mirror_mode(lower: Path, upper: Path) -> None:
     os.chmod(upper, st.st_mode & 0o7777)
 
 
+def opaque(upper: Path, rel: str) -> None:
+    """upper/rel made opaque: the merged view shows its entries, none of the machine's."""
+    directory = upper_path(upper, rel)
+    directory.mkdir(exist_ok=True)
+    mirror_mode(Path("/") / rel, directory)
+    os.setxattr(directory, "trusted.overlay.opaque", b"y")
+
+
 def upper_path(upper: Path, rel: str) -> Path:
     """upper/rel with its parent directories made as the machine has them."""
     parts = Path(rel).parts
@@ -695,21 +881,6 @@ def upper_path(upper: Path, rel: str) -> Path:
         (upper / sub).mkdir(exist_ok=True)
         mirror_mode(Path("/") / sub, upper / sub)
     return upper / rel
-
-
-def alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def stop(pids: set[int], grace: float = 3.0) -> None:

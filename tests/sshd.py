@@ -7,6 +7,7 @@ is a separate "host" to opskit. A throwaway host key, an authorized client key, 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -43,8 +44,11 @@ class Sshd:
         port: int | None = None,
         host_key: Path | None = None,
         client_pub: str | None = None,
+        log: Path | None = None,
     ) -> None:
         self.root = root
+        # sshd's log (LogLevel VERBOSE), where `logins()` counts the SSH handshakes.
+        self.log = log
         self.addresses = addresses
         self.port = port or free_port(addresses[0])
         root.mkdir(parents=True, exist_ok=True)
@@ -81,11 +85,13 @@ class Sshd:
                 f"PidFile {self.root}/sshd.{n}.pid\n"
                 "StrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\n"
                 "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-                "MaxSessions 100\nMaxStartups 1000\nLogLevel ERROR\n"
+                "MaxSessions 100\nMaxStartups 1000\n"
+                f"LogLevel {'ERROR' if self.log is None else 'VERBOSE'}\n"
                 "Subsystem sftp internal-sftp\nAcceptEnv LANG LC_*\n"
             )
+            logging = ["-e"] if self.log is None else ["-E", str(self.log)]
             self.processes.append(
-                subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
+                subprocess.Popen([SSHD, "-D", *logging, "-f", str(config)], stderr=subprocess.PIPE)
             )
         deadline = time.monotonic() + 10
         for address in self.addresses:
@@ -101,6 +107,24 @@ class Sshd:
                         ) from None
                     time.sleep(0.05)
         return self
+
+    def logins(self) -> dict[str, int]:
+        """SSH handshakes that ended logged in, per listen address, from sshd's log: each
+        `Accepted publickey ... port P` paired with the `Connection from ... port P on ADDR`
+        before it (the client's address is 127.0.0.1 for every loopback "host")."""
+        assert self.log is not None, "start sshd with log= to count its logins"
+        on: dict[str, str] = {}  # client port -> the address it connected to
+        counts = dict.fromkeys(self.addresses, 0)
+        for line in self.log.read_text().splitlines():
+            found = re.search(r"Connection from \S+ port (\d+) on (\S+) port", line)
+            if found:
+                on[found.group(1)] = found.group(2)
+                continue
+            found = re.search(r"Accepted \S+ for \S+ from \S+ port (\d+)", line)
+            if found:
+                address = on[found.group(1)]
+                counts[address] = counts.get(address, 0) + 1
+        return counts
 
     def stop(self) -> None:
         for process in self.processes:

@@ -160,12 +160,17 @@ async def build_plan(
     limit: str | None = None,
     settings: ProbeSettings | None = None,
     inventory: Inventory | None = None,
+    connections: Connections | None = None,
 ) -> Plan:
-    """The plan: for each target, in order, every step's rendered args and probed change."""
+    """The plan: for each target, in order, every step's rendered args and probed change.
+    Given `connections` (a run's, which executes next) are left open; else its own are made
+    and closed."""
     rb = loaded.runbook
     settings = settings or ProbeSettings()
     limiter = asyncio.Semaphore(PROBE_CONCURRENCY)
-    connections = settings.connections(inventory)
+    owned = connections is None
+    if connections is None:
+        connections = settings.connections(inventory)
     secrets = probe_secrets(loaded)
     try:
         target_plans = await asyncio.gather(
@@ -175,7 +180,8 @@ async def build_plan(
             )
         )
     finally:
-        await connections.aclose()
+        if owned:
+            await connections.aclose()
     plan = Plan(
         opskit_version=__version__,
         runbook=rb.name,

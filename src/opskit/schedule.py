@@ -536,7 +536,7 @@ def run_scheduled(
     """`opskit run RUNBOOK --scheduled`, what the timer starts: nobody at a terminal, the
     window and the standing approvals enforced, the run journaled as scheduled. An
     interrupted scheduled run (its window closed) is continued, not started over."""
-    from .engine.session import execute, make_plan, resume
+    from .engine.session import Session, execute, make_plan, resume
     from .errors import GateError, LockError, StepError
 
     loaded = req.workspace.load(name)
@@ -562,12 +562,13 @@ def run_scheduled(
         say(f"maintenance window open until {describe_time(state.closes_at)}")
     unfinished = None if dry_run else _interrupted_run(req, loaded)
     plan = None
+    session = Session(req)  # the plan's connections are the run's
     try:
         if unfinished is not None:
             say(f"continuing scheduled run {unfinished} (interrupted when its window closed)")
-            result = resume(req, unfinished)
+            result = resume(req, unfinished, session=session)
         else:
-            loaded, targets, plan = make_plan(req, name, given, limit)
+            loaded, targets, plan = make_plan(req, name, given, limit, session=session)
             show(plan)
             found = plan.blockers()
             if found:
@@ -584,8 +585,9 @@ def run_scheduled(
                     )
                 say("dry run: a scheduled run would pass its gates; nothing was changed")
                 return 0
-            result = execute(req, loaded, targets, plan)
+            result = execute(req, loaded, targets, plan, session=session)
     except OpskitError as exc:
+        session.close()
         if not dry_run:
             if isinstance(exc, GateError):
                 status = "needs approval"
@@ -594,6 +596,8 @@ def run_scheduled(
             run_id = _journal_refusal(req, loaded, status, exc.exit_code, str(exc), plan)
             notify_run(req, loaded, status, run_id, message=str(exc), say=say, warn=warn)
         raise
+    finally:
+        session.close()
     notify_run(req, loaded, result.status, result.run_id, result=result, say=say, warn=warn)
     return result.exit_code
 

@@ -16,7 +16,7 @@ from .output import echo
 
 if TYPE_CHECKING:
     from ..engine.executor import RunResult
-    from ..engine.session import Request
+    from ..engine.session import Request, Session
     from ..model.plan import Plan
 
 
@@ -171,8 +171,7 @@ def run(
     error, 3 a gate declined or nobody to ask, 5 a target locked, 6 outside its maintenance
     window (--scheduled), 130 interrupted.
     """
-    from ..engine.session import execute, make_plan
-    from ..report.plan import nothing_to_do
+    from ..engine.session import Session
     from ..workspace import parse_param_args
 
     ctx = click.get_current_context()
@@ -196,7 +195,24 @@ def run(
             warn=_warn,
         )
         ctx.exit(code)
-    loaded, targets, plan = make_plan(req, runbook, parse_param_args(params), limit)
+    with Session(req) as session:  # the plan's connections are the run's
+        _run(req, session, runbook, parse_param_args(params), limit, dry_run, notify)
+
+
+def _run(
+    req: Request,
+    session: Session,
+    runbook: str,
+    given: dict[str, Any],
+    limit: str | None,
+    dry_run: bool,
+    notify: bool,
+) -> None:
+    from ..engine.session import execute, make_plan
+    from ..report.plan import nothing_to_do
+
+    ctx = click.get_current_context()
+    loaded, targets, plan = make_plan(req, runbook, given, limit, session=session)
     if notify and (loaded.runbook.schedule is None or loaded.runbook.schedule.notify is None):
         from ..errors import UsageError
 
@@ -218,12 +234,12 @@ def run(
             echo("nothing to do")
         ctx.exit(EXIT_OK)
     if not notify:
-        _exit(execute(req, loaded, targets, plan))
+        _exit(execute(req, loaded, targets, plan, session=session))
     from ..errors import GateError, OpskitError
     from ..schedule import notify_run
 
     try:
-        result = execute(req, loaded, targets, plan)
+        result = execute(req, loaded, targets, plan, session=session)
     except OpskitError as exc:
         status = "needs approval" if isinstance(exc, GateError) else "failed"
         notify_run(
@@ -316,11 +332,13 @@ def apply(plan_file: Path, req: Request) -> None:
     world changed, or it is applied outside the place it was made (a lab's plan outside that
     lab), 5 a target locked, 130 interrupted.
     """
-    from ..engine.session import check_saved_plan, execute, read_plan
+    from ..engine.session import Session, check_saved_plan, execute, read_plan
 
     saved = read_plan(plan_file)
-    loaded, targets = check_saved_plan(req, saved, str(plan_file))
-    _exit(execute(req, loaded, targets, saved))
+    with Session(req) as session:  # the check's connections are the run's
+        loaded, targets = check_saved_plan(req, saved, str(plan_file), session=session)
+        result = execute(req, loaded, targets, saved, session=session)
+    _exit(result)
 
 
 @click.command()

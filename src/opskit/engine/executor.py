@@ -118,6 +118,7 @@ class Execution:
         options: RunOptions,
         settings: ProbeSettings | None = None,
         inventory: Inventory | None = None,
+        connections: Connections | None = None,
     ) -> None:
         self.inventory = inventory
         self.loaded = loaded
@@ -149,7 +150,8 @@ class Execution:
         self.target_tasks: set[asyncio.Task[Any]] = set()
         self.wakeup = asyncio.Event()
         self._commit_pending: asyncio.Future[None] | None = None
-        self.connections: Connections | None = None
+        # The session's (its plan's, left open), or made and closed by the run itself.
+        self.connections: Connections | None = connections
         # A step's own `serial`/`batch`: at most that many targets run it at once.
         self.step_limits: dict[str, asyncio.Semaphore] = {}
         for _, _, step in self.rb.all_steps():
@@ -261,7 +263,14 @@ class Execution:
                 max(0.0, self.options.deadline - time.time()), self._window_closed
             )
         say = lambda text: self.reporter.emit({"event": "message", "text": text})  # noqa: E731
-        self.connections = self.settings.connections(self.inventory, say)
+        owned = self.connections is None
+        if self.connections is None:
+            self.connections = self.settings.connections(self.inventory, say)
+        else:
+            # The plan's: its logins and SSH connections carry on, but the clusters' guests
+            # are asked again (the run acts on the world as it is now).
+            self.connections.forget_resources()
+            said, self.connections.say = self.connections.say, say
         try:
             await self._guarded(self._phases())
         finally:
@@ -269,7 +278,10 @@ class Execution:
                 closing.cancel()
             flusher.cancel()
             await asyncio.wait([flusher])  # ended, not left pending for the loop's shutdown
-            await self.connections.aclose()
+            if owned:
+                await self.connections.aclose()
+            else:
+                self.connections.say = said
 
     async def _commit(self) -> None:
         """Group commit: every step that starts in this turn of the loop shares one commit."""

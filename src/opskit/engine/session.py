@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import secrets as _random
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import __version__
+from ..clients.connections import Connections
 from ..errors import GateError, NothingToDo, StalePlanError, StepError, UsageError
 from ..model import ChangeKind, Inventory, Risk, Target
 from ..model.plan import Plan, PlannedStep
@@ -28,6 +30,9 @@ from ..workspace import LoadedRunbook, Workspace, resolve_params, targets_for
 from .executor import Execution, RunOptions, RunResult
 from .gates import Gatekeeper, ask_terminal
 from .locks import TargetLocks
+
+T = TypeVar("T")
+CLOSE_WAIT = 10.0  # seconds the connections may take to close at the command's end
 
 
 @dataclass
@@ -52,6 +57,57 @@ class Request:
     deadline: float | None = None  # epoch seconds: the window closes
 
 
+class Session:
+    """One command's event loop and connections: its plan (or a saved plan's check), its gates
+    and its execution share them, so a run logs in to each Proxmox cluster once and opens one
+    SSH connection per host. Closed together when the command ends, however it ends."""
+
+    def __init__(self, req: Request) -> None:
+        self.req = req
+        self._runner = asyncio.Runner()
+        self._connections: list[Connections] = []
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def connections(self, inventory: Inventory) -> Connections:
+        """The connections made for `inventory` (one inventory per command, but for a saved
+        plan's or a resumed run's own)."""
+        for made in self._connections:
+            if made.inventory is inventory:
+                return made
+        made = self.req.settings.connections(inventory)
+        self._connections.append(made)
+        return made
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the session's loop (where its connections live)."""
+        return self._runner.run(coro)
+
+    def close(self) -> None:
+        try:
+            for made in self._connections:
+                self._runner.run(_closed(made))
+        finally:
+            self._connections.clear()
+            self._runner.close()
+
+
+async def _closed(connections: Connections) -> None:
+    # Bounded: a host that stopped answering must not hold the command's end up.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(CLOSE_WAIT):
+            await connections.aclose()
+
+
+def _session(req: Request, session: Session | None) -> contextlib.AbstractContextManager[Session]:
+    """The caller's session, left open, or one of its own for this call alone."""
+    return contextlib.nullcontext(session) if session is not None else Session(req)
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + _random.token_hex(3)
 
@@ -69,7 +125,12 @@ def _relative(path: Path) -> Path:
 
 
 def make_plan(
-    req: Request, runbook: str, given: Mapping[str, Any], limit: str | None
+    req: Request,
+    runbook: str,
+    given: Mapping[str, Any],
+    limit: str | None,
+    *,
+    session: Session | None = None,
 ) -> tuple[LoadedRunbook, list[Target], Plan]:
     ws = req.workspace
     loaded = ws.load(runbook)
@@ -78,18 +139,20 @@ def make_plan(
     loaded.path = _relative(loaded.path)
     params = resolve_params(loaded.runbook, given)
     targets = targets_for(loaded, ws.inventory, limit)
-    plan = asyncio.run(
-        build_plan(
-            loaded,
-            _relative(ws.inventory_path),
-            params,
-            targets,
-            ws.catalog,
-            limit=limit,
-            settings=req.settings,
-            inventory=ws.inventory,
+    with _session(req, session) as s:
+        plan = s.run(
+            build_plan(
+                loaded,
+                _relative(ws.inventory_path),
+                params,
+                targets,
+                ws.catalog,
+                limit=limit,
+                settings=req.settings,
+                inventory=ws.inventory,
+                connections=s.connections(ws.inventory),
+            )
         )
-    )
     return loaded, targets, plan
 
 
@@ -113,7 +176,7 @@ def read_plan(path: Path) -> Plan:
 
 
 def check_saved_plan(
-    req: Request, plan: Plan, plan_file: str = "plan.json"
+    req: Request, plan: Plan, plan_file: str = "plan.json", *, session: Session | None = None
 ) -> tuple[LoadedRunbook, list[Target]]:
     """The plan is applied where it was made (a lab's plan in that lab), and its runbook,
     inventory and opskit are those of the plan, and every probe still agrees.
@@ -146,18 +209,20 @@ def check_saved_plan(
     targets = targets_for(loaded, ws.inventory, plan.limit)
     if [t.name for t in targets] != [t.target for t in plan.targets]:
         raise StalePlanError("stale plan: the runbook's targets are not those planned")
-    fresh = asyncio.run(
-        build_plan(
-            loaded,
-            Path(plan.inventory_file.path),
-            plan.params,
-            targets,
-            ws.catalog,
-            limit=plan.limit,
-            settings=req.settings,
-            inventory=ws.inventory,
+    with _session(req, session) as s:
+        fresh = s.run(
+            build_plan(
+                loaded,
+                Path(plan.inventory_file.path),
+                plan.params,
+                targets,
+                ws.catalog,
+                limit=plan.limit,
+                settings=req.settings,
+                inventory=ws.inventory,
+                connections=s.connections(ws.inventory),
+            )
         )
-    )
     differences = compare(plan, fresh)
     if differences:
         if _changes(fresh) == 0:
@@ -250,6 +315,7 @@ def execute(
     resume: Mapping[tuple[str, str], str] | None = None,
     resume_outputs: Mapping[tuple[str, str], dict[str, Any]] | None = None,
     resumed_from: str | None = None,
+    session: Session | None = None,
 ) -> RunResult:
     found = plan.blockers()
     if found:
@@ -268,6 +334,7 @@ def execute(
         run_id,
         say=lambda text: reporter.emit({"event": "message", "text": text}),
     )
+    inventory = inventory or req.workspace.inventory
     try:
         locks.acquire([t.name for t in targets], req.lock_wait)
         execution = Execution(
@@ -297,9 +364,12 @@ def execute(
                 scheduled=req.scheduled,
             ),
             settings=req.settings,
-            inventory=inventory or req.workspace.inventory,
+            inventory=inventory,
+            connections=session.connections(inventory) if session is not None else None,
         )
-        return asyncio.run(execution.run())
+        if session is None:
+            return asyncio.run(execution.run())
+        return session.run(execution.run())
     finally:
         locks.release()
         if req.reporter is None:
@@ -316,7 +386,9 @@ def _standing(approve: Approve | None) -> Callable[[PlannedStep], bool] | None:
     return lambda step: approves(approve, step)
 
 
-def resume(req: Request, run_id: str, force: bool = False) -> RunResult:
+def resume(
+    req: Request, run_id: str, force: bool = False, *, session: Session | None = None
+) -> RunResult:
     """Run again what a run left unfinished: steps that succeeded are skipped."""
     journal = req.journal or Journal.open_default(redact=redactor.redact)
     try:
@@ -344,10 +416,18 @@ def resume(req: Request, run_id: str, force: bool = False) -> RunResult:
     outputs = {(s.target, s.step_id): s.outputs or {} for s in steps if s.status in DONE}
     ws = replace(req.workspace, inventory_path=Path(row.inventory_path))
     req.workspace = ws
-    loaded, targets, plan = make_plan(req, str(path), row.params, row.limit)
-    return execute(
-        req, loaded, targets, plan, resume=status, resume_outputs=outputs, resumed_from=row.id
-    )
+    with _session(req, session) as s:
+        loaded, targets, plan = make_plan(req, str(path), row.params, row.limit, session=s)
+        return execute(
+            req,
+            loaded,
+            targets,
+            plan,
+            resume=status,
+            resume_outputs=outputs,
+            resumed_from=row.id,
+            session=s,
+        )
 
 
 def interactive() -> bool:

@@ -4,13 +4,7 @@ connection per host (counted in real sshd's own log), and a running step's outpu
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
@@ -31,7 +25,9 @@ steps:
   - id: note
     ssh.upload: {dest: "WORK/{{ target.name }}/note", content: "hello\\n", mode: "0640"}
   - id: once
-    ssh.run: {cmd: "echo x >> WORK/{{ target.name }}/log", unless: "test -s WORK/{{ target.name }}/log"}
+    ssh.run:
+      cmd: "echo x >> WORK/{{ target.name }}/log"
+      unless: "test -s WORK/{{ target.name }}/log"
   - id: risky
     ssh.run: {cmd: "touch WORK/{{ target.name }}/risky"}
     confirm: "Really?"

@@ -4,7 +4,13 @@ connection per host (counted in real sshd's own log), and a running step's outpu
 
 from __future__ import annotations
 
+import json
+import os
+import select
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +112,117 @@ def test_a_question_at_a_gate_keeps_the_connections(project, sshd):
     assert result.exit_code == 0, result
     assert len(asked) == len(HOSTS) and all("Really?" in q for q in asked)
     assert _logins_settled(sshd, len(HOSTS)) == dict.fromkeys(HOSTS, 1)
+
+
+# Prints a line every second until the test lets it end (WORK/go): it can only end once the
+# test has seen its lines, so they arrived while it ran.
+TICKS = """
+name: ticks
+targets: h0
+secrets:
+  token: env:OPSKIT_TEST_TICK_TOKEN
+steps:
+  - id: ticks
+    ssh.run:
+      cmd: >-
+        echo "token {{ secrets.token }}"; i=0;
+        while [ ! -e WORK/go ]; do i=$((i+1)); echo "tick $i"; echo "err $i" >&2; sleep 1; done;
+        echo finished
+      timeout: 2m
+      STDIN
+  - id: after
+    ssh.run: {cmd: "echo after"}
+"""
+TOKEN = "tick-token-8b1f4e"
+
+
+class Stream:
+    """`opskit run ... --json` as a child; its events as they arrive."""
+
+    def __init__(self, root: Path, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+        env["OPSKIT_TEST_TICK_TOKEN"] = TOKEN
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "opskit", *args],
+            cwd=root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.seen: list[dict] = []
+
+    def until(self, found, timeout: float = 60.0) -> dict:
+        """Read events until one satisfies `found` (the bound only ends a hung test)."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.seen:
+                if found(event):
+                    return event
+            left = deadline - time.monotonic()
+            assert left > 0, f"not seen; events: {self.seen}"
+            ready, _, _ = select.select([self.proc.stdout], [], [], left)
+            if ready:
+                line = self.proc.stdout.readline()
+                assert line, f"the stream ended first; events: {self.seen}"
+                self.seen.append(json.loads(line))
+
+    def finish(self) -> int:
+        out, err = self.proc.communicate(timeout=60)
+        self.seen += [json.loads(line) for line in out.splitlines()]
+        assert self.proc.returncode == 0, err.decode()
+        return self.proc.returncode
+
+
+def _texts(events: list[dict], step: str, stream: str = "stdout") -> list[str]:
+    return [
+        line["text"]
+        for e in events
+        if e["event"] == "output" and e["step"] == step
+        for line in e["lines"]
+        if line["stream"] == stream
+    ]
+
+
+@pytest.mark.parametrize("channel", ["persistent shell", "own channel"])
+def test_a_running_steps_lines_reach_the_stream_and_the_host_log_while_it_runs(
+    project, sshd, channel
+):
+    _cli_project(project, sshd)
+    stdin = 'stdin: "x\\n"' if channel == "own channel" else ""
+    project.runbook(TICKS.replace("STDIN", stdin))
+    state = project.root / "state"
+    stream = Stream(project.root, "run", "rb", "--yes", "--json")
+    try:
+        started = stream.until(lambda e: e["event"] == "run")
+        stream.until(lambda e: "tick 2" in _texts([e], "ticks"))
+        # Two ticks out, and the step has not ended: it cannot before WORK/go exists.
+        ends = [e for e in stream.seen if e["event"] == "step" and e["step"] == "ticks"]
+        assert [e["status"] for e in ends] == ["started"]
+        said = _texts(stream.seen, "ticks")
+        assert said[:3] == ["token ‹secret:token›", "tick 1", "tick 2"], said
+        assert "err 1" in _texts(stream.seen, "ticks", "stderr")
+        log = (state / "logs" / started["run_id"] / "h0.log").read_text()
+        assert "ticks: running\n-- stdout\ntoken ‹secret:token›\ntick 1\n" in log, log
+        assert "\ntick 2\n" in log, log
+        assert "-- stderr\nerr 1\n" in log and "token ‹secret:token›" in log
+        assert "ticks: succeeded" not in log
+        (project.work / "go").touch()
+        stream.finish()
+    finally:
+        if stream.proc.poll() is None:
+            stream.proc.kill()
+            stream.proc.wait()
+    events = stream.seen
+    kinds = [(e["event"], e.get("step"), e.get("status")) for e in events]
+    end = kinds.index(("step", "ticks", "succeeded"))
+    last_output = max(
+        i for i, e in enumerate(events) if e["event"] == "output" and e["step"] == "ticks"
+    )
+    assert last_output < end  # every line is out before the step's end event
+    assert _texts(events, "ticks")[-1] == "finished"
+    assert TOKEN not in json.dumps(events)
+    log = (state / "logs" / started["run_id"] / "h0.log").read_text()
+    assert TOKEN not in log and "finished\n== " in log and "ticks: succeeded" in log
+    assert log.count("tick 1\n") == 1  # streamed once, not again at the end

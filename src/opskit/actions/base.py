@@ -42,6 +42,9 @@ class ActionContext:
     log: Callable[[str], None] = field(default=lambda line: None)
     connections: Connections | None = None
     root: Path | None = None  # the project (runbooks/, deploy/): local paths are relative to it
+    # A running step's output, line by line: output(stream, line) for each line of each
+    # command that is not a probe (the live view, the --json stream, the per-host log).
+    output: Callable[[str, str], None] | None = None
 
     def _connections(self, what: str) -> Connections:
         if self.connections is None:
@@ -60,7 +63,10 @@ class ActionContext:
 
         connections = self._connections("the host over SSH")
         return HostShell(
-            connections.ssh(), Endpoint.of(self.target), connections.door(self.read_only)
+            connections.ssh(),
+            Endpoint.of(self.target),
+            connections.door(self.read_only),
+            output=self.output,
         )
 
     def hub(

@@ -32,6 +32,11 @@ log = logging.getLogger("opskit.ssh")
 
 OUTPUT_CAP = 1024 * 1024  # bytes of stdout and of stderr kept per command
 CONNECT_TIMEOUT = 30.0
+LINE_CAP = 64 * 1024  # bytes of one streamed line; a longer one is passed on in pieces
+
+# A command's output as it arrives, one line at a time: output(stream, line), stream being
+# "stdout" or "stderr", the line without its newline.
+Output = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,9 @@ class Shell:
         self.lock = asyncio.Lock()
         self.dead = False
 
-    async def run(self, command: str, timeout: float | None) -> CommandResult:
+    async def run(
+        self, command: str, timeout: float | None, output: Output | None = None
+    ) -> CommandResult:
         marker = "OPSKIT-" + secrets.token_hex(12)
         script = (
             f"( {command}\n) </dev/null; printf '\\n{marker} %d\\n' \"$?\";"
@@ -171,11 +178,15 @@ class Shell:
         self.process.stdin.write(script.encode())
         # asyncio.timeout, not wait_for: wait_for cancelled around a gather leaves the gather's
         # CancelledError unretrieved ("_GatheringFuture exception was never retrieved" at Ctrl-C).
+        lines = _Lines.pair(output)
         async with asyncio.timeout(timeout):
             (out, out_cut, rest), (err, err_cut, _) = await asyncio.gather(
-                _read_until(self.process.stdout, f"\n{marker} ".encode(), b"\n"),
-                _read_until(self.process.stderr, f"\n{marker}\n".encode(), b""),
+                _read_until(self.process.stdout, f"\n{marker} ".encode(), b"\n", lines[0]),
+                _read_until(self.process.stderr, f"\n{marker}\n".encode(), b"", lines[1]),
             )
+        for each in lines:
+            if each is not None:
+                each.end()
         return CommandResult(
             rc=int(rest.strip() or -1),
             stdout=out.decode("utf-8", "replace"),
@@ -189,11 +200,57 @@ class Shell:
         self.process.close()
 
 
+class _Lines:
+    """One stream of one command's output, cut into lines for an `Output` as it arrives."""
+
+    def __init__(self, output: Output, stream: str) -> None:
+        self.output, self.stream = output, stream
+        self.pending = b""
+        self.ended = False  # the pending line was passed on before its newline arrived
+
+    @classmethod
+    def pair(cls, output: Output | None) -> tuple[_Lines | None, _Lines | None]:
+        if output is None:
+            return None, None
+        return cls(output, "stdout"), cls(output, "stderr")
+
+    def feed(self, chunk: bytes) -> None:
+        if self.ended:
+            self.ended = False
+            chunk = chunk[1:] if chunk.startswith(b"\n") else chunk
+        self.pending += chunk
+        if b"\n" in chunk:
+            *lines, self.pending = self.pending.split(b"\n")
+            for line in lines:
+                self._say(line)
+        while len(self.pending) > LINE_CAP:
+            self._say(self.pending[:LINE_CAP])
+            self.pending = self.pending[LINE_CAP:]
+
+    def line_ends(self) -> None:
+        """What is pending is a whole line: a newline follows it, held back by the reader
+        because it may begin the end marker (it ends the line either way)."""
+        if self.pending:
+            self._say(self.pending)
+            self.pending = b""
+            self.ended = True
+
+    def end(self) -> None:
+        """The command ended: its last line, if it had no newline."""
+        if self.pending:
+            self._say(self.pending)
+            self.pending = b""
+
+    def _say(self, line: bytes) -> None:
+        self.output(self.stream, line.decode("utf-8", "replace").rstrip("\r"))
+
+
 async def _read_until(
-    stream: asyncssh.SSHReader[bytes], end: bytes, then: bytes
+    stream: asyncssh.SSHReader[bytes], end: bytes, then: bytes, lines: _Lines | None = None
 ) -> tuple[bytes, bool, bytes]:
     """(up to OUTPUT_CAP bytes before `end`, whether more was dropped, what follows `end` up to
-    and including `then`). Reads in chunks, so any amount of output passes through."""
+    and including `then`). Reads in chunks, so any amount of output passes through; `lines`
+    gets all of it as it arrives."""
     kept = bytearray()
     dropped = False
     pending = bytearray()
@@ -212,14 +269,32 @@ async def _read_until(
                 rest += more
             room = OUTPUT_CAP - len(kept)
             kept += body[:room]
+            if lines is not None and body:
+                lines.feed(bytes(body))
             return bytes(kept), dropped or len(body) > room, bytes(rest)
         # keep what could be the start of `end`; the rest is output
-        settled = len(pending) - len(end) + 1
+        held = _held(pending, end)
+        settled = len(pending) - held
         if settled > 0:
             room = OUTPUT_CAP - len(kept)
             kept += pending[: min(settled, max(room, 0))]
             dropped = dropped or settled > room
+            if lines is not None:
+                lines.feed(bytes(pending[:settled]))
             del pending[:settled]
+        if lines is not None and held:
+            lines.line_ends()  # `end` begins with a newline: what is before it is a line
+
+
+def _held(pending: bytearray, end: bytes) -> int:
+    """How many bytes at the end of `pending` may be the start of `end` (held back until more
+    arrive); everything before them is output."""
+    at = pending.find(end[:1], max(0, len(pending) - len(end) + 1))
+    while at >= 0:
+        if end.startswith(pending[at:]):
+            return len(pending) - at
+        at = pending.find(end[:1], at + 1)
+    return 0
 
 
 @dataclass
@@ -351,17 +426,18 @@ class SSHPool:
         timeout: float | None = None,
         stdin: str | bytes | None = None,
         pty: bool = False,
+        output: Output | None = None,
     ) -> CommandResult:
         """Run a shell command: through the host's persistent shell, or on a channel of its
-        own when it needs stdin or a terminal."""
+        own when it needs stdin or a terminal. `output` gets its lines as they arrive."""
         session = await self.session(endpoint)
         if stdin is not None or pty:
-            return await self._own_channel(session, command, timeout, stdin, pty)
+            return await self._own_channel(session, command, timeout, stdin, pty, output)
         async with session.lock:
             if session.shell is None or session.shell.dead:
                 session.shell = await self._open_shell(session)
             try:
-                return await session.shell.run(command, timeout)
+                return await session.shell.run(command, timeout, output)
             except TimeoutError:
                 session.shell.close()  # the next command gets a fresh shell
                 raise SSHError(
@@ -393,21 +469,21 @@ class SSHPool:
         timeout: float | None,
         stdin: str | bytes | None,
         pty: bool,
+        output: Output | None = None,
     ) -> CommandResult:
         import asyncssh
 
         started = time.monotonic()
         data = stdin.encode() if isinstance(stdin, str) else stdin
         self.channels_opened += 1
+        term_type = "xterm" if pty else None
         try:
             done = await asyncio.wait_for(
                 session.conn.run(
-                    command,
-                    input=data,
-                    encoding=None,
-                    check=False,
-                    term_type="xterm" if pty else None,
-                ),
+                    command, input=data, encoding=None, check=False, term_type=term_type
+                )
+                if output is None
+                else _streamed(session.conn, command, data, term_type, output),
                 timeout,
             )
         except TimeoutError:
@@ -437,12 +513,60 @@ class SSHPool:
         self.sessions.clear()
 
 
+async def _streamed(
+    conn: asyncssh.SSHClientConnection,
+    command: str,
+    data: bytes | None,
+    term_type: str | None,
+    output: Output,
+) -> asyncssh.SSHCompletedProcess:
+    """`conn.run` on a channel of its own, its output passed on line by line as it arrives."""
+    import asyncssh
+
+    process = await conn.create_process(command, encoding=None, term_type=term_type)
+    try:
+        if data:
+            process.stdin.write(data)
+        process.stdin.write_eof()
+        out_lines, err_lines = _Lines.pair(output)
+        assert out_lines is not None and err_lines is not None
+        out, err = await asyncio.gather(
+            _drained(process.stdout, out_lines), _drained(process.stderr, err_lines)
+        )
+        await process.wait_closed()
+    finally:
+        process.close()
+    return asyncssh.SSHCompletedProcess(
+        process.env,
+        process.command,
+        process.subsystem,
+        process.exit_status,
+        process.exit_signal,
+        process.returncode,
+        out,
+        err,
+    )
+
+
+async def _drained(stream: asyncssh.SSHReader[bytes], lines: _Lines) -> bytes:
+    kept = bytearray()
+    while chunk := await stream.read(65536):
+        lines.feed(chunk)
+        kept += chunk[: max(0, OUTPUT_CAP + 1 - len(kept))]  # one more: it was cut
+    lines.end()
+    return bytes(kept)
+
+
 class HostShell:
     """One target over SSH, as actions see it: every command and file passes the door first
-    (while planning it lets through only commands marked as probes, and no file)."""
+    (while planning it lets through only commands marked as probes, and no file). Given an
+    `output`, the lines of every command that is not a probe reach it as they arrive."""
 
-    def __init__(self, pool: SSHPool, endpoint: Endpoint, door: Door) -> None:
+    def __init__(
+        self, pool: SSHPool, endpoint: Endpoint, door: Door, output: Output | None = None
+    ) -> None:
         self.pool, self.endpoint, self.door = pool, endpoint, door
+        self.output = output
 
     @property
     def read_only(self) -> bool:
@@ -465,7 +589,14 @@ class HostShell:
         self.door.enter(
             Sent("ssh", "run", name, shown or command, reads=probe, read_only=self.read_only)
         )
-        result = await self.pool.run(self.endpoint, command, timeout=timeout, stdin=stdin, pty=pty)
+        result = await self.pool.run(
+            self.endpoint,
+            command,
+            timeout=timeout,
+            stdin=stdin,
+            pty=pty,
+            output=None if probe else self.output,
+        )
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "SSH %s: %s -> exit %d in %.2f s%s",

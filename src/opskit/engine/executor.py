@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import signal
 import time
@@ -43,6 +44,7 @@ from ..store import (
 )
 from ..workspace import LoadedRunbook, RenderedStep, base_context, render_step
 from .gates import Gatekeeper
+from .output import StepOutput
 
 MAX_RETRY_DELAY = 300.0
 JOURNAL_FLUSH = 0.5  # seconds a finished step's record may wait for a commit
@@ -127,6 +129,7 @@ class Execution:
         self.catalog = catalog
         self.journal = journal
         self.reporter = reporter
+        self.output = StepOutput(reporter, options.host_logs)  # what running steps print
         self.gates = gatekeeper
         self.options = options
         self.run_id = options.run_id
@@ -278,6 +281,7 @@ class Execution:
                 closing.cancel()
             flusher.cancel()
             await asyncio.wait([flusher])  # ended, not left pending for the loop's shutdown
+            self.output.close()
             if owned:
                 await self.connections.aclose()
             else:
@@ -684,23 +688,7 @@ class Execution:
 
     def _host_log(self, tr: TargetRun, step_id: str, status: str, outcome: Outcome) -> None:
         """The step's output in the target's own log, redacted like every other sink."""
-        streams: list[tuple[str, str]] = []
-        for name in ("stdout", "stderr"):
-            text = outcome.outputs.get(name)
-            if isinstance(text, str) and text:
-                streams.append((name, text))
-        if self.options.host_logs is None or not (streams or outcome.error):
-            return  # the journal has every step; this log is for what steps printed
-        from ..secrets import redactor
-
-        lines = [f"== {time.strftime('%H:%M:%S')} {step_id}: {status}: {outcome.summary}"]
-        for stream, text in streams:
-            lines += [f"-- {stream}", text.rstrip("\n")]
-        if outcome.error:
-            lines.append(f"-- error: {outcome.error}")
-        self.options.host_logs.mkdir(parents=True, exist_ok=True)
-        with open(self.options.host_logs / f"{tr.target.name}.log", "a", encoding="utf-8") as log:
-            log.write(redactor.redact("\n".join(lines)) + "\n")
+        self.output.finished(tr.target.name, step_id, status, outcome)
 
     @staticmethod
     async def _bounded(work: Awaitable[Outcome], seconds: float | None) -> Outcome:
@@ -725,6 +713,7 @@ class Execution:
             log=lambda line: self.reporter.emit({"event": "message", "text": f"{label}: {line}"}),
             connections=self.connections,
             root=self.settings.root,
+            output=functools.partial(self.output.line, tr.target.name, item.id),
         )
         task = asyncio.ensure_future(self._bounded(item.instance.apply(ctx), step.timeout))
         if section != "always":

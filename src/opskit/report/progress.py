@@ -185,6 +185,9 @@ class JsonReporter(Reporter):
         self.events.write(event)
 
 
+TAIL_LINES = 2  # lines of each running step's output the live view shows
+
+
 class LiveReporter(Reporter):
     """On a terminal: finished steps scroll by, a live footer shows what runs now."""
 
@@ -195,6 +198,7 @@ class LiveReporter(Reporter):
 
         self.console = Console(file=self.out, highlight=False)
         self.running: dict[tuple[str, str], float] = {}
+        self.tails: dict[tuple[str, str], list[str]] = {}  # a running step's last lines
         self.started = time.monotonic()
         self.live = Live(
             console=self.console, refresh_per_second=4, transient=True, get_renderable=self._footer
@@ -205,10 +209,11 @@ class LiveReporter(Reporter):
         from rich.text import Text
 
         now = time.monotonic()
-        lines = [
-            f"  {target}  {step}  {now - since:.0f}s"
-            for (target, step), since in list(self.running.items())[:12]
-        ]
+        width = max(20, self.console.width - 6)
+        lines = []
+        for (target, step), since in list(self.running.items())[:12]:
+            lines.append(f"  {target}  {step}  {now - since:.0f}s")
+            lines += [f"    {line[:width]}" for line in self.tails.get((target, step), ())]
         more = len(self.running) - 12
         if more > 0:
             lines.append(f"  ... and {more} more")
@@ -222,6 +227,12 @@ class LiveReporter(Reporter):
                 self.running[key] = time.monotonic()
             else:
                 self.running.pop(key, None)
+                self.tails.pop(key, None)
+        elif event["event"] == "output":
+            key = (event["target"], event["step"])
+            if key in self.running:
+                said = [redactor.redact(" ".join(line["text"].split())) for line in event["lines"]]
+                self.tails[key] = [*self.tails.get(key, []), *said][-TAIL_LINES:]
         super().emit(event)
 
     def show(self, event: dict[str, Any], line: str) -> None:

@@ -7,7 +7,6 @@ is a separate "host" to opskit. A throwaway host key, an authorized client key, 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -47,8 +46,13 @@ class Sshd:
         log: Path | None = None,
     ) -> None:
         self.root = root
-        # sshd's log (LogLevel VERBOSE), where `logins()` counts the SSH handshakes.
+        # sshd's logs (LogLevel VERBOSE), one per process (LOG.N), where `logins()` counts
+        # the SSH handshakes; with a log, each address gets an sshd process of its own, so
+        # that each handshake is known to be that address's (sshd logs the client's port,
+        # and one client port may serve connections to two loopback addresses at once).
         self.log = log
+        self.per_process = PER_PROCESS if log is None else 1
+        self.logs: dict[str, Path] = {}  # address -> its process's log
         self.addresses = addresses
         self.port = port or free_port(addresses[0])
         root.mkdir(parents=True, exist_ok=True)
@@ -74,8 +78,8 @@ class Sshd:
 
     def start(self) -> Sshd:
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation dir
-        for n in range(0, len(self.addresses), PER_PROCESS):
-            group = self.addresses[n : n + PER_PROCESS]
+        for n in range(0, len(self.addresses), self.per_process):
+            group = self.addresses[n : n + self.per_process]
             config = self.root / f"sshd_config.{n}"
             listen = "".join(f"ListenAddress {a}\n" for a in group)
             config.write_text(
@@ -89,7 +93,10 @@ class Sshd:
                 f"LogLevel {'ERROR' if self.log is None else 'VERBOSE'}\n"
                 "Subsystem sftp internal-sftp\nAcceptEnv LANG LC_*\n"
             )
-            logging = ["-e"] if self.log is None else ["-E", str(self.log)]
+            logging = ["-e"]
+            if self.log is not None:
+                self.logs[group[0]] = self.log.with_name(f"{self.log.name}.{n}")
+                logging = ["-E", str(self.logs[group[0]])]
             self.processes.append(
                 subprocess.Popen([SSHD, "-D", *logging, "-f", str(config)], stderr=subprocess.PIPE)
             )
@@ -109,22 +116,12 @@ class Sshd:
         return self
 
     def logins(self) -> dict[str, int]:
-        """SSH handshakes that ended logged in, per listen address, from sshd's log: each
-        `Accepted publickey ... port P` paired with the `Connection from ... port P on ADDR`
-        before it (the client's address is 127.0.0.1 for every loopback "host")."""
+        """SSH handshakes that ended logged in, per address, from its sshd's log."""
         assert self.log is not None, "start sshd with log= to count its logins"
-        on: dict[str, str] = {}  # client port -> the address it connected to
-        counts = dict.fromkeys(self.addresses, 0)
-        for line in self.log.read_text().splitlines():
-            found = re.search(r"Connection from \S+ port (\d+) on (\S+) port", line)
-            if found:
-                on[found.group(1)] = found.group(2)
-                continue
-            found = re.search(r"Accepted \S+ for \S+ from \S+ port (\d+)", line)
-            if found:
-                address = on[found.group(1)]
-                counts[address] = counts.get(address, 0) + 1
-        return counts
+        return {
+            address: log.read_text().count("Accepted publickey for ") if log.exists() else 0
+            for address, log in self.logs.items()
+        }
 
     def stop(self) -> None:
         for process in self.processes:

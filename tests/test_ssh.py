@@ -88,6 +88,57 @@ def test_a_command_past_its_timeout_ends_its_shell_which_is_reopened(sshd, tmp_p
     run(go())
 
 
+def test_output_is_passed_on_line_by_line_exactly(sshd, tmp_path):
+    """What `output` gets is the command's output cut at its newlines, whatever the chunks:
+    nothing of the end marker, an empty line kept, a last line without a newline passed on."""
+    commands = [
+        "echo one; echo two >&2; echo three",
+        "printf 'no newline'",
+        "printf 'a\\n\\nb\\n'",
+        "printf '\\n'",
+        "head -c 60000 /dev/zero | tr '\\0' x; echo; echo tail",  # a line in several packets
+        "for i in 1 2 3; do echo tick $i; sleep 0.2; done",
+    ]
+
+    async def go():
+        pool = pool_for(sshd, tmp_path)
+        host = ep(sshd, HOSTS[0])
+        try:
+            for stdin in (None, "x"):  # the persistent shell, a channel of its own
+                for command in commands:
+                    seen: list[tuple[str, str]] = []
+                    done = await pool.run(
+                        host, command, stdin=stdin, output=lambda *line, to=seen: to.append(line)
+                    )
+                    for stream, text in (("stdout", done.stdout), ("stderr", done.stderr)):
+                        lines = text.split("\n")
+                        if lines[-1] == "":
+                            lines.pop()
+                        said = [t for s, t in seen if s == stream]
+                        assert said == lines, (command, stdin)
+        finally:
+            await pool.aclose()
+
+    run(go())
+
+
+def test_a_connection_that_ended_is_opened_again(sshd, tmp_path):
+    async def go():
+        pool = pool_for(sshd, tmp_path)
+        host = ep(sshd, HOSTS[0])
+        try:
+            assert (await pool.run(host, "echo one")).stdout == "one\n"
+            first = (await pool.session(host)).conn
+            first.close()  # as a host that went away while a gate waited
+            await first.wait_closed()
+            assert (await pool.run(host, "echo two")).stdout == "two\n"
+            assert (await pool.session(host)).conn is not first
+        finally:
+            await pool.aclose()
+
+    run(go())
+
+
 def test_stdin_gets_its_own_channel(sshd, tmp_path):
     async def go():
         pool = pool_for(sshd, tmp_path)

@@ -334,8 +334,11 @@ class SSHPool:
 
     async def session(self, endpoint: Endpoint) -> Session:
         key = endpoint.key
-        if key in self.sessions:
-            return self.sessions[key]
+        found = self.sessions.get(key)
+        if found is not None and not found.conn.is_closed():
+            return found
+        # (A connection that ended, the host gone away since (a reboot, a network that dropped
+        # it while a gate waited), is opened again.)
         if key in self._opening:
             return await asyncio.shield(self._opening[key])
         future: asyncio.Future[Session] = asyncio.get_running_loop().create_future()

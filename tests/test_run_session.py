@@ -226,3 +226,26 @@ def test_a_running_steps_lines_reach_the_stream_and_the_host_log_while_it_runs(
     log = (state / "logs" / started["run_id"] / "h0.log").read_text()
     assert TOKEN not in log and "finished\n== " in log and "ticks: succeeded" in log
     assert log.count("tick 1\n") == 1  # streamed once, not again at the end
+
+
+def test_the_live_view_shows_each_running_steps_last_lines_redacted():
+    import io
+
+    from opskit.report.progress import TAIL_LINES, LiveReporter
+    from opskit.secrets import redactor
+
+    redactor.add("tok", "live-secret-77")
+    view = LiveReporter(out=io.StringIO())
+    try:
+        view.emit({"event": "step", "target": "h0", "step": "upgrade", "status": "started"})
+        lines = [{"stream": "stdout", "text": f"unpacking {n} live-secret-77"} for n in range(5)]
+        view.emit({"event": "output", "target": "h0", "step": "upgrade", "lines": lines})
+        footer = str(view._footer())
+        assert "h0  upgrade" in footer
+        shown = [line.strip() for line in footer.splitlines() if "unpacking" in line]
+        assert shown == [f"unpacking {n} ‹secret:tok›" for n in range(5)][-TAIL_LINES:]
+        end = {"event": "step", "target": "h0", "step": "upgrade", "status": "succeeded"}
+        view.emit({**end, "summary": "ok", "error": None, "duration": 1.0})
+        assert "unpacking" not in str(view._footer())
+    finally:
+        view.close()

@@ -267,9 +267,14 @@ def asyncssh_peer(lab: Lab, name: str, label: str, commands: list[str], runs: in
     return Peer(name, label, runs, lambda: (argv, {}, check, _nothing))
 
 
+GUARDED = "fanguard"  # the same, its first step guarded (`creates:`): the plan asks every host
+
+
 def write_opskit_project(lab: Lab) -> tuple[Path, Path]:
     project = lab.root / "opskit"
     runbooks = project / "runbooks"
+    if runbooks.is_dir():
+        return runbooks, project / "inventory.yaml"
     runbooks.mkdir(parents=True)
     inventory = project / "inventory.yaml"
     lines = ["# opskit fanout benchmark: loopback sshd hosts only", "version: 1", "hosts:"]
@@ -284,22 +289,25 @@ def write_opskit_project(lab: Lab) -> tuple[Path, Path]:
         f"  - id: c{i:02d}\n    ssh.run: {{cmd: {json.dumps(c)}}}"
         for i, c in enumerate(COMMANDS, 1)
     ]
-    runbooks.joinpath(f"{RUNBOOK}.yaml").write_text(
-        f"name: {RUNBOOK}\n"
-        f"description: {len(COMMANDS)} commands on every host (fanout benchmark)\n"
-        f"targets: all\nconcurrency: {CONCURRENCY}\nsteps:\n" + "\n".join(steps) + "\n",
-        encoding="utf-8",
-    )
+    for name in (RUNBOOK, GUARDED):
+        if name == GUARDED:  # a probe that asks the host: planning connects
+            steps[0] = steps[0].replace("}", ', creates: "/nonexistent-fanout"}', 1)
+        runbooks.joinpath(f"{name}.yaml").write_text(
+            f"name: {name}\n"
+            f"description: {len(COMMANDS)} commands on every host (fanout benchmark)\n"
+            f"targets: all\nconcurrency: {CONCURRENCY}\nsteps:\n" + "\n".join(steps) + "\n",
+            encoding="utf-8",
+        )
     return runbooks, inventory
 
 
-def opskit_args(runbooks: Path, inventory: Path) -> list[str]:
-    return ["--runbooks", str(runbooks), "--inventory", str(inventory), "run", RUNBOOK, "--yes"]
+def opskit_args(runbooks: Path, inventory: Path, runbook: str = RUNBOOK) -> list[str]:
+    return ["--runbooks", str(runbooks), "--inventory", str(inventory), "run", runbook, "--yes"]
 
 
-def opskit_peer(lab: Lab, runs: int) -> Peer:
+def opskit_peer(lab: Lab, runs: int, runbook: str = RUNBOOK) -> Peer:
     runbooks, inventory = write_opskit_project(lab)
-    argv = [*opskit_command(sys.executable), *opskit_args(runbooks, inventory)]
+    argv = [*opskit_command(sys.executable), *opskit_args(runbooks, inventory, runbook)]
     expected = len(lab.hosts) * len(COMMANDS)
 
     def start() -> RunSpec:
@@ -313,6 +321,9 @@ def opskit_peer(lab: Lab, runs: int) -> Peer:
 
         return argv, {"OPSKIT_STATE_DIR": str(state)}, check, lambda: shutil.rmtree(state)
 
+    if runbook == GUARDED:
+        label = "the same, step 1 guarded (creates:): the plan connects"
+        return Peer("opskit/guard", label, runs, start)
     return Peer("opskit", "opskit run fan --yes (journal on)", runs, start)
 
 
@@ -540,7 +551,7 @@ def profile_opskit(lab: Lab) -> Profile:
 
 def verdicts(by: dict[str, Peer]) -> list[dict[str, Any]]:
     opskit = by["opskit"].median
-    logins = by["opskit"].logins
+    logins = by["opskit"].logins + by["opskit/guard"].logins
     found: list[dict[str, Any]] = [
         {
             "name": f"opskit within {FLOOR_RATIO:g}x of the handshake floor",
@@ -549,7 +560,7 @@ def verdicts(by: dict[str, Peer]) -> list[dict[str, Any]]:
             "pass": opskit <= FLOOR_RATIO * by["floor"].median,
         },
         {
-            "name": "opskit: SSH logins per host in a run (sshd's log), every timed run",
+            "name": "opskit: SSH logins per host in a run (sshd's log), every timed run of both",
             "value": max((max(run) for run in logins), default=0),
             "target": "== 1",
             "pass": bool(logins) and all(list(run) == [1] for run in logins),
@@ -653,7 +664,7 @@ def bench_all(args: argparse.Namespace, lab: Lab) -> int:
         lab, "floor", "asyncssh: connect, run 1 command", [FLOOR_COMMAND], args.runs
     )
     opskit = opskit_peer(lab, args.runs)
-    peers = [floor, opskit]
+    peers = [floor, opskit, opskit_peer(lab, args.runs, GUARDED)]
     if not args.only_floor:
         peers += [
             asyncssh_peer(

@@ -1004,3 +1004,18 @@ def test_v_logs_each_proxmox_task(lab, capsys):
     assert re.search(r"opskit: Proxmox task UPID:pve1:\S+ on pve1: started", err), err
     assert re.search(r"opskit: Proxmox task UPID:pve1:\S+ on pve1: OK in [0-9.]+ s", err), err
     assert re.search(r"opskit: HTTP POST https://\S+/status/start -> 200 in \d+ ms", err), err
+
+
+def test_a_run_logs_in_to_proxmox_once_for_its_plan_and_its_steps(lab):
+    """`opskit run`'s session: the plan's ticket is the steps' (fakepve counts the logins)."""
+    lab.project(POWER, auth="ticket")
+    req = lab.request(yes=True)
+    with session.Session(req) as s:
+        loaded, targets, plan = session.make_plan(req, "rb", {}, None, session=s)
+        result = session.execute(req, loaded, targets, plan, session=s)
+    assert result.exit_code == 0 and lab.pve.vm(110).status == "running"
+    logins = [p for m, p, _ in lab.pve.requests if m == "POST" and p.endswith("/access/ticket")]
+    assert len(logins) == 1
+    # Its guests were listed again for the run (the world as it is then), not logged in again.
+    listed = [p for m, p, _ in lab.pve.requests if m == "GET" and p.endswith("/cluster/resources")]
+    assert len(listed) == 2

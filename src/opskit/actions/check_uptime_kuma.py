@@ -52,7 +52,7 @@ async def monitor_states(
     from ..clients.uptime_kuma import monitors_of
 
     async with await connections.uptime_kuma(read_only=True) as kuma:
-        mapped = monitors_of(target, kuma.monitors())
+        mapped = monitors_of(target, await kuma.with_status())
     return [
         _state(name, m)
         for name, watching in mapped.items()
@@ -87,7 +87,7 @@ class CheckUptimeKuma(Check[KumaCheckArgs]):
             return Outcome(ok=False, summary="no connections", error="no connections")
         if a.monitor is not None:
             async with await ctx.uptime_kuma() as kuma:
-                named = [m for m in kuma.monitors() if m.name == a.monitor]
+                named = [m for m in await kuma.with_status() if m.name == a.monitor]
             states = [_state(None, m) for m in named]
             if not states:
                 error = f"Uptime Kuma has no monitor named {a.monitor!r}"

@@ -45,6 +45,7 @@ READS = frozenset(
         "getMonitorMaintenance",
     }
 )
+LOGIN_WAIT = 5.0  # seconds before a login is sent once more
 # Heartbeat statuses (Uptime Kuma's src/util.js).
 DOWN, UP, PENDING, MAINTENANCE = 0, 1, 2, 3
 STATUS_NAMES = {DOWN: "down", UP: "up", PENDING: "pending", MAINTENANCE: "maintenance"}
@@ -122,6 +123,7 @@ class _Pushed:
     monitors: dict[int, dict[str, Any]] = field(default_factory=dict)
     windows: dict[int, dict[str, Any]] = field(default_factory=dict)
     beats: dict[int, dict[str, Any]] = field(default_factory=dict)
+    listed: set[int] = field(default_factory=set)  # monitors whose heartbeat list came
     seen: dict[str, asyncio.Event] = field(default_factory=dict)
 
     def event(self, name: str) -> asyncio.Event:
@@ -183,6 +185,8 @@ class UptimeKumaClient:
         async def on_info(data: dict[str, Any]) -> None:
             pushed.info = dict(data or {})
             pushed.event("info").set()
+            if pushed.info.get("version"):  # only after a login: the first hides it
+                pushed.event("version").set()
 
         async def on_monitor_list(data: dict[str, Any]) -> None:
             pushed.monitors = {int(k): dict(v) for k, v in (data or {}).items()}
@@ -204,6 +208,7 @@ class UptimeKumaClient:
         ) -> None:
             if beats:
                 pushed.beats[int(monitor_id)] = dict(beats[-1])
+            pushed.listed.add(int(monitor_id))
             pushed.event("heartbeatList").set()
 
         async def on_heartbeat(beat: dict[str, Any]) -> None:
@@ -233,6 +238,7 @@ class UptimeKumaClient:
         await self._wait("info", self.timeout)
         await self._log_in()
         await self._wait("monitorList", self.timeout)
+        await self._wait("version", self.timeout)
         log.info(
             "Uptime Kuma %s %s: logged in in %.0f ms",
             self.url,
@@ -288,7 +294,12 @@ class UptimeKumaClient:
         if not (login.username and login.password):
             raise UptimeKumaAuthError(f"Uptime Kuma at {self.url}: no username and password")
         data = {"username": login.username, "password": login.password, "token": login.totp or ""}
-        answer = await self.call("login", data, check=False, shown={"username": login.username})
+        shown = {"username": login.username}
+        try:
+            # 2.x registers its handlers after its first push: a login sent in between is lost
+            answer = await self.call("login", data, check=False, shown=shown, wait=LOGIN_WAIT)
+        except UptimeKumaUnreachable:
+            answer = await self.call("login", data, check=False, shown=shown)
         if answer.get("tokenRequired"):
             raise UptimeKumaAuthError(
                 f"Uptime Kuma at {self.url}: the login needs a 2FA code (uptime_kuma.totp)"
@@ -308,6 +319,7 @@ class UptimeKumaClient:
         *args: Any,
         check: bool = True,
         shown: Mapping[str, object] | None = None,
+        wait: float | None = None,
     ) -> dict[str, Any]:
         """Send `event` with `args` and return its answer; through the door first. `shown` is
         what observers see of the arguments (never a password)."""
@@ -331,11 +343,11 @@ class UptimeKumaClient:
         started = time.monotonic()
         try:
             answer = await self._sio.call(
-                event, args if len(args) != 1 else args[0], timeout=self.timeout
+                event, args if len(args) != 1 else args[0], timeout=wait or self.timeout
             )
         except socketio.exceptions.TimeoutError:
             raise UptimeKumaUnreachable(
-                f"Uptime Kuma at {self.url}: no answer to {event} within {self.timeout:g}s"
+                f"Uptime Kuma at {self.url}: no answer to {event} within {wait or self.timeout:g}s"
             ) from None
         except socketio.exceptions.SocketIOError as exc:
             raise UptimeKumaUnreachable(f"Uptime Kuma at {self.url}: {event}: {exc}") from None
@@ -367,6 +379,20 @@ class UptimeKumaClient:
                 monitor.message = str(beat.get("msg") or "")
             found.append(monitor)
         return found
+
+    async def with_status(self) -> list[Monitor]:
+        """Every monitor with its latest heartbeat: waits for the heartbeat lists the server
+        pushes after a login (1.23 sends them half a second after the rest)."""
+        pushed = self._pushed
+        deadline = time.monotonic() + self.timeout
+        while not set(pushed.monitors) <= pushed.listed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break  # a monitor without a list: its status stays unknown
+            pushed.event("heartbeatList").clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pushed.event("heartbeatList").wait(), left)
+        return self.monitors()
 
     async def monitor(self, monitor_id: int) -> Monitor:
         """One monitor as the server says now (`maintenance` turns true at once)."""

@@ -197,21 +197,41 @@ class KumaServer:
                 out.write(json.dumps(entry) + "\n")
 
     async def _after_login(self, sid: str) -> None:
-        st = self.state
-        await self.sio.emit("monitorList", st.monitor_list(), to=sid)
-        await self.sio.emit("info", self._info(), to=sid)
-        await self.sio.emit("maintenanceList", st.window_list(), to=sid)
+        """What the real server pushes after a login, in its order (2.x adds the monitor
+        types and remote browsers, and answers the login only after these)."""
+        st, emit = self.state, self.sio.emit
+        two = st.dialect == "2"
+        await emit("monitorList", st.monitor_list(), to=sid)
+        if two:
+            await emit("monitorTypeList", {}, to=sid)
+        await emit("maintenanceList", st.window_list(), to=sid)
+        await emit("info", self._info(logged_in=True), to=sid)
+        for name in ("notificationList", "proxyList", "dockerHostList", "apiKeyList"):
+            await emit(name, [], to=sid)
+        if two:
+            await emit("remoteBrowserList", [], to=sid)
+        await emit("statusPageList", {}, to=sid)
         for mid in sorted(st.monitors):
-            await self.sio.emit("heartbeatList", (mid, [st.beat(mid)], True), to=sid)
+            await emit("heartbeatList", (mid, [st.beat(mid)], True), to=sid)
 
-    def _info(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "latestVersion": self.version,
+    async def _logged_in(self, sid: str) -> None:
+        self._users[sid] = True
+        if self.state.dialect == "2":
+            await self._after_login(sid)
+        else:  # 1.23 answers first, then pushes
+            self.sio.start_background_task(self._after_login, sid)
+
+    def _info(self, logged_in: bool = False) -> dict[str, Any]:
+        info: dict[str, Any] = {
             "primaryBaseURL": None,
             "serverTimezone": "UTC",
             "serverTimezoneOffset": "+00:00",
         }
+        if logged_in:  # the first push, before a login, hides the version
+            info.update({"version": self.version, "latestVersion": None, "isContainer": False})
+            if self.state.dialect == "2":
+                info["dbType"] = "sqlite"
+        return info
 
     async def _monitors_changed(self, sid: str, changed: int | None, deleted: int | None) -> None:
         st = self.state
@@ -240,6 +260,8 @@ class KumaServer:
         async def connect(sid: str, environ: Any, auth: Any = None) -> None:
             self._users[sid] = False
             await sio.emit("info", self._info(), to=sid)
+            if st.dialect == "2":
+                await sio.emit("loginRequired", to=sid)
 
         async def disconnect(sid: str, *reason: Any) -> None:
             self._users.pop(sid, None)
@@ -274,18 +296,16 @@ class KumaServer:
                     "ok": False,
                     **self._msg("Incorrect username or password.", "authIncorrectCreds"),
                 }
-            self._users[sid] = True
             token = "kuma-jwt-" + _random.token_hex(12)
             st.tokens.add(token)
-            await self._after_login(sid)
+            await self._logged_in(sid)
             return {"ok": True, "token": token}
 
         @handler("loginByToken", login=False)
         async def login_by_token(sid: str, token: str) -> Any:
             if token not in st.tokens:
                 return {"ok": False, **self._msg("Invalid token.", "authInvalidToken")}
-            self._users[sid] = True
-            await self._after_login(sid)
+            await self._logged_in(sid)
             return {"ok": True}
 
         @handler("add")
@@ -360,7 +380,6 @@ class KumaServer:
             return {
                 "ok": True,
                 **self._msg("Added Successfully.", "successAdded"),
-                "msgi18n": True,
                 "maintenanceID": wid,
             }
 
@@ -371,7 +390,7 @@ class KumaServer:
             before = list(st.links.get(int(window_id), []))
             st.links[int(window_id)] = [int(m["id"]) for m in monitors]
             await self._beats(sid, sorted(set(before) | set(st.links[int(window_id)])))
-            return {"ok": True, **self._msg("Added Successfully.", "successAdded"), "msgi18n": True}
+            return {"ok": True, **self._msg("Added Successfully.", "successAdded")}
 
         @handler("getMaintenance")
         async def get_maintenance(sid: str, window_id: int) -> Any:

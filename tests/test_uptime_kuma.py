@@ -1,0 +1,320 @@
+"""Uptime Kuma: the client against the lab's stand-in in both dialects, held to transcripts of the
+real 1.23.17 and 2.0.2; uptime_kuma.maintenance through whole runs (success, failure, SIGKILL
+then resume or the next run, a dry run) and check.uptime_kuma."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fakes
+import kuma_lab
+from kuma_transcript import flow, recording_factory
+from opskit.clients.connections import Door, Sent
+from opskit.clients.uptime_kuma import KumaLogin, UptimeKumaClient
+from opskit.errors import ReadOnlyRefused, UptimeKumaAuthError
+from opskit.lab.uptime_kuma import MUTATING
+
+TESTS = Path(__file__).resolve().parent
+DATA = TESTS / "data" / "uptime_kuma"
+REAL = {"1": "1.23.17", "2": "2.0.2"}
+
+
+@pytest.fixture(params=["1", "2"], ids=["kuma-1.23", "kuma-2.x"])
+def kuma(request: pytest.FixtureRequest) -> Any:
+    with kuma_lab.StandIn(request.param) as stand_in:
+        yield stand_in
+
+
+# --- the stand-in says what the real server said --------------------------------------------
+
+
+def _events(transcript: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(event, answer) of each event the client sent, in order."""
+    return [(e["answer"], e["data"]) for e in transcript if "answer" in e]
+
+
+def _keys(value: Any) -> set[str]:
+    return set(value) if isinstance(value, dict) else set()
+
+
+@pytest.mark.parametrize("dialect", ["1", "2"])
+def test_the_stand_in_answers_the_flow_as_the_real_server_did(dialect: str) -> None:
+    real = json.loads((DATA / f"{REAL[dialect]}.json").read_text())
+    transcript: list[dict[str, Any]] = []
+    with kuma_lab.StandIn(dialect, monitors=[]) as stand_in:
+        seen = asyncio.run(flow(stand_in.url, transcript))
+    # what opskit's client saw: the same on both
+    assert seen["major"] == int(dialect) == real["seen"]["major"]
+    assert {k: v for k, v in seen.items() if k != "version"} == {
+        k: v for k, v in real["seen"].items() if k != "version"
+    }
+    # each event answered alike: ok, the answer's keys; a monitor or window shows no field the
+    # real one lacks
+    ours, theirs = _events(transcript), _events(real["transcript"])
+    assert [e for e, _ in ours] == [e for e, _ in theirs]
+    for (event, mine), (_, real_answer) in zip(ours, theirs, strict=True):
+        assert mine.get("ok") == real_answer.get("ok"), event
+        assert _keys(mine) == _keys(real_answer), event
+        for nested in ("monitor", "maintenance"):
+            if nested in real_answer:
+                assert _keys(mine[nested]) <= _keys(real_answer[nested]), (event, nested)
+                for field in ("active", "status", "maintenance", "strategy", "title", "id"):
+                    if field in real_answer[nested]:
+                        assert mine[nested][field] == real_answer[nested][field], (event, field)
+    # the pushes: the first `info` hides the version, the one after the login has it; 2.x
+    # updates the monitor list piece by piece, 1.23 sends it whole
+    pushes = [e for e in transcript if "push" in e]
+    real_pushes = [e for e in real["transcript"] if "push" in e]
+    for p in (pushes, real_pushes):
+        assert p[0]["push"] == "info" and "version" not in p[0]["args"][0]
+        assert any(e["push"] == "info" and "version" in e["args"][0] for e in p)
+    kinds = {e["push"] for e in pushes}
+    # the lists the client keeps: pushed by both (heartbeats come on the real one's schedule)
+    kept = {"info", "monitorList", "maintenanceList", "updateMonitorIntoList"}
+    assert kinds & kept == {e["push"] for e in real_pushes} & kept
+    incremental = {"updateMonitorIntoList", "deleteMonitorFromList"}
+    assert (
+        bool(incremental & kinds)
+        == (dialect == "2")
+        == bool(incremental & {e["push"] for e in real_pushes})
+    )
+
+
+def test_the_client_passes_the_door_and_refuses_changes_while_planning(kuma: Any) -> None:
+    sent: list[Sent] = []
+
+    async def go() -> None:
+        login = KumaLogin(kuma_lab.USER, kuma_lab.PASSWORD)
+        async with UptimeKumaClient(kuma.url, login, Door(True, sent.append)) as client:
+            assert {m.name for m in client.monitors()} == {m["name"] for m in kuma_lab.MONITORS}
+            assert all(m.status_name == "up" for m in await client.with_status())
+            with pytest.raises(ReadOnlyRefused, match="Uptime Kuma's addMaintenance"):
+                await client.add_window("nope")
+            assert await client.windows() == []
+
+    asyncio.run(go())
+    assert kuma.mutating() == []
+    assert [s.method for s in sent if s.refused] == ["addMaintenance"]
+    assert all(kuma_lab.PASSWORD not in json.dumps(s.params) for s in sent)
+    # the stand-in's own log keeps no password either
+    assert kuma_lab.PASSWORD not in json.dumps(kuma.server.log)
+
+
+def test_a_wrong_password_is_one_clear_error(kuma: Any) -> None:
+    async def go() -> None:
+        async with UptimeKumaClient(kuma.url, KumaLogin(kuma_lab.USER, "wrong"), Door(False)):
+            pass
+
+    with pytest.raises(UptimeKumaAuthError, match=f"login as {kuma_lab.USER} refused"):
+        asyncio.run(go())
+
+
+def test_recording_factory_records_what_is_sent(kuma: Any) -> None:
+    transcript: list[dict[str, Any]] = []
+
+    async def go() -> None:
+        login = KumaLogin(kuma_lab.USER, kuma_lab.PASSWORD)
+        async with UptimeKumaClient(
+            kuma.url, login, Door(False), factory=recording_factory(transcript)
+        ) as client:
+            await client.monitor(1)
+
+    asyncio.run(go())
+    assert [e.get("emit") for e in transcript if "emit" in e] == ["login", "getMonitor"]
+    assert kuma_lab.PASSWORD not in json.dumps(transcript)
+
+
+# --- uptime_kuma.maintenance in whole runs -------------------------------------------------
+
+PATCH = """
+name: patch
+targets: [docker, ai]
+steps:
+  - id: quiet
+    uptime_kuma.maintenance: {}
+    register: window
+  - id: seen
+    test.kuma_seen: {}
+  - id: work
+    test.resource: {name: work, sleep: SLEEP}
+"""
+
+
+class KumaEnv:
+    def __init__(self, project: Any, opskit: Any, tmp_path: Path, kuma: Any) -> None:
+        self.project, self.opskit, self.kuma = project, opskit, kuma
+        self.world = fakes.World(tmp_path / "world.json")
+        self.seen_file = tmp_path / "seen.json"
+        inventory = project.root / "inventory" / "homelab.yaml"
+        inventory.write_text(inventory.read_text() + kuma_lab.inventory_block(kuma.url))
+
+    def run(self, *args: str) -> Any:
+        return self.opskit(*args, cwd=self.project.root)
+
+    def seen(self) -> dict[str, list[str]]:
+        return json.loads(self.seen_file.read_text()) if self.seen_file.exists() else {}
+
+    def spawn(self, *args: str) -> subprocess.Popen[str]:
+        code = (
+            f"import sys; sys.path.insert(0, {str(TESTS)!r}); import fakes, kuma_lab;"
+            " fakes.install(); kuma_lab.install(); from opskit.cli import main; main()"
+        )
+        return subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            cwd=self.project.root,
+            env=os.environ.copy(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def linked_last(self) -> set[str]:
+        """The monitors the last addMonitorMaintenance linked."""
+        links = [e for e in self.kuma.server.log if e["event"] == "addMonitorMaintenance"]
+        return self.kuma.names([m["id"] for m in links[-1]["args"][1]])
+
+
+@pytest.fixture
+def env(project: Any, opskit: Any, tmp_path: Path, kuma: Any, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(fakes.WORLD_ENV, str(tmp_path / "world.json"))
+    monkeypatch.setenv(kuma_lab.SEEN_ENV, str(tmp_path / "seen.json"))
+    monkeypatch.setenv("KUMA_TEST_PASSWORD", kuma_lab.PASSWORD)
+    monkeypatch.delenv("CI", raising=False)
+    fakes.install()
+    kuma_lab.install()
+    yield KumaEnv(project, opskit, tmp_path, kuma)
+    kuma_lab.uninstall()
+    fakes.uninstall()
+
+
+def _closed(env: KumaEnv) -> None:
+    assert env.kuma.windows() == {}
+    assert env.kuma.under_maintenance() == set()
+    state = Path(os.environ["OPSKIT_STATE_DIR"])
+    assert not list((state / "cleanups").glob("*.json"))  # nothing left held
+
+
+def test_a_dry_run_sends_no_mutating_event(env: KumaEnv) -> None:
+    env.project.runbook("patch", PATCH.replace("SLEEP", "0"))
+    result = env.run("run", "patch", "--dry-run")
+    assert result.code == 0, result.err
+    assert "maintenance window for the run over traefik, Status page" in result.out
+    assert "AI livez" in result.out
+    logged = [e["event"] for e in env.kuma.server.log]
+    assert "login" in logged and "getMonitor" not in logged
+    assert not set(logged) & MUTATING
+    assert kuma_lab.PASSWORD not in result.out + result.err
+
+
+def test_a_run_opens_one_window_for_exactly_the_patched_monitors_then_closes_it(
+    env: KumaEnv,
+) -> None:
+    env.project.runbook("patch", PATCH.replace("SLEEP", "0"))
+    result = env.run("run", "patch", "--yes")
+    assert result.code == 0, result.out + result.err
+    assert env.kuma.mutating().count("addMaintenance") == 1  # one window for both targets
+    assert env.linked_last() == kuma_lab.PATCHED
+    seen = env.seen()
+    # while it was open, getMonitor said `maintenance: true` of the target's own monitors,
+    # and never of a monitor the run did not patch
+    assert {"traefik", "Status page"} <= set(seen["docker"]) <= kuma_lab.PATCHED
+    assert {"AI livez"} <= set(seen["ai"]) <= kuma_lab.PATCHED
+    adds = [e for e in env.kuma.server.log if e["event"] == "addMaintenance"]
+    assert adds[0]["args"][0]["strategy"] == "manual"
+    assert adds[0]["args"][0]["title"].startswith("opskit: patch, run ")
+    assert "closed (the run ended)" in result.out + result.err
+    assert env.kuma.mutating()[-1] == "deleteMaintenance"
+    _closed(env)
+    assert kuma_lab.PASSWORD not in result.out + result.err
+
+
+def test_a_failed_run_closes_its_window(env: KumaEnv) -> None:
+    env.project.runbook("patch", PATCH.replace("SLEEP", "0"))
+    env.world.fail("ai/work", 1)
+    result = env.run("run", "patch", "--yes")
+    assert result.code == 1
+    assert "addMaintenance" in env.kuma.mutating()
+    _closed(env)
+
+
+def _wait_for(predicate: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def test_sigterm_closes_the_window(env: KumaEnv) -> None:
+    env.project.runbook("patch", PATCH.replace("SLEEP", "30"))
+    proc = env.spawn("run", "patch", "--yes", "--grace", "0.1")
+    _wait_for(lambda: {"docker/work", "ai/work"} <= set(env.world.calls("apply")))
+    assert env.kuma.under_maintenance() == kuma_lab.PATCHED
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out + err
+    _closed(env)
+
+
+@pytest.mark.parametrize("then", ["resume", "next run"])
+def test_a_window_left_by_sigkill_is_closed_by_resume_or_the_next_run(
+    env: KumaEnv, then: str
+) -> None:
+    env.project.runbook("patch", PATCH.replace("SLEEP", "30"))
+    proc = env.spawn("run", "patch", "--yes")
+    _wait_for(lambda: {"docker/work", "ai/work"} <= set(env.world.calls("apply")))
+    proc.kill()
+    proc.communicate(timeout=30)
+    # left open: exactly the patched targets' monitors are still under maintenance
+    assert len(env.kuma.windows()) == 1
+    assert env.kuma.under_maintenance() == kuma_lab.PATCHED
+    before = len(env.kuma.mutating())
+    if then == "resume":
+        env.project.runbook("patch", PATCH.replace("SLEEP", "0"))
+        run_id = json.loads(env.run("history", "--json").out)[0]["id"]
+        result = env.run("resume", run_id, "--force", "--yes")
+        assert result.code == 0, result.out + result.err
+        # the resumed steps ran in the window it took over: no second window
+        assert "addMaintenance" not in env.kuma.mutating()[before:]
+    else:
+        env.project.runbook(
+            "other",
+            "name: other\ntargets: [dev]\nsteps:\n  - id: x\n    test.resource: {name: x}\n",
+        )
+        result = env.run("run", "other", "--yes")
+        assert result.code == 0, result.out + result.err
+        assert "left open by run" in result.out + result.err
+    _closed(env)
+
+
+# --- check.uptime_kuma --------------------------------------------------------------------
+
+CHECK = """
+name: watched
+targets: [docker]
+steps:
+  - id: up
+    check.uptime_kuma: {}
+    register: kuma
+"""
+
+
+def test_check_uptime_kuma_passes_when_up_and_fails_when_down(env: KumaEnv) -> None:
+    env.project.runbook("watched", CHECK)
+    result = env.run("run", "watched", "--yes")
+    assert result.code == 0, result.out + result.err
+    assert "traefik up" in result.out
+    env.kuma.state.status[1] = 0  # traefik's monitor says down
+    result = env.run("run", "watched", "--yes")
+    assert result.code == 1
+    assert "monitor traefik is down" in result.out + result.err

@@ -318,3 +318,69 @@ def test_check_uptime_kuma_passes_when_up_and_fails_when_down(env: KumaEnv) -> N
     result = env.run("run", "watched", "--yes")
     assert result.code == 1
     assert "monitor traefik is down" in result.out + result.err
+
+
+# --- push heartbeats: through the door, to a loopback receiver, no secret ---------------------
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed"])
+def test_a_heartbeat_reaches_a_loopback_receiver_through_the_door(
+    status: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import http.server
+    import logging
+    import threading
+    from urllib.parse import parse_qs, urlsplit
+
+    from opskit.clients.connections import Transports
+    from opskit.model.schedule import Notify
+    from opskit.notify import Notice, send
+
+    got: list[str] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            got.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "11")
+            self.end_headers()
+            self.wfile.write(b'{"ok":true}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    token = "pushTokenXy42"
+    monkeypatch.setenv(
+        "KUMA_PUSH", f"http://127.0.0.1:{server.server_port}/api/push/{token}?status=up&msg=OK"
+    )
+    sent: list[Sent] = []
+    warnings: list[str] = []
+    error = "boom: it broke\nsecond line" if status == "failed" else None
+    notice = Notice(runbook="health", status=status, run_id="r1", first_error=error)
+    caplog.set_level(logging.DEBUG, logger="opskit")
+    try:
+        reached = send(
+            notice,
+            Notify(heartbeat="env:KUMA_PUSH"),
+            warnings.append,
+            Transports(observe=sent.append),
+        )
+    finally:
+        server.shutdown()
+    assert reached == ["notify.heartbeat"] and warnings == []
+    (path,) = got
+    query = parse_qs(urlsplit(path).query, keep_blank_values=True)
+    if status == "succeeded":
+        assert query["status"] == ["up"] and query["msg"] == ["succeeded r1"]
+    else:
+        assert query["status"] == ["down"] and query["msg"] == ["failed r1: boom: it broke"]
+    # through the one door: the observer saw it, without the push token; the -v log lines
+    # pass the one redactor (logs.py), which knows the token's path as a secret
+    from opskit.secrets import redactor
+
+    (beat,) = sent
+    assert (beat.client, beat.method, beat.reads) == ("heartbeat", "GET", True)
+    assert token not in beat.what and token not in json.dumps(dict(beat.params))
+    assert "/api/push/" in caplog.text and token not in redactor.redact(caplog.text)

@@ -176,6 +176,13 @@ class UptimeKumaClient:
         return int(head) if head.isdigit() else 1
 
     async def connect(self) -> None:
+        try:
+            await self._connect()
+        except BaseException:
+            await self.aclose()  # a refused login leaves no socket open
+            raise
+
+    async def _connect(self) -> None:
         import socketio
 
         sio = self._factory() if self._factory else self._new_client(socketio)

@@ -384,3 +384,27 @@ def test_a_heartbeat_reaches_a_loopback_receiver_through_the_door(
     assert (beat.client, beat.method, beat.reads) == ("heartbeat", "GET", True)
     assert token not in beat.what and token not in json.dumps(dict(beat.params))
     assert "/api/push/" in caplog.text and token not in redactor.redact(caplog.text)
+
+
+# --- inventory sync --uptime-kuma ---------------------------------------------------------
+
+
+def test_inventory_sync_maps_monitors_and_reports_what_nothing_watches(env: KumaEnv) -> None:
+    args = ("inventory", "sync", "--uptime-kuma", "--no-proxmox", "--no-tailscale")
+    result = env.run(*args)
+    assert result.code == 0, result.out + result.err
+    out = result.out
+    assert "docker/uptime-kuma: monitor 'Status page'" in out
+    assert "ai/proxmoxmcp: monitor 'AI livez'" in out
+    assert "media/beszel-agent: monitor 'media agent'" in out
+    assert "docker/traefik" not in out.split("services no monitor watches")[0]  # by its name
+    assert "services no monitor watches: " in out and "homeassistant/beszel-agent" in out
+    assert "monitors that watch nothing in the inventory: router" in out
+    from opskit.loader import load_inventory
+
+    inv, _ = load_inventory(env.project.root / "inventory" / "homelab.yaml")
+    docker = inv.by_name()["docker"]
+    assert docker.services["uptime-kuma"].monitor == "Status page"
+    assert docker.services["traefik"].monitor is None
+    assert "already in sync" in env.run(*args).out
+    assert env.kuma.mutating() == []

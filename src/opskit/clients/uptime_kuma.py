@@ -70,6 +70,7 @@ class Monitor:
     type: str
     url: str | None
     hostname: str | None
+    port: int | None
     active: bool
     maintenance: bool
     status: int | None = None  # the latest heartbeat's, None before the first
@@ -87,6 +88,7 @@ class Monitor:
             type=str(data.get("type") or ""),
             url=data.get("url") or None,
             hostname=data.get("hostname") or None,
+            port=int(data["port"]) if str(data.get("port") or "").isdigit() else None,
             active=bool(data.get("active", True)),
             maintenance=bool(data.get("maintenance", False)),
         )
@@ -515,8 +517,11 @@ def watches(
         return True
     if service.url and monitor.url and monitor.url.rstrip("/") == service.url.rstrip("/"):
         return True
-    target = _host_port(monitor.url) or (
-        ((monitor.hostname or "").lower(), None) if monitor.hostname else None
+    # an http monitor has its URL; a port, ping or DNS monitor its hostname (and port)
+    target = (
+        ((monitor.hostname or "").lower(), monitor.port)
+        if monitor.hostname
+        else _host_port(monitor.url if monitor.url != "https://" else None)
     )
     if target is None or not target[0]:
         return False

@@ -123,5 +123,14 @@ def uninstall() -> None:
     actions.unregister(Seen.name)
 
 
-def inventory_block(url: str) -> str:
-    return f"\nuptime_kuma:\n  url: {url}\n  username: {USER}\n  password: env:KUMA_TEST_PASSWORD\n"
+SHIPPED = (
+    "uptime_kuma:\n  url: https://uptime.tail0000.ts.net\n  username: admin\n"
+    "  password: env:UPTIME_KUMA_PASSWORD\n"
+)
+
+
+def point_at(inventory_text: str, url: str) -> str:
+    """The shipped inventory's `uptime_kuma:` pointed at the stand-in."""
+    assert SHIPPED in inventory_text
+    ours = f"uptime_kuma:\n  url: {url}\n  username: {USER}\n  password: env:KUMA_TEST_PASSWORD\n"
+    return inventory_text.replace(SHIPPED, ours)

@@ -156,7 +156,7 @@ class KumaEnv:
         self.world = fakes.World(tmp_path / "world.json")
         self.seen_file = tmp_path / "seen.json"
         inventory = project.root / "inventory" / "homelab.yaml"
-        inventory.write_text(inventory.read_text() + kuma_lab.inventory_block(kuma.url))
+        inventory.write_text(kuma_lab.point_at(inventory.read_text(), kuma.url))
 
     def run(self, *args: str) -> Any:
         return self.opskit(*args, cwd=self.project.root)
@@ -191,11 +191,14 @@ def env(project: Any, opskit: Any, tmp_path: Path, kuma: Any, monkeypatch: pytes
     monkeypatch.setenv(kuma_lab.SEEN_ENV, str(tmp_path / "seen.json"))
     monkeypatch.setenv("KUMA_TEST_PASSWORD", kuma_lab.PASSWORD)
     monkeypatch.delenv("CI", raising=False)
+    made = KumaEnv(project, opskit, tmp_path, kuma)
     fakes.install()
     kuma_lab.install()
-    yield KumaEnv(project, opskit, tmp_path, kuma)
-    kuma_lab.uninstall()
-    fakes.uninstall()
+    try:
+        yield made
+    finally:
+        kuma_lab.uninstall()
+        fakes.uninstall()
 
 
 def _closed(env: KumaEnv) -> None:

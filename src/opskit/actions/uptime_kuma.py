@@ -10,7 +10,6 @@ by the next run (at its start).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -22,6 +21,8 @@ from ..model import Change, ChangeKind, Outcome, Risk
 from .base import Action, ActionArgs, ActionContext
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ..clients.connections import Connections
     from ..clients.uptime_kuma import Monitor, UptimeKumaClient
 
@@ -50,7 +51,13 @@ class _RunWindow:
     id: int | None = None
     title: str = ""
     monitors: set[int] = field(default_factory=set)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    lock: asyncio.Lock = field(default_factory=lambda: _lock())
+
+
+def _lock() -> asyncio.Lock:
+    import asyncio  # here: `opskit explain` imports every kind's module, and no event loop
+
+    return asyncio.Lock()
 
 
 class Maintenance(Action[MaintenanceArgs]):

@@ -65,6 +65,7 @@ ENV_SECRETS = {  # environment variable -> secret file: what a --lab run exports
     "BESZEL_HUB_PASSWORD": "hub-password",
     "BESZEL_HUB_KEY": "hub-key.pub",
     "BESZEL_AGENT_TOKEN": "agent-token",
+    "UPTIME_KUMA_PASSWORD": "uptime-kuma-password",
 }
 
 
@@ -285,6 +286,7 @@ class Lab:
             "hub-password",
             "user-password",
             "agent-token",
+            "uptime-kuma-password",
         ):
             self._write_secret(name, secrets.token_hex(20))
         self._write_secret("hub-email", "opskit@lab.invalid")
@@ -359,7 +361,7 @@ class Lab:
         target.write_text(text if text.startswith("#!") else "#!/usr/bin/python3\n" + text)
         os.chmod(target, 0o755)
         self._apt_host(state, host, upper)
-        self._stand_in_units(host, upper)
+        self._stand_in_units(state, host, upper)
         (base / "boot.sh").write_text(self._boot_script(host))
 
     def _apt_host(self, state: LabState, host: LabHost, upper: Path) -> None:
@@ -399,10 +401,20 @@ class Lab:
                     found.append((name, port))
         return found
 
-    def _stand_in_units(self, host: LabHost, upper: Path) -> None:
+    def _stand_in_units(self, state: LabState, host: LabHost, upper: Path) -> None:
         """Each stand-in as a unit of its host, enabled: it stops and boots with the host."""
         for name, port in self._stand_ins(host):
             unit = f"opskit-lab-{name}.service"
+            extra: list[str] = []
+            if name == "uptime-kuma":
+                from .uptime_kuma import lab_files
+
+                extra = lab_files(
+                    self.inventory,
+                    {h.name: h.address for h in state.hosts},
+                    self.secret("uptime-kuma-password").read_text().strip(),
+                    lambda rel: upper_path(upper, rel),
+                )
             command = shlex.join(
                 [
                     sys.executable,
@@ -413,6 +425,7 @@ class Lab:
                     host.address,
                     "--port",
                     str(port),
+                    *extra,
                 ]
             )
             upper_path(upper, f"etc/systemd/system/{unit}").write_text(
@@ -636,7 +649,19 @@ class Lab:
                 "ca_bundle": "/etc/ssl/certs/ca-certificates.crt",
             },
             mark={"name": network.prefix().removesuffix("-"), "netns": controller_ns()},
+            uptime_kuma=self._kuma_site(state),
         )
+
+    def _kuma_site(self, state: LabState) -> dict[str, str] | None:
+        """The lab's Uptime Kuma, as the lab's inventory names it (the stand-in)."""
+        site = next((s for s in state.services if s.name == "uptime-kuma"), None)
+        if site is None:
+            return None
+        return {
+            "url": f"http://{site.address}:{site.port}",
+            "username": "admin",
+            "password": f"file:{self.secret('uptime-kuma-password')}",
+        }
 
     def _wait(self, state: LabState, say: Say, timeout: float = 30.0) -> None:
         endpoints = self.endpoints(state)

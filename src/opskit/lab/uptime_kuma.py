@@ -472,7 +472,7 @@ def main(
 ) -> None:
     import asyncio
 
-    state = KumaState(dialect=dialect)
+    state = KumaState(dialect=dialect, username="admin")
     if password_file is not None:
         state.password = password_file.read_text().strip()
     if seed_file is not None and seed_file.exists():
@@ -485,3 +485,61 @@ def main(
         await asyncio.Event().wait()
 
     asyncio.run(forever())
+
+
+DIALECT_ENV = "OPSKIT_LAB_KUMA"  # 1.23 or 2 (the default): which server the lab stands in for
+SEED = "etc/opskit-lab/uptime-kuma-monitors.json"  # in the host's layers
+LOG = "var/log/opskit-lab-uptime-kuma.jsonl"  # every event received, a JSON line each
+
+
+def lab_monitors(inventory: Any, addresses: dict[str, str]) -> list[dict[str, Any]]:
+    """One monitor per service the inventory checks, named `HOST SERVICE` and reaching the
+    service's lab address and port, as a homelab's Uptime Kuma watches them."""
+    monitors: list[dict[str, Any]] = []
+    for host in inventory.all_hosts():
+        address = addresses.get(host.name)
+        for name, service in host.services.items():
+            health = service.health
+            port = (health.port if health else None) or service.port
+            if address is None or port is None:
+                continue
+            if health is not None and health.check == "http":
+                url = f"{health.scheme}://{address}:{port}{health.path}"
+                monitors.append({"name": f"{host.name} {name}", "type": "http", "url": url})
+            else:
+                monitors.append(
+                    {
+                        "name": f"{host.name} {name}",
+                        "type": "port",
+                        "hostname": address,
+                        "port": port,
+                    }
+                )
+    return monitors
+
+
+def lab_files(
+    inventory: Any, addresses: dict[str, str], password: str, place: Callable[[str], Path]
+) -> list[str]:
+    """Write the stand-in's seed and password into its host's layers (`place(rel)` is the
+    path of /REL there); the arguments its unit runs with."""
+    import os
+
+    seed_file = place(SEED)
+    seed_file.parent.mkdir(parents=True, exist_ok=True)
+    seed_file.write_text(json.dumps(lab_monitors(inventory, addresses), indent=1) + "\n")
+    secret = place("etc/opskit-lab/uptime-kuma-password")
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    dialect = "1" if os.environ.get(DIALECT_ENV, "2").startswith("1") else "2"
+    return [
+        "--dialect",
+        dialect,
+        "--seed",
+        f"/{SEED}",
+        "--password-file",
+        "/etc/opskit-lab/uptime-kuma-password",
+        "--log",
+        f"/{LOG}",
+    ]

@@ -240,6 +240,11 @@ def test_a_run_opens_one_window_for_exactly_the_patched_monitors_then_closes_it(
     assert env.kuma.mutating()[-1] == "deleteMaintenance"
     _closed(env)
     assert kuma_lab.PASSWORD not in result.out + result.err
+    # one session per door for the plan and for the run, whatever the number of targets
+    # (Uptime Kuma allows 20 logins a minute)
+    logins = [e["event"] for e in env.kuma.server.log].count("login")
+    assert logins == 3, logins  # the plan's, the run's probes', the run's changes'
+    assert kuma_lab.PASSWORD not in json.dumps(env.kuma.server.log)
 
 
 def test_a_failed_run_closes_its_window(env: KumaEnv) -> None:

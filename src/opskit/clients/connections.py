@@ -242,6 +242,7 @@ class Connections:
         self._inner: list[httpx.AsyncBaseTransport] = []
         self._resources: dict[str, list[dict[str, Any]]] = {}
         self._ssh: SSHPool | None = None
+        self._kuma: dict[bool, UptimeKumaClient] = {}
         # Many probes ask for the same client at once: one of them makes it, all share it.
         self._lock = asyncio.Lock()
 
@@ -297,8 +298,17 @@ class Connections:
     # ----- Uptime Kuma -------------------------------------------------------------------
 
     async def uptime_kuma(self, read_only: bool) -> UptimeKumaClient:
-        """A client of the inventory's Uptime Kuma, not connected yet (`async with` it); its
-        every event passes the door, so while planning only reads are sent."""
+        """The inventory's Uptime Kuma: one session per door for the whole plan or run
+        (`async with` it: it connects and logs in once, again if it was cut, as a host reboot
+        may cut it), closed with these connections. Its every event passes the door, so while
+        planning only reads are sent. One login per session: Uptime Kuma limits logins."""
+        async with self._lock:
+            client = self._kuma.get(read_only)
+            if client is None:
+                client = self._kuma[read_only] = await self._uptime_kuma(read_only)
+        return client
+
+    async def _uptime_kuma(self, read_only: bool) -> UptimeKumaClient:
         from ..secrets import resolve
         from .tls import ssl_context
         from .uptime_kuma import KumaLogin, UptimeKumaClient
@@ -329,6 +339,7 @@ class Connections:
             factory=self.transports.socketio,
             timeout=spec.timeout,
             verify=verify,
+            shared=True,
         )
 
     # ----- Proxmox -----------------------------------------------------------------------
@@ -422,6 +433,9 @@ class Connections:
         return resolve(f"ssh.{endpoint.name}.password", endpoint.password_ref)
 
     async def aclose(self) -> None:
+        for kuma in self._kuma.values():
+            await kuma.aclose()
+        self._kuma.clear()
         for client in self._proxmox.values():
             await client.aclose()
         self._proxmox.clear()

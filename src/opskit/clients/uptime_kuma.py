@@ -144,8 +144,12 @@ class UptimeKumaClient:
         factory: Callable[[], socketio.AsyncClient] | None = None,
         timeout: float = 15.0,
         verify: Any = True,
+        shared: bool = False,
     ) -> None:
         self.url = url.rstrip("/")
+        # shared: one session of a plan or run (Connections closes it); `async with` only
+        # connects it when it is not (or no longer) connected
+        self.shared = shared
         self.where = urlsplit(self.url).netloc
         self._login = login
         self.door = door
@@ -154,17 +158,27 @@ class UptimeKumaClient:
         self._verify = verify
         self._sio: socketio.AsyncClient | None = None
         self._session: Any = None
+        self._connecting = asyncio.Lock()
         self._pushed = _Pushed()
         self.token: str | None = None  # the JWT the login answered (to store, as a secret)
 
     # ----- the session -------------------------------------------------------------------
 
     async def __aenter__(self) -> UptimeKumaClient:
-        await self.connect()
+        async with self._connecting:  # the targets of a run share it: one of them connects
+            if not self.connected:
+                await self.aclose()
+                self._pushed = _Pushed()
+                await self.connect()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+        if not self.shared:
+            await self.aclose()
+
+    @property
+    def connected(self) -> bool:
+        return self._sio is not None and bool(self._sio.connected)
 
     @property
     def version(self) -> str:

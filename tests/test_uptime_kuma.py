@@ -416,3 +416,60 @@ def test_inventory_sync_maps_monitors_and_reports_what_nothing_watches(env: Kuma
     assert docker.services["traefik"].monitor is None
     assert "already in sync" in env.run(*args).out
     assert env.kuma.mutating() == []
+
+
+# --- until: window (a scheduled run's window also ends by itself) -------------------------------
+
+
+def test_a_single_window_ends_by_itself_at_its_end(kuma: Any) -> None:
+    """As the real 1.23.17 and 2.0.2 did by hand (tests/data/uptime_kuma/README.md): a single
+    window is under maintenance until its end, then `ended` and its monitors watched again."""
+
+    async def go() -> tuple[str, bool, str, bool]:
+        login = KumaLogin(kuma_lab.USER, kuma_lab.PASSWORD)
+        async with UptimeKumaClient(kuma.url, login, Door(False)) as client:
+            wid = await client.add_window("single", until=time.time() + 3600)
+            await client.link_monitors(wid, [1])
+            window = await client.window(wid)
+            assert window is not None
+            during = (window.status, (await client.monitor(1)).maintenance)
+            kuma.state.windows[wid]["dateRange"][1] = "2000-01-01 00:00:00"  # its end passed
+            window = await client.window(wid)
+            assert window is not None
+            return (*during, window.status, (await client.monitor(1)).maintenance)
+
+    assert asyncio.run(go()) == ("under-maintenance", True, "ended", False)
+
+
+def test_until_window_in_a_scheduled_run_ends_with_the_schedule_window(
+    env: KumaEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opskit.engine import session
+    from opskit.engine.session import Request
+    from opskit.report.progress import Reporter
+    from opskit.workspace import Workspace
+
+    root = env.project.root
+    env.project.runbook(
+        "patch",
+        PATCH.replace("SLEEP", "0").replace("maintenance: {}", "maintenance: {until: window}"),
+    )
+    monkeypatch.chdir(root)
+    deadline = time.time() + 1800
+    with open(os.devnull, "w") as devnull:
+        req = Request(
+            workspace=Workspace(root / "runbooks", root / "inventory" / "homelab.yaml"),
+            yes=True,
+            deadline=deadline,
+            reporter=Reporter(out=devnull),
+        )
+        loaded, targets, plan = session.make_plan(req, "patch", {}, None)
+        result = session.execute(req, loaded, targets, plan)
+    assert result.exit_code == 0
+    (add,) = [e for e in env.kuma.server.log if e["event"] == "addMaintenance"]
+    assert add["args"][0]["strategy"] == "single"
+    assert add["args"][0]["dateRange"][1] == time.strftime(
+        "%Y-%m-%d %H:%M:%S", time.gmtime(deadline)
+    )
+    assert {"traefik", "Status page"} <= set(env.seen()["docker"]) <= kuma_lab.PATCHED
+    _closed(env)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -41,6 +41,12 @@ class MaintenanceArgs(ActionArgs):
     description: str = Field(
         "Opened by opskit for the length of a run; closed when it ends.",
         description="the window's description in Uptime Kuma",
+    )
+    until: Literal["run", "window"] = Field(
+        "run",
+        description="run: a manual window, open until the run closes it; window: in a scheduled"
+        " run, a window that also ends by itself when the runbook's schedule window closes"
+        " (other runs: manual)",
     )
 
 
@@ -150,7 +156,8 @@ class Maintenance(Action[MaintenanceArgs]):
                 window.title = self.args.title or f"opskit: {scope.runbook}, run {scope.run_id}"
                 # Held before it is opened: a crash in between leaves a close with nothing to do.
                 scope.hold(KIND, scope.run_id, {"title": window.title})
-                window.id = await kuma.add_window(window.title, self.args.description)
+                until = scope.deadline if self.args.until == "window" else None
+                window.id = await kuma.add_window(window.title, self.args.description, until=until)
                 scope.hold(KIND, scope.run_id, {"title": window.title, "id": window.id})
                 opened = True
             window.monitors |= {m.id for m in chosen}

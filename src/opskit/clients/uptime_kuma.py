@@ -446,10 +446,13 @@ class UptimeKumaClient:
 
     # ----- maintenance windows -----------------------------------------------------------
 
-    async def add_window(self, title: str, description: str = "") -> int:
-        """A manual window, active at once: its monitors are under maintenance until it is
-        paused or deleted."""
-        data = {
+    async def add_window(
+        self, title: str, description: str = "", *, until: float | None = None
+    ) -> int:
+        """A window active at once: manual (its monitors are under maintenance until it is
+        paused or deleted), or, `until` an epoch time, single (it ends by itself then, even if
+        nobody deletes it)."""
+        data: dict[str, Any] = {
             "title": title,
             "description": description,
             "strategy": "manual",
@@ -463,6 +466,10 @@ class UptimeKumaClient:
             "durationMinutes": 60,
             "timezoneOption": "SAME_AS_SERVER",
         }
+        if until is not None:
+            data["strategy"] = "single"
+            data["timezoneOption"] = "UTC"
+            data["dateRange"] = [_utc(time.time() - 60), _utc(until)]
         answer = await self.call("addMaintenance", data)
         return int(answer["maintenanceID"])
 
@@ -497,6 +504,11 @@ class UptimeKumaClient:
 
     async def delete_window(self, window_id: int) -> None:
         await self.call("deleteMaintenance", window_id)
+
+
+def _utc(epoch: float) -> str:
+    """A time as Uptime Kuma's date ranges take it (in the window's timezone: UTC here)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
 
 
 def _reason(exc: BaseException) -> str:

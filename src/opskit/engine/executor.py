@@ -264,7 +264,9 @@ class Execution:
             )
         say = lambda text: self.reporter.emit({"event": "message", "text": text})  # noqa: E731
         self.connections = self.settings.connections(self.inventory, say)
-        self.scope = run_scope(self.run_id, self.plan.runbook, self.catalog, say)
+        self.scope = run_scope(
+            self.run_id, self.plan.runbook, self.catalog, say, self.options.deadline
+        )
         try:
             await self.scope.begin(self.connections, self.journal, self.options.resumed_from)
             await self._guarded(self._phases())

@@ -44,6 +44,7 @@ class RunScope:
     directory: Path
     kinds: Mapping[str, type]  # the catalog: kind name -> class (Closes for those that hold)
     say: Callable[[str], None] = lambda text: None
+    deadline: float | None = None  # a scheduled run: when its maintenance window closes
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _shared: dict[str, object] = field(default_factory=dict)
 
@@ -156,9 +157,13 @@ def _write(path: Path, entries: Mapping[str, Any]) -> None:
 
 
 def run_scope(
-    run_id: str, runbook: str, kinds: Mapping[str, type], say: Callable[[str], None]
+    run_id: str,
+    runbook: str,
+    kinds: Mapping[str, type],
+    say: Callable[[str], None],
+    deadline: float | None = None,
 ) -> RunScope:
     """The scope of run `run_id`, its ledger in the state dir."""
     from ..store import state_dir
 
-    return RunScope(run_id, runbook, state_dir() / "cleanups", kinds, say)
+    return RunScope(run_id, runbook, state_dir() / "cleanups", kinds, say, deadline)

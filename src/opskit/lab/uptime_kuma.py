@@ -106,11 +106,22 @@ class KumaState:
 
 
 def _window_status(window: dict[str, Any]) -> str:
+    """As the real server's Maintenance.getStatus: inactive, scheduled (before its start),
+    ended (after its end), under-maintenance (manual, or single in its range)."""
+    import time
+
     if not window.get("active"):
         return "inactive"
-    if window.get("strategy") == "manual":
+    now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())  # windows here are in UTC
+    start, *rest = [*(window.get("dateRange") or []), None][:2]
+    end = rest[0] if rest else None
+    if start and now < str(start):
+        return "scheduled"
+    if end and now > str(end):
+        return "ended"
+    if window.get("strategy") in ("manual", "single"):
         return "under-maintenance"
-    return "scheduled" if window.get("strategy") != "single" else "unknown"
+    return "unknown"
 
 
 def monitor_record(data: dict[str, Any], monitor_id: int) -> dict[str, Any]:

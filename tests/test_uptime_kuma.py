@@ -119,6 +119,22 @@ def test_a_wrong_password_is_one_clear_error(kuma: Any) -> None:
         asyncio.run(go())
 
 
+def test_a_login_with_2fa_needs_its_code(kuma: Any) -> None:
+    kuma.state.twofa = "123456"
+
+    async def go(code: str | None) -> str:
+        login = KumaLogin(kuma_lab.USER, kuma_lab.PASSWORD, totp=code)
+        async with UptimeKumaClient(kuma.url, login, Door(False)) as client:
+            return client.version
+
+    with pytest.raises(UptimeKumaAuthError, match="needs a 2FA code"):
+        asyncio.run(go(None))
+    with pytest.raises(UptimeKumaAuthError, match="refused"):
+        asyncio.run(go("000000"))
+    assert asyncio.run(go("123456")) == kuma.server.version
+    assert "123456" not in json.dumps(kuma.server.log)  # a code is masked like a password
+
+
 def test_recording_factory_records_what_is_sent(kuma: Any) -> None:
     transcript: list[dict[str, Any]] = []
 

@@ -62,6 +62,7 @@ class KumaState:
     status: dict[int, int] = field(default_factory=dict)  # monitor -> its checks' status
     next_id: dict[str, int] = field(default_factory=lambda: {"monitor": 1, "maintenance": 1})
     tokens: set[str] = field(default_factory=set)
+    twofa: str | None = None  # the 2FA code a login must carry (the real one: a TOTP's)
 
     def new_id(self, kind: str) -> int:
         n = self.next_id[kind]
@@ -307,6 +308,10 @@ class KumaServer:
                     "ok": False,
                     **self._msg("Incorrect username or password.", "authIncorrectCreds"),
                 }
+            if st.twofa is not None and not data.get("token"):
+                return {"tokenRequired": True}
+            if st.twofa is not None and data.get("token") != st.twofa:
+                return {"ok": False, **self._msg("Invalid Token!", "authInvalidToken")}
             token = "kuma-jwt-" + _random.token_hex(12)
             st.tokens.add(token)
             await self._logged_in(sid)

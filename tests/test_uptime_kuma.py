@@ -489,3 +489,30 @@ def test_until_window_in_a_scheduled_run_ends_with_the_schedule_window(
     )
     assert {"traefik", "Status page"} <= set(env.seen()["docker"]) <= kuma_lab.PATCHED
     _closed(env)
+
+
+def test_monitor_states_for_opskit_status(env: KumaEnv) -> None:
+    """What `opskit status` calls: the target's monitors by service, read-only."""
+    from opskit.actions.check_uptime_kuma import monitor_states
+    from opskit.clients.connections import Connections
+    from opskit.loader import load_inventory
+
+    inventory, _ = load_inventory(env.project.root / "inventory" / "homelab.yaml")
+    docker = inventory.target(inventory.by_name()["docker"])
+    sent: list[Sent] = []
+
+    async def go() -> list[Any]:
+        from opskit.clients.connections import Transports
+
+        connections = Connections(inventory, transports=Transports(observe=sent.append))
+        try:
+            return await monitor_states(connections, docker)
+        finally:
+            await connections.aclose()
+
+    states = asyncio.run(go())
+    assert [(s.service, s.monitor, s.status, s.maintenance) for s in states] == [
+        ("traefik", "traefik", "up", False),
+        ("uptime-kuma", "Status page", "up", False),
+    ]
+    assert sent and all(s.reads and s.read_only for s in sent)

@@ -47,6 +47,15 @@ def events(lab: Lab) -> list[dict[str, object]]:
 def test_a_run_in_the_lab_opens_and_closes_a_window_over_its_targets_monitors(
     lab: Lab, tmp_path: Path
 ) -> None:
+    # the lab's inventory names it behind Traefik: the name the inventory gives it, which
+    # resolves in the lab to the docker host (Traefik's), at the service's port
+    inventory = (lab.root / "inventory.yaml").read_text()
+    assert "url: http://uptime.tail0000.ts.net:3001" in inventory
+    hosts = (lab.root / "hosts.txt").read_text().splitlines()
+    assert any(
+        line.split()[0] == lab.address("docker") and "uptime.tail0000.ts.net" in line.split()
+        for line in hosts
+    )
     (tmp_path / "kuma-window.yaml").write_text(RUNBOOK.lstrip())
     (tmp_path / "kuma-watched.yaml").write_text(WATCHED.lstrip())
     dry = lab.opskit("--runbooks", str(tmp_path), "run", "kuma-window", "--lab", "--dry-run")

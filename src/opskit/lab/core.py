@@ -297,8 +297,10 @@ class Lab:
     def _hosts_files(self, state: LabState) -> None:
         """/etc/hosts of the lab: MagicDNS names resolve to lab addresses, inside the lab."""
         lines = ["127.0.0.1 localhost", f"{state.controller} controller.lab"]
+        proxied = self._proxied_names()
         for h in state.hosts:
-            lines.append(" ".join([h.address, h.name, *([h.tailscale] if h.tailscale else [])]))
+            names = [h.name, *([h.tailscale] if h.tailscale else []), *proxied.get(h.name, [])]
+            lines.append(" ".join([h.address, *names]))
         text = "\n".join(lines) + "\n"
         (self.root / "hosts.txt").write_text(text)
         # `ip netns exec` binds /etc/netns/NS/hosts over /etc/hosts for the controller.
@@ -652,13 +654,36 @@ class Lab:
             uptime_kuma=self._kuma_site(state),
         )
 
+    def _proxied_names(self) -> dict[str, list[str]]:
+        """The names of services behind a proxy (`behind: traefik`, `url:`), by the host the
+        proxy runs on: in the lab they resolve to it, as the homelab's DNS points them there."""
+        found: dict[str, list[str]] = {}
+        for h in self.inventory.all_hosts():
+            for service in h.services.values():
+                name = urlsplit(service.url).hostname if service.url and service.behind else None
+                if name and service.behind in h.services:
+                    found.setdefault(h.name, []).append(name)
+        return found
+
     def _kuma_site(self, state: LabState) -> dict[str, str] | None:
-        """The lab's Uptime Kuma, as the lab's inventory names it (the stand-in)."""
+        """The lab's Uptime Kuma, as the lab's inventory names it: the stand-in, by the name
+        the inventory gives it behind Traefik (resolving to Traefik's host), at its port."""
         site = next((s for s in state.services if s.name == "uptime-kuma"), None)
         if site is None:
             return None
+        service = next(
+            (
+                h.services["uptime-kuma"]
+                for h in self.inventory.all_hosts()
+                if "uptime-kuma" in h.services
+            ),
+            None,
+        )
+        name = (
+            urlsplit(service.url).hostname if service and service.url and service.behind else None
+        )
         return {
-            "url": f"http://{site.address}:{site.port}",
+            "url": f"http://{name or site.address}:{site.port}",
             "username": "admin",
             "password": f"file:{self.secret('uptime-kuma-password')}",
         }

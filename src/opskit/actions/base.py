@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from ..clients.hub import HubClient
     from ..clients.proxmox import ProxmoxClient
     from ..clients.ssh import HostShell
+    from ..clients.uptime_kuma import UptimeKumaClient
+    from ..engine.run_scope import RunScope
 
 A = TypeVar("A", bound=BaseModel)
 
@@ -42,6 +44,8 @@ class ActionContext:
     log: Callable[[str], None] = field(default=lambda line: None)
     connections: Connections | None = None
     root: Path | None = None  # the project (runbooks/, deploy/): local paths are relative to it
+    # The run being executed (None while planning): what a step must undo when it ends.
+    run: RunScope | None = None
 
     def _connections(self, what: str) -> Connections:
         if self.connections is None:
@@ -77,6 +81,11 @@ class ActionContext:
         return self._connections("the Beszel hub").hub(
             self.read_only, url, email, password, auth=auth, verify=verify, timeout=timeout
         )
+
+    async def uptime_kuma(self) -> UptimeKumaClient:
+        """The inventory's Uptime Kuma (not connected: `async with` it); read-only while
+        planning."""
+        return await self._connections("Uptime Kuma").uptime_kuma(self.read_only)
 
     def http(
         self, *, verify: bool | ssl.SSLContext = True, timeout: float, follow_redirects: bool

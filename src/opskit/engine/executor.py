@@ -43,6 +43,7 @@ from ..store import (
 )
 from ..workspace import LoadedRunbook, RenderedStep, base_context, render_step
 from .gates import Gatekeeper
+from .run_scope import RunScope, run_scope
 
 MAX_RETRY_DELAY = 300.0
 JOURNAL_FLUSH = 0.5  # seconds a finished step's record may wait for a commit
@@ -150,6 +151,7 @@ class Execution:
         self.wakeup = asyncio.Event()
         self._commit_pending: asyncio.Future[None] | None = None
         self.connections: Connections | None = None
+        self.scope: RunScope | None = None
         # A step's own `serial`/`batch`: at most that many targets run it at once.
         self.step_limits: dict[str, asyncio.Semaphore] = {}
         for _, _, step in self.rb.all_steps():
@@ -262,14 +264,21 @@ class Execution:
             )
         say = lambda text: self.reporter.emit({"event": "message", "text": text})  # noqa: E731
         self.connections = self.settings.connections(self.inventory, say)
+        self.scope = run_scope(
+            self.run_id, self.plan.runbook, self.catalog, say, self.options.deadline
+        )
         try:
+            await self.scope.begin(self.connections, self.journal, self.options.resumed_from)
             await self._guarded(self._phases())
         finally:
             if closing is not None:
                 closing.cancel()
-            flusher.cancel()
-            await asyncio.wait([flusher])  # ended, not left pending for the loop's shutdown
-            await self.connections.aclose()
+            try:
+                await self.scope.end(self.connections)  # what the run held, closed
+            finally:
+                flusher.cancel()
+                await asyncio.wait([flusher])  # ended, not left pending for the loop's shutdown
+                await self.connections.aclose()
 
     async def _commit(self) -> None:
         """Group commit: every step that starts in this turn of the loop shares one commit."""
@@ -713,6 +722,7 @@ class Execution:
             log=lambda line: self.reporter.emit({"event": "message", "text": f"{label}: {line}"}),
             connections=self.connections,
             root=self.settings.root,
+            run=self.scope,
         )
         task = asyncio.ensure_future(self._bounded(item.instance.apply(ctx), step.timeout))
         if section != "always":

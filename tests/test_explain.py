@@ -518,7 +518,8 @@ def test_apply_registers_exactly_the_documented_outputs(
 
 def test_the_cases_drive_most_kinds() -> None:
     """The rest (host.*, beszel.agent, the hub's kinds) need pyinfra or a hub to produce their
-    outputs: their integration tests do, held to their documentation by conftest.py."""
+    outputs, check.mcp an MCP server (tests/test_check_mcp.py's fakes and real servers): their
+    tests do, held to their documentation by conftest.py."""
     left = set(SHIPPED) - set(CASES)
     assert left == {
         "host.file",
@@ -530,4 +531,5 @@ def test_the_cases_drive_most_kinds() -> None:
         "beszel.agent",
         "beszel.hub.system",
         "check.beszel.hub",
+        "check.mcp",
     }

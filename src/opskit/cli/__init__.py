@@ -91,6 +91,7 @@ class LazyGroup(click.Group):
         "unlock": "opskit.cli.history.unlock",
         "lab": "opskit.cli.lab.lab",
         "schedule": "opskit.cli.schedule.schedule",
+        "status": "opskit.cli.status.status",
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="\b\nExit codes:\n"

@@ -164,7 +164,8 @@ def test_an_openapi_proxy_is_read_through_health_and_its_tool_paths() -> None:
             return httpx.Response(401)
         if request.url.path == "/health":
             return httpx.Response(200, json={"status": "ok", "connected_to_mcp": True})
-        paths = {f"/tool_{i}": {"post": {}} for i in range(65)}
+        paths: dict[str, Any] = {f"/tool_{i}": {"post": {}} for i in range(65)}
+        paths.update({"/jobs": {"get": {}}, "/jobs/{job_id}/cancel": {"post": {}}})  # not tools
         return httpx.Response(
             200, json={"openapi": "3.1.0", "info": {"title": "P"}, "paths": paths}
         )

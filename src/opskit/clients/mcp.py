@@ -275,7 +275,8 @@ async def openapi(client: httpx.AsyncClient, base: str, *, bearer: str | None = 
         tools=[
             str(p).lstrip("/")
             for p, ops in paths.items()
-            if isinstance(ops, dict) and "post" in ops
+            # a tool is a POST path of its own name, not the proxy's /jobs/{job_id}/...
+            if isinstance(ops, dict) and "post" in ops and "{" not in str(p)
         ],
         connected=connected if isinstance(connected, bool) else None,
     )

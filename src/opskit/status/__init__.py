@@ -16,7 +16,7 @@ delays nothing else past it. Each figure says where it came from and when (`Figu
 
 from __future__ import annotations
 
-from .collect import MONITOR_SOURCES, MonitorSource, collect
+from .probes import MONITOR_SOURCES, MonitorSource, collect
 from .model import Figure, HostStatus, Overview, ServiceStatus
 
 __all__ = [

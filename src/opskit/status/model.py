@@ -104,6 +104,8 @@ class HostStatus:
             self.problems.append(f"proxmox: {power.error}")
         parts = [p for p in [self.ssh, *self.services] if p is not None]
         for part in parts:
+            if part.monitor is not None and part.monitor.value == "down" and part.state == OK:
+                part.state, part.error = UNHEALTHY, f"{part.monitor.source}: down"
             if part.state == UNHEALTHY:
                 self.problems.append(f"{part.name}: {part.error or part.summary}")
         if self.beszel is not None and self.beszel.value not in ("up", "registered"):

@@ -348,9 +348,7 @@ async def _monitors(
         host = hosts.get(host_name)
         for service in host.services if host else []:
             if service.name == service_name:
-                service.monitor = figure
-                if figure.value == "down" and service.state == OK:
-                    service.state, service.error = UNHEALTHY, f"{source.name}: monitor down"
+                service.monitor = figure  # judged with the rest (HostStatus.judge)
 
 
 # ----- the journal and locks --------------------------------------------------------------

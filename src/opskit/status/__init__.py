@@ -16,8 +16,8 @@ delays nothing else past it. Each figure says where it came from and when (`Figu
 
 from __future__ import annotations
 
-from .probes import MONITOR_SOURCES, MonitorSource, collect
 from .model import Figure, HostStatus, Overview, ServiceStatus
+from .probes import MONITOR_SOURCES, MonitorSource, collect
 
 __all__ = [
     "MONITOR_SOURCES",

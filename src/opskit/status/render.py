@@ -128,7 +128,7 @@ def renderable(overview: Overview) -> RenderableType:
             if not monitored:
                 del row[4]
             table.add_row(*(c if i == 2 else escape(redactor.redact(c)) for i, c in enumerate(row)))
-        parts.append(table)
+        parts.append(table if rows else table.title or "")
         notes = []
         for run in host.runs:
             notes.append(

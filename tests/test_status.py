@@ -286,3 +286,11 @@ def test_the_page_its_token_and_a_saved_plan(
             )
 
     asyncio.run(browse())
+
+
+def test_the_schema_is_shipped_and_shown(opskit: Any) -> None:
+    result = opskit("schema", "status")
+    assert result.code == 0 and json.loads(result.out) == SCHEMA
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    with pytest.raises(jsonschema.ValidationError):  # it says something: a wrong state fails
+        validate({**json.loads('{"version": 1}'), "hosts": [{"state": "fine"}]})

@@ -105,6 +105,7 @@ def _watch(
     import json
     import time
 
+    from rich.console import Console
     from rich.live import Live
 
     from ..status.render import renderable
@@ -115,7 +116,8 @@ def _watch(
             click.echo(json.dumps(overview.as_dict(), default=str))
             time.sleep(interval)
     overview = _collect(inventory, names, timeout)
-    with Live(renderable(overview), auto_refresh=False, screen=False) as live:
+    console = Console(highlight=False)
+    with Live(renderable(overview), console=console, auto_refresh=False) as live:
         while True:
             time.sleep(interval)
             overview = _collect(inventory, names, timeout)

@@ -294,3 +294,18 @@ def test_the_schema_is_shipped_and_shown(opskit: Any) -> None:
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
     with pytest.raises(jsonschema.ValidationError):  # it says something: a wrong state fails
         validate({**json.loads('{"version": 1}'), "hosts": [{"state": "fine"}]})
+
+
+def test_serving_off_loopback_needs_a_token_set_by_the_operator(
+    project: Project, opskit: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """opskit makes no token (it would have to print a secret): it refuses before binding."""
+    monkeypatch.delenv("OPSKIT_STATUS_TOKEN", raising=False)
+    result = opskit("status", "--serve", "192.0.2.2:8470", cwd=project.root)
+    assert (
+        result.code == 2 and "needs a token" in result.err and "OPSKIT_STATUS_TOKEN" in result.err
+    )
+    monkeypatch.setenv("OPSKIT_STATUS_TOKEN", "short")
+    assert opskit("status", "--serve", "192.0.2.2:8470", cwd=project.root).code == 2
+    bad = opskit("status", "--serve", "127.0.0.1:99999", cwd=project.root)
+    assert bad.code == 2 and "not a port" in bad.err

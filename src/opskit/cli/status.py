@@ -36,7 +36,7 @@ def _seconds(text: str, what: str) -> float:
     default=None,
     metavar="[ADDR]",
     help=f"Serve the overview as a web page (default {DEFAULT_SERVE}; loopback needs no"
-    " login, any other address a token: $OPSKIT_STATUS_TOKEN or one printed at start).",
+    " login, any other address the token in $OPSKIT_STATUS_TOKEN).",
 )
 @click.option(
     "--plans",

@@ -9,8 +9,8 @@ front-end build. GET only:
     /healthz          200 "ok"
 
 Bound to loopback it asks nobody to log in; bound to any other address every request needs the
-token (`?token=`, once, then a cookie; or `Authorization: Bearer`), from $OPSKIT_STATUS_TOKEN or
-made at start and printed once.
+token (`?token=`, once, then a cookie; or `Authorization: Bearer`): $OPSKIT_STATUS_TOKEN, which
+must be set (opskit makes none, so it prints none).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import asyncio
 import hmac
 import ipaddress
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -288,16 +287,22 @@ def serve(
     host, port = parse_address(address)
     token = None
     if not is_loopback(host):
-        token = os.environ.get("OPSKIT_STATUS_TOKEN") or secrets.token_urlsafe(24)
+        token = os.environ.get("OPSKIT_STATUS_TOKEN") or None
+        if token is None or len(token) < 16:
+            raise UsageError(
+                f"--serve {address}: off loopback the page needs a token of 16 characters or"
+                " more in OPSKIT_STATUS_TOKEN (e.g. export OPSKIT_STATUS_TOKEN=$(openssl rand"
+                " -hex 16)); opskit prints no secret"
+            )
+        from ..secrets import redactor
+
+        redactor.add("status_token", token)
     plan_dirs = [Path(p) for p in plans] or default_plan_dirs(ws)
     page = Page(inventory, names, timeout, plan_dirs, token)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
-    if token is not None and not os.environ.get("OPSKIT_STATUS_TOKEN"):
-        click.echo(f"opskit status: serving {url}?token={token}  (read-only; Ctrl-C stops it)")
-    else:
-        login = " (token: $OPSKIT_STATUS_TOKEN)" if token else ""
-        click.echo(f"opskit status: serving {url}{login}  (read-only; Ctrl-C stops it)")
+    login = " (open it once with ?token=$OPSKIT_STATUS_TOKEN)" if token else ""
+    click.echo(f"opskit status: serving {url}{login}  (read-only; Ctrl-C stops it)")
     config = uvicorn.Config(
         make_app(page), host=host, port=port, log_level="warning", access_log=False
     )

@@ -264,6 +264,13 @@ async def _ssh(
     args = {"host": target.address, "port": target.ssh_port or 22, "banner": "^SSH-2\\.0-"}
     args["timeout"] = timeout
     await _run_check(connections, target, "check.tcp", args, service, timeout)
+    if service.error and "banner '' does not match" in service.error:
+        # The port took the connection and the server said nothing: a hung sshd, not a
+        # wrong one.
+        service.error = service.summary = (
+            f"ssh {target.address}:{args['port']}: connected, no greeting within"
+            f" {format_duration(timeout)}"
+        )
 
 
 # ----- Beszel -----------------------------------------------------------------------------

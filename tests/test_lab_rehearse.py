@@ -540,7 +540,22 @@ def test_status_shows_the_lab_and_marks_exactly_the_host_that_stopped_answering(
     dev = next(h for h in data["hosts"] if h["name"] == "dev")  # type: ignore[attr-defined]
     assert [p.split(":")[0] for p in dev["problems"]] == ["ssh", "beszel-agent"], dev
     print(f"opskit status --lab --timeout 2s, dev not answering: {took:.2f}s wall")
-    on(lab, "dev", "systemctl start beszel-agent")
+
+    # dev's host dies under Proxmox's feet (its processes killed, the guest still "running"):
+    # the lab calls itself broken, and status still answers, naming dev alone
+    os.kill(host, signal.SIGKILL)
+    code, data, took = status_json(lab, "--timeout", "2s")
+    assert code == 1
+    states = {h["name"]: h["state"] for h in data["hosts"]}  # type: ignore[attr-defined]
+    assert [n for n, state in states.items() if state != "ok"] == ["dev"], states
+    dev = next(h for h in data["hosts"] if h["name"] == "dev")  # type: ignore[attr-defined]
+    assert "connection refused" in dev["ssh"]["error"], dev
+    assert dev["figures"]["power"]["value"] == "running"  # what Proxmox believes
+    code, text = run(  # as an operator would
+        lab, "run", "vm-power", "-p", "action=reboot", "--limit", "vm:111", "--lab", "--yes"
+    )
+    assert code == 0, text
+    lab.wait_for_ssh("dev")
 
 
 def test_the_status_page_in_a_browser(lab: Lab, tmp_path: Path) -> None:

@@ -309,3 +309,54 @@ def test_serving_off_loopback_needs_a_token_set_by_the_operator(
     assert opskit("status", "--serve", "192.0.2.2:8470", cwd=project.root).code == 2
     bad = opskit("status", "--serve", "127.0.0.1:99999", cwd=project.root)
     assert bad.code == 2 and "not a port" in bad.err
+
+
+def test_proxmox_figures_from_fakepve(
+    project: Project,
+    opskit: Any,
+    fakepve: Any,
+    fakepve_cafile: str,
+    sshd: Banner,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One listing gives each guest's state, uptime, CPU and memory; a stopped guest is off
+    (not a fault, its services not asked), a node is the host of its name."""
+    fakepve.apitokens["root@pam!opskit"] = "pve-token-value"
+    fakepve.add_vm(100, "web", status="running")
+    fakepve.add_vm(101, "spare", status="stopped")
+    monkeypatch.setenv("OPSKIT_TEST_PVE_TOKEN", "pve-token-value")
+    inventory(
+        project,
+        f"""
+        version: 1
+        proxmox:
+          pve:
+            api_url: {fakepve.url}/api2/json
+            nodes: [pve1]
+            token_id: root@pam!opskit
+            token: env:OPSKIT_TEST_PVE_TOKEN
+            tls: {{ca: {fakepve_cafile}}}
+        guests:
+          - {{vmid: 100, name: web, address: 127.0.0.1, ssh: {{port: {sshd.port}}}}}
+          - {{vmid: 101, name: spare, address: 127.0.0.1, ssh: {{port: {sshd.port}}}}}
+          - {{vmid: 109, name: gone, address: 127.0.0.1, ssh: {{port: {sshd.port}}}}}
+        hosts:
+          - {{name: pve1, address: 127.0.0.1, ssh: {{port: {sshd.port}}}}}
+        """,
+    )
+    result = opskit("status", "--json", cwd=project.root)
+    data = json.loads(result.out)
+    validate(data)
+    hosts = {h["name"]: h for h in data["hosts"]}
+    web = hosts["web"]["figures"]
+    assert web["power"]["value"] == "running"
+    assert web["power"]["source"] == "proxmox pve /cluster/resources"
+    assert web["uptime"]["value"] is not None and web["memory"]["value"]["total"] > 0
+    assert isinstance(web["cpu"]["value"], float) and hosts["web"]["state"] == "ok"
+    assert hosts["spare"]["state"] == "off"
+    assert hosts["gone"]["state"] == "unhealthy"
+    assert hosts["gone"]["figures"]["power"]["error"] == "no guest 109 in the cluster"
+    assert hosts["pve1"]["figures"]["power"]["source"] == "proxmox pve /nodes"
+    assert hosts["pve1"]["state"] == "ok"
+    assert result.code == 1  # gone is not there
+    assert "pve-token-value" not in result.out + result.err

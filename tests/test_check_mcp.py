@@ -260,3 +260,24 @@ def test_the_real_proxmoxmcp_plus_in_streamable_mode_lists_65_tools(
         wrong = check({"url": url, "bearer": "not-the-key", "timeout": "20s"})
         assert not wrong.ok
         assert "unauthorized (HTTP 401)" in (wrong.error or ""), wrong.error
+
+
+def test_a_server_that_stops_answering_mid_handshake_ends_at_the_timeout() -> None:
+    """initialize answered, then tools/list never: the check ends at its timeout, and sends no
+    DELETE the server would not answer either."""
+    fake = FakeMcp(sse=False)
+
+    async def stalls(request: httpx.Request) -> httpx.Response:
+        message = json.loads(request.content) if request.content else {}
+        if message.get("method") == "tools/list":
+            await asyncio.sleep(30)
+        return fake(request)
+
+    started = time.monotonic()
+    outcome = check(
+        {"url": "http://mcp.test/mcp", "timeout": "0.5s"}, transport=httpx.MockTransport(stalls)
+    )
+    took = time.monotonic() - started
+    assert not outcome.ok and outcome.error == "mcp http://mcp.test/mcp: no answer within 500ms"
+    assert "DELETE" not in [method for method, _, _ in fake.requests]
+    print(f"stalled after initialize: failed after {took:.2f}s")

@@ -21,6 +21,7 @@ nothing, so it passes a read-only door too.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 PROTOCOL_VERSION = "2025-06-18"  # what opskit asks for; the server may answer an older one
 MAX_PAGES = 100  # tools/list pages followed before a server's cursor is called a loop
+END_TIMEOUT = 1.0  # seconds for the session's DELETE, after the answers were had
 SSE_CAP = 4 * 1024 * 1024  # bytes of one answer read before it is called too long
 
 
@@ -221,6 +223,11 @@ async def handshake(client: httpx.AsyncClient, url: str, *, bearer: str | None =
                 break
         else:
             raise McpError(f"{url}: tools/list still had a next page after {MAX_PAGES}")
+    except asyncio.CancelledError:
+        # Out of time (the caller's deadline): a server that stopped answering would not
+        # answer the DELETE either; its session expires on its own.
+        session = None
+        raise
     finally:
         if session:
             await _end(client, url, headers)
@@ -235,8 +242,8 @@ async def _end(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> 
     import httpx
 
     # The answer was already had; a session left open ends on its own.
-    with contextlib.suppress(httpx.HTTPError):
-        await client.delete(url, headers=headers, extensions=_READ)
+    with contextlib.suppress(httpx.HTTPError, TimeoutError):
+        await asyncio.wait_for(client.delete(url, headers=headers, extensions=_READ), END_TIMEOUT)
 
 
 async def openapi(client: httpx.AsyncClient, base: str, *, bearer: str | None = None) -> McpServer:
@@ -296,8 +303,6 @@ async def probe(
 ) -> McpServer:
     """The handshake (or the proxy's two reads) within `timeout` seconds in all: a server
     that accepts and never answers ends here, as McpError; so does one that refuses."""
-    import asyncio
-
     import httpx
 
     from ..model.common import format_duration

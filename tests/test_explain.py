@@ -517,9 +517,10 @@ def test_apply_registers_exactly_the_documented_outputs(
 
 
 def test_the_cases_drive_most_kinds() -> None:
-    """The rest (host.*, beszel.agent, the hub's kinds, Uptime Kuma's) need pyinfra, a hub or a
-    Socket.IO server to produce their outputs: their tests do (Uptime Kuma's against the lab's
-    stand-in, in process), held to their documentation by conftest.py."""
+    """The rest (host.*, beszel.agent, the hub's kinds, Uptime Kuma's, check.mcp) need pyinfra,
+    a hub, a Socket.IO server or an MCP server to produce their outputs: their tests do (Uptime
+    Kuma's against the lab's stand-in in process, check.mcp against tests/test_check_mcp.py's
+    fakes and real servers), held to their documentation by conftest.py."""
     left = set(SHIPPED) - set(CASES)
     assert left == {
         "host.file",
@@ -533,4 +534,5 @@ def test_the_cases_drive_most_kinds() -> None:
         "check.beszel.hub",
         "uptime_kuma.maintenance",
         "check.uptime_kuma",
+        "check.mcp",
     }

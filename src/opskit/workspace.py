@@ -457,7 +457,8 @@ def target_context(target: Target) -> dict[str, Any]:
             continue
         h = service.health
         port = h.port or service.port
-        url = h.url or (f"{h.scheme}://{target.address}:{port}{h.path}" if port else None)
+        path = h.path_or_default()
+        url = h.url or (f"{h.scheme}://{target.address}:{port}{path}" if port else None)
         health.append(
             {
                 "service": name,
@@ -471,6 +472,10 @@ def target_context(target: Target) -> dict[str, Any]:
                 "contains": h.contains,
                 "banner": h.banner,
                 "tls": h.tls.model_dump(),
+                "via": h.via,
+                "bearer": h.bearer,
+                "min_tools": 1 if h.min_tools is None else h.min_tools,
+                "tools": list(h.tools),
             }
         )
     ctx["health"] = health

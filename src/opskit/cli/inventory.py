@@ -132,7 +132,10 @@ def show(ctx: click.Context, name: str, as_json: bool) -> None:
     if record["health"]:
         echo("  services:")
         for h in record["health"]:
-            where = h["url"] if h["check"] == "http" else f"tcp {h['host']}:{h['port']}"
+            if h["check"] == "mcp":
+                where = f"mcp {h['url']}" + (" (openapi proxy)" if h["via"] == "openapi" else "")
+            else:
+                where = h["url"] if h["check"] == "http" else f"tcp {h['host']}:{h['port']}"
             echo(f"    {h['service']:18} {where}")
     for svc in record["services"]:
         if svc not in {h["service"] for h in record["health"]}:

@@ -64,11 +64,13 @@ class ProxmoxCluster(StrictModel):
 class HealthCheck(StrictModel):
     """How to tell that a service is healthy, from the controller."""
 
-    check: Literal["http", "tcp"] = "http"
+    check: Literal["http", "tcp", "mcp"] = "http"
     url: str | None = Field(None, description="full URL; otherwise built from scheme/port/path")
     scheme: Literal["http", "https"] = "http"
     port: int | None = Field(None, ge=1, le=65535, description="defaults to the service's port")
-    path: str = "/"
+    path: str | None = Field(
+        None, description="default /, for mcp /mcp (with `via: openapi` the proxy's root)"
+    )
     method: Literal["GET", "HEAD", "POST"] = "GET"
     expect: int | list[int] = 200
     json_match: dict[str, Any] | None = Field(
@@ -77,6 +79,18 @@ class HealthCheck(StrictModel):
     contains: str | None = None
     banner: str | None = Field(None, description="for tcp: a regex the first line must match")
     tls: TLS = Field(default_factory=TLS)
+    # check: mcp (check.mcp): the handshake over streamable HTTP, or an OpenAPI proxy
+    via: Literal["mcp", "openapi"] = Field(
+        "mcp", description="for mcp: the MCP handshake, or an OpenAPI proxy (mcpo) in front"
+    )
+    bearer: SecretRef | None = Field(None, description="for mcp: the bearer key, a reference")
+    min_tools: int | None = Field(None, ge=0, description="for mcp: at least this many tools")
+    tools: list[str] = Field(default_factory=list, description="for mcp: tools that must exist")
+
+    def path_or_default(self) -> str:
+        if self.path is not None:
+            return self.path
+        return "/mcp" if self.check == "mcp" and self.via == "mcp" else "/"
 
 
 Protocol = Literal["http", "https", "websocket", "ssh", "tcp", "mcp"]

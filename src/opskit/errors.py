@@ -333,6 +333,8 @@ class UptimeKumaUnreachable(UptimeKumaError):
 
 class UptimeKumaAuthError(UptimeKumaError):
     pass
+
+
 class McpError(OpskitError):
     """An MCP server (or its OpenAPI proxy) answered with an error, or not in MCP."""
 

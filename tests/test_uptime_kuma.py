@@ -516,3 +516,40 @@ def test_monitor_states_for_opskit_status(env: KumaEnv) -> None:
         ("uptime-kuma", "Status page", "up", False),
     ]
     assert sent and all(s.reads and s.read_only for s in sent)
+
+
+def test_opskit_status_shows_each_service_by_its_monitors(
+    env: KumaEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uptime Kuma as a source of `opskit status`: a figure per service a monitor watches, the
+    worst of its monitors; read-only; "not configured" (None) while its login is unset."""
+    from opskit.clients.connections import Connections, Transports
+    from opskit.loader import load_inventory
+    from opskit.status import MONITOR_SOURCES
+
+    inventory, _ = load_inventory(env.project.root / "inventory" / "homelab.yaml")
+    [source] = [s for s in (f(inventory) for f in MONITOR_SOURCES) if s is not None]
+    sent: list[Sent] = []
+
+    async def go() -> Any:
+        connections = Connections(inventory, transports=Transports(observe=sent.append))
+        try:
+            return await source.monitors(connections, inventory, 5.0)
+        finally:
+            await connections.aclose()
+
+    found = asyncio.run(go())
+    assert {k: f.value for k, f in found.items()} == {
+        ("docker", "traefik"): "up",
+        ("docker", "uptime-kuma"): "up",
+        ("ai", "proxmoxmcp"): "up",
+        ("media", "beszel-agent"): "up",  # the router's monitor watches nothing of it
+    }
+    assert sent and all(s.reads and s.read_only for s in sent)
+    traefik = next(i for i, m in env.kuma.state.monitors.items() if m["name"] == "traefik")
+    env.kuma.state.status[traefik] = 0  # its checks fail
+    found = asyncio.run(go())
+    assert found[("docker", "traefik")].value == "down"
+    assert "traefik" in found[("docker", "traefik")].source
+    monkeypatch.delenv("KUMA_TEST_PASSWORD")
+    assert asyncio.run(go()) is None

@@ -16,8 +16,11 @@ delays nothing else past it. Each figure says where it came from and when (`Figu
 
 from __future__ import annotations
 
+from .kuma import source as _uptime_kuma
 from .model import Figure, HostStatus, Overview, ServiceStatus
 from .probes import MONITOR_SOURCES, MonitorSource, collect
+
+MONITOR_SOURCES.append(_uptime_kuma)  # the inventory's `uptime_kuma:`, when it names one
 
 __all__ = [
     "MONITOR_SOURCES",

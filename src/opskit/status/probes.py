@@ -29,7 +29,9 @@ class MonitorSource(Protocol):
 
     async def monitors(
         self, connections: Connections, inventory: Inventory, timeout: float
-    ) -> dict[tuple[str, str], Figure]: ...
+    ) -> dict[tuple[str, str], Figure] | None:
+        """The figures, or None when the source is not configured here (its login unset)."""
+        ...
 
 
 MONITOR_SOURCES: list[Callable[[Inventory], MonitorSource | None]] = []
@@ -351,6 +353,9 @@ async def _monitors(
         )
     except Exception as exc:
         overview.sources[source.name] = Figure(None, source.name, time.time(), error=_said(exc))
+        return
+    if found is None:
+        overview.sources[source.name] = Figure("not configured", source.name, None)
         return
     overview.sources[source.name] = Figure("answered", source.name, time.time())
     for (host_name, service_name), figure in found.items():

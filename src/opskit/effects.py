@@ -96,11 +96,12 @@ def _cls(rendered: RenderedStep) -> type[Action[Any]] | None:
 
 
 def after_apply(change: Change, step: str, facet: str) -> Change:
-    """A probe's answer made moot by an earlier step: what it found blocks nothing now, it
-    is checked again when the step runs."""
-    if not change.blockers:
+    """A probe's answer made moot by an earlier step: what it found blocks nothing now, it is
+    checked again when the step runs. Nothing to do now is no promise either (the earlier step
+    may write what this one reads); a change it found stays the plan's best estimate."""
+    if not change.blockers and change.kind is not ChangeKind.NONE:
         return change
-    found = "; ".join(change.blockers)
+    found = "; ".join(change.blockers) or change.summary
     return Change.unknown(
         f"known after apply: step {step} changes the {_words(facet)} first; checked again"
         f" when it runs (now: {found})",

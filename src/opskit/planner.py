@@ -199,7 +199,7 @@ async def build_plan(
     secrets = probe_secrets(loaded)
     runs = planned_runs(loaded, targets)
     try:
-        target_plans = await asyncio.gather(
+        planned_targets = await asyncio.gather(
             *(
                 plan_target(
                     loaded,
@@ -213,8 +213,13 @@ async def build_plan(
                     run=runs[t.name],
                 )
                 for t in targets
-            )
+            ),
+            return_exceptions=True,  # every target's probes end here, none left unretrieved
         )
+        target_plans = [p for p in planned_targets if isinstance(p, TargetPlan)]
+        for failed in planned_targets:
+            if isinstance(failed, BaseException):
+                raise failed
     finally:
         await connections.aclose()
     plan = Plan(

@@ -22,6 +22,7 @@ POWER = "power"  # the guest's power state (running, stopped) and so whether its
 SNAPSHOTS = "snapshots"  # the guest's snapshots
 HOST = "host"  # the host itself, reached over SSH: its files, packages, users, services
 
+ORDER = (POWER, SNAPSHOTS, HOST)  # the most telling cause first
 _POWER = frozenset({POWER, HOST})
 _ON_HOST = (frozenset({POWER, HOST}), frozenset({HOST}))
 # kind -> (what its probe reads, what its apply changes); by kind, then by prefix.
@@ -77,7 +78,7 @@ class Effects:
         if rendered.skipped or rendered.risk is Risk.READ:
             return None
         reads, _ = facets(rendered.action, _cls(rendered))
-        for facet in sorted(reads):
+        for facet in sorted(reads, key=lambda f: (ORDER.index(f) if f in ORDER else 9, f)):
             if facet in self.pending:
                 return self.pending[facet], facet
         return None

@@ -26,9 +26,9 @@ OUTPUT_CAP = 64 * 1024
 _SIMULATE = """set -e
 d=$(mktemp -d "${{TMPDIR:-/tmp}}/opskit-apt.XXXXXX")
 trap 'rm -rf "$d"' EXIT
-mkdir -p "$d/lists/partial" "$d/cache/archives/partial"
+mkdir -p "$d/lists/partial" "$d/cache/archives/partial" "$d/log"
 o="-q -o Dir::State::Lists=$d/lists -o Dir::Cache=$d/cache -o Debug::NoLocking=1"
-o="$o -o APT::Sandbox::User=root"
+o="$o -o Dir::Log=$d/log -o APT::Sandbox::User=root"
 apt-get $o update >"$d/out" 2>&1 || {{ cat "$d/out" >&2; exit 3; }}
 apt-get $o -s {verb}
 echo "== held"

@@ -212,3 +212,25 @@ def test_retention_keeps_exactly_n_of_opskits_snapshots_and_never_anothers(lab: 
     shown = lab.opskit("show-run", run_id, "--lab", "--json")
     assert shown.returncode == 0, shown.stderr
     assert taken[-1] in shown.stdout and taken[1] in shown.stdout  # name, and deleted
+
+
+def test_a_plan_knows_the_vm_an_earlier_step_starts(lab: Lab) -> None:
+    """deploy-proxmoxmcp with its VM stopped: the steps after `vm-up` cannot reach the host
+    yet, so they are known after apply, not blockers; the run starts the VM and converges."""
+    down = lab.opskit(
+        "run", "vm-power", "-p", "action=shutdown", "--limit", "vm:110", "--lab", "--yes"
+    )
+    assert down.returncode == 0, down.stdout + down.stderr
+    done = lab.opskit("plan", "deploy-proxmoxmcp", "--lab", "--format", "json")
+    assert done.returncode == 0, done.stdout + done.stderr  # no blockers
+    steps = {s["id"]: s["change"] for s in json.loads(done.stdout)["targets"][0]["steps"]}
+    assert steps["vm-up"]["kind"] == "update"
+    for step in ("user", "ctl", "config", "switch", "start"):
+        assert steps[step]["kind"] == "unknown" and not steps[step]["blockers"], steps[step]
+        assert steps[step]["summary"].startswith(
+            "known after apply: step vm-up changes the guest's power first"
+        ), steps[step]
+    run = lab.opskit("run", "deploy-proxmoxmcp", "--lab", "--yes")
+    assert run.returncode == 0, run.stdout + run.stderr
+    again = lab.opskit("run", "deploy-proxmoxmcp", "--lab", "--dry-run")
+    assert again.returncode == 0 and "blocker" not in again.stdout, again.stdout

@@ -33,6 +33,7 @@ class HostResource(fakes.Resource):
     name: ClassVar[str] = "test.onhost"
     reads: ClassVar[frozenset[str] | None] = frozenset({POWER, HOST})
     changes: ClassVar[frozenset[str] | None] = frozenset({HOST})
+    decided_by: ClassVar[frozenset[str] | None] = frozenset({POWER})
 
 
 class CheckResource(fakes.Resource):
@@ -80,6 +81,8 @@ steps:
     test.onhost: {name: user, blocked: "ai: connection refused"}
   - id: file
     test.onhost: {name: file}
+  - id: other
+    test.resource: {name: other}
 """
 
 
@@ -111,9 +114,11 @@ def test_with_nothing_changing_before_it_a_blocker_stays_a_blocker(env):
 def test_nothing_to_do_after_an_earlier_change_is_no_promise(env):
     env.project.runbook("effects", EFFECTS.replace(', blocked: "ai: connection refused"', ""))
     env.world.add("ai/user")
+    env.world.add("ai/other")
     steps = _steps(_plan(env, "effects"))
-    assert steps["user"]["change"]["kind"] == "unknown"  # present now; up may change that
+    assert steps["user"]["change"]["kind"] == "unknown"  # present now; up decides that
     assert "(now: user is present)" in steps["user"]["change"]["summary"]
+    assert steps["other"]["change"]["kind"] == "none"  # nothing before it decides this one
     env.world.add("ai/vm")
     steps = _steps(_plan(env, "effects"))
     assert steps["user"]["change"]["kind"] == "none"  # nothing before it changes: exact

@@ -54,6 +54,16 @@ PREFIXES: Mapping[str, tuple[frozenset[str], frozenset[str]]] = {
     "proxmoxmcp.": _ON_HOST,
 }
 NOTHING: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+# Kinds whose "nothing to do" is decided by what an earlier step may change: a reboot only when
+# the upgrade before it left /var/run/reboot-required, a start after a step that powers the
+# guest off. Other kinds keep a "nothing to do" (their own file, user or package is theirs).
+DECIDED_BY: Mapping[str, frozenset[str]] = {
+    "guest.reboot": frozenset({HOST, POWER}),
+    **dict.fromkeys(
+        (k for k, (reads, _) in KINDS.items() if reads == frozenset({POWER})), frozenset({POWER})
+    ),
+    "proxmox.vm.delete_snapshot": frozenset({SNAPSHOTS}),
+}
 
 
 def facets(kind: str, action: type[Action[Any]] | None = None) -> tuple[frozenset[str], ...]:
@@ -67,17 +77,29 @@ def facets(kind: str, action: type[Action[Any]] | None = None) -> tuple[frozense
     return reads, changes
 
 
+def decided_by(kind: str, action: type[Action[Any]] | None = None) -> frozenset[str]:
+    if action is not None and action.decided_by is not None:
+        return action.decided_by
+    return DECIDED_BY.get(kind, frozenset())
+
+
 @dataclass
 class Effects:
     """What the earlier steps of one target's plan will change, in plan order."""
 
     pending: dict[str, str] = field(default_factory=dict)  # facet -> the first step changing it
 
-    def moot(self, rendered: RenderedStep) -> tuple[str, str] | None:
-        """(step id, facet) of the earlier step whose change this step's probe reads."""
+    def moot(self, rendered: RenderedStep, change: Change) -> tuple[str, str] | None:
+        """(step id, facet) of the earlier step whose change makes this probe's answer moot:
+        a blocker from what the step reads, or a "nothing to do" decided by it."""
         if rendered.skipped or rendered.risk is Risk.READ:
             return None
-        reads, _ = facets(rendered.action, _cls(rendered))
+        if change.blockers:
+            reads, _ = facets(rendered.action, _cls(rendered))
+        elif change.kind is ChangeKind.NONE:
+            reads = decided_by(rendered.action, _cls(rendered))
+        else:
+            return None
         for facet in sorted(reads, key=lambda f: (ORDER.index(f) if f in ORDER else 9, f)):
             if facet in self.pending:
                 return self.pending[facet], facet
@@ -98,10 +120,8 @@ def _cls(rendered: RenderedStep) -> type[Action[Any]] | None:
 
 def after_apply(change: Change, step: str, facet: str) -> Change:
     """A probe's answer made moot by an earlier step: what it found blocks nothing now, it is
-    checked again when the step runs. Nothing to do now is no promise either (the earlier step
-    may write what this one reads); a change it found stays the plan's best estimate."""
-    if not change.blockers and change.kind is not ChangeKind.NONE:
-        return change
+    checked again when the step runs; so is a "nothing to do" the earlier step decides (see
+    DECIDED_BY). A change it found stays the plan's best estimate."""
     found = "; ".join(change.blockers) or change.summary
     return Change.unknown(
         f"known after apply: step {step} changes the {_words(facet)} first; checked again"

@@ -154,7 +154,7 @@ async def plan_target(
     for show, r in zip(shown, probed, strict=True):
         async with limiter:
             change = redacted(await probe_step(r, target, settings, connections))
-        moot = effects.moot(r)
+        moot = effects.moot(r, change)
         if moot is not None:
             change = after_apply(change, *moot)
         effects.planned(r, change)

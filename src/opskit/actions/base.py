@@ -121,6 +121,9 @@ class Action(Generic[A]):
     # target changes plans as "known after apply" rather than blocked.
     reads: ClassVar[frozenset[str] | None] = None
     changes: ClassVar[frozenset[str] | None] = None
+    # What decides its "nothing to do" (a reboot only if the upgrade asked for one): after an
+    # earlier step changing that, it is known after apply too.
+    decided_by: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, args: A) -> None:
         self.args = args

@@ -37,7 +37,6 @@ SHIPPED = sorted(
 # The kinds that register nothing of their own (every step still registers ok, changed, summary).
 REGISTER_NOTHING = {
     "wait",
-    "proxmox.vm.snapshot",
     "proxmox.vm.rollback",
     "proxmox.vm.delete_snapshot",
     "proxmox.vm.wait",
@@ -428,7 +427,19 @@ def power(status: str, qmpstatus: str | None = None) -> dict[str, Any]:
     return {"pve": FakeProxmox(status, qmpstatus)}
 
 
+def rebooting_shell(command: str, count: int) -> CommandResult | None:
+    if "boot_id" in command:  # the boot before, then another once it is back
+        return CommandResult(0, "before\n" if count == 1 else "after\n", "", 0.01)
+    return None
+
+
 CASES: dict[str, Callable[[Path], Any]] = {
+    "apt.upgrade": lambda tmp: applied("apt.upgrade", {}, context(shell=FakeShell())),
+    "guest.reboot": lambda tmp: applied(
+        "guest.reboot",
+        {"only_if_required": True},
+        context(shell=FakeShell(rebooting_shell), **power("running")),
+    ),
     "check.http": lambda tmp: applied(
         "check.http",
         {"url": "http://127.0.0.1:9/livez", "json": {"status": "ok"}},

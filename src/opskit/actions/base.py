@@ -125,6 +125,14 @@ class Action(Generic[A]):
     # A runbook fragment using the kind: `steps:` (and `targets:`, `secrets:` where it needs
     # them), as a user would copy it; the tests load it against the shipped inventory.
     example: ClassVar[str] = ""
+    # What of its target the probe reads and the apply changes (opskit.effects names them;
+    # None: the table there decides by kind). A probe reading what an earlier step of the same
+    # target changes plans as "known after apply" rather than blocked.
+    reads: ClassVar[frozenset[str] | None] = None
+    changes: ClassVar[frozenset[str] | None] = None
+    # What decides its "nothing to do" (a reboot only if the upgrade asked for one): after an
+    # earlier step changing that, it is known after apply too.
+    decided_by: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, args: A) -> None:
         self.args = args

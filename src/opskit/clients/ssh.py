@@ -260,7 +260,9 @@ class SSHPool:
     async def session(self, endpoint: Endpoint) -> Session:
         key = endpoint.key
         if key in self.sessions:
-            return self.sessions[key]
+            if not self.sessions[key].conn.is_closed():
+                return self.sessions[key]
+            del self.sessions[key]  # the host went away (it rebooted): connect anew
         if key in self._opening:
             return await asyncio.shield(self._opening[key])
         future: asyncio.Future[Session] = asyncio.get_running_loop().create_future()

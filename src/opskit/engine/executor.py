@@ -28,8 +28,10 @@ from ..model import Change, ChangeKind, Inventory, Outcome, Risk, Step, Target
 from ..model.common import format_duration, resolve_count
 from ..model.plan import Plan, PlannedStep, TargetPlan
 from ..planner import ProbeSettings, gate_for, probe_step
+from ..render import FAILURE_NAME
 from ..report import counted
 from ..report.progress import Reporter
+from ..runcontext import failure_value, no_failure, not_run, run_values
 from ..store import (
     DECLINED,
     DONE,
@@ -82,6 +84,7 @@ class TargetRun:
     failed: bool = False
     declined: bool = False
     interrupted: bool = False
+    failure: dict[str, Any] | None = None  # its first step or check that failed, and why
 
     @property
     def status(self) -> str:
@@ -133,9 +136,17 @@ class Execution:
         self.settings = settings or ProbeSettings()
         by_name = {t.name: t for t in targets}
         self.runs: list[TargetRun] = []
+        started = time.time()
+        previous = journal.last_successes(plan.runbook)
+        registered = [s.register_as for _, _, s in self.rb.all_steps() if s.register_as]
         for tp in plan.targets:
             target = by_name[tp.target]
-            context = base_context(loaded, plan.params, target, secrets)
+            run = run_values(self.run_id, started, previous.get(target.name))
+            context = {
+                **not_run(registered),  # until their steps run: handlers see "not run"
+                **base_context(loaded, plan.params, target, secrets, run),
+                FAILURE_NAME: no_failure(),
+            }
             self.runs.append(TargetRun(target, tp, context, {s.id: s for s in tp.steps}))
         self.steps_by_id: dict[str, tuple[str, Step]] = {
             step.id: (section, step) for section, _, step in self.rb.all_steps()
@@ -459,13 +470,27 @@ class Execution:
         try:
             ok = await self._run_section(tr, "steps")
             if ok and not self.stopping:
-                await self._run_section(tr, "verify")
+                ok = await self._run_section(tr, "verify")
+            if not ok and self.rb.rescue:
+                await self._rescue(tr)
         except asyncio.CancelledError:
             tr.interrupted = True  # the second Ctrl-C: whatever it was doing did not finish
             raise
         finally:
             if self.rb.always and not self.hard:
                 await self._run_section(tr, "always", always=True)
+
+    async def _rescue(self, tr: TargetRun) -> None:
+        """A step or check of the target failed: its rescue steps run, seeing `failure`. The
+        target stays failed whatever they do; they only put its world back."""
+        if not tr.failed or tr.interrupted or self.stopping:
+            return
+        failed = (tr.failure or {}).get("step", "?")
+        ok = await self._run_section(tr, "rescue")
+        outcome = "rescued it; the target is failed" if ok else "rescue failed too"
+        self.reporter.emit(
+            {"event": "message", "text": f"{tr.target.label()}: step {failed} failed, {outcome}"}
+        )
 
     # ----- steps -------------------------------------------------------------------------
 
@@ -532,6 +557,11 @@ class Execution:
         outputs: dict[str, Any] | None = None,
         duration: float | None = None,
     ) -> None:
+        planned = tr.planned.get(step_id)
+        first = tr.failure is None and status in (FAILED, UNKNOWN)
+        if first and planned is not None and planned.section in ("steps", "verify"):
+            tr.failure = failure_value(step_id, status, error, summary)
+            tr.context[FAILURE_NAME] = tr.failure
         self.journal.step_finished(
             self.run_id,
             tr.target.name,

@@ -9,8 +9,9 @@ STAMP := $(VENV)/.installed-stamp
 # Debian packages the tests and the lab need; installed when running as root and missing.
 # systemd: its offline tools (systemd-analyze calendar and verify) check schedules and units.
 # dpkg-dev: dpkg-scanpackages indexes the lab's apt repository (dpkg-deb, in dpkg, builds it).
+# chromium-headless-shell: the browser the status page's test drives (through Playwright).
 DEBIAN_PACKAGES := openssh-server openssh-client sudo iproute2 util-linux curl ca-certificates \
-  systemd dpkg-dev
+  systemd dpkg-dev chromium-headless-shell
 
 .PHONY: demo tour test lint typecheck pytest bench sysdeps clean
 

@@ -58,9 +58,11 @@ def test_inventory_show_by_name_and_vmid(opskit):
     assert by_name.code == by_vmid.code == 0
     assert json.loads(by_name.out) == json.loads(by_vmid.out)
     health = {h["service"]: h for h in json.loads(by_name.out)["health"]}
-    assert health["proxmoxmcp"]["url"] == "http://ai.tail0000.ts.net:8811/livez"
+    assert health["proxmoxmcp"]["url"] == "http://ai.tail0000.ts.net:8811/"
+    assert health["proxmoxmcp"]["check"] == "mcp" and health["proxmoxmcp"]["via"] == "openapi"
+    assert health["homelab-mcp"]["url"] == "http://ai.tail0000.ts.net:8000/mcp"
     text = opskit("inventory", "show", "ai")
-    assert "proxmoxmcp" in text.out and "8811/livez" in text.out
+    assert "proxmoxmcp" in text.out and "8000/mcp" in text.out
 
 
 def test_inventory_show_unknown_is_a_usage_error(opskit):
@@ -82,16 +84,17 @@ def test_show_renders_every_service_check(opskit):
     data = json.loads(result.out)
     steps = {t["target"]: [s["id"] for s in t["steps"]] for t in data["targets"]}
     assert steps["ai"] == [
-        "http[proxmoxmcp]",
         "http[moltbot]",
-        "http[homelab-mcp]",
-        "http[ssh-orchestrator]",
+        "mcp[proxmoxmcp]",
+        "mcp[homelab-mcp]",
+        "mcp[ssh-orchestrator]",
         "tcp[beszel-agent]",
     ]
     assert steps["workstation"] == []
-    livez = data["targets"][3]["steps"][0]
-    assert livez["args"]["url"] == "http://ai.tail0000.ts.net:8811/livez"
-    assert livez["args"]["json"] == {"status": "ok"}
+    proxy = data["targets"][3]["steps"][1]
+    assert proxy["args"]["url"] == "http://ai.tail0000.ts.net:8811/"
+    assert proxy["args"]["via"] == "openapi" and proxy["args"]["min_tools"] == 60
+    assert proxy["args"]["bearer_ref"] == "env:PROXMOXMCP_API_KEY"  # a reference, not a value
 
 
 def test_show_limit_and_text(opskit):

@@ -23,6 +23,7 @@ DRY_RUNS: list[tuple[str, tuple[str, ...]]] = [
     ("deploy-proxmoxmcp", ("-p", "method=docker")),
     ("health", ()),
     ("install-beszel-agents", ()),
+    ("patch-guests", ()),
     ("uninstall-beszel-agent", ()),
     ("vm-power", ("-p", "action=start")),
     ("vm-power", ("-p", "action=shutdown")),

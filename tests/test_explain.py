@@ -37,7 +37,6 @@ SHIPPED = sorted(
 # The kinds that register nothing of their own (every step still registers ok, changed, summary).
 REGISTER_NOTHING = {
     "wait",
-    "proxmox.vm.snapshot",
     "proxmox.vm.rollback",
     "proxmox.vm.delete_snapshot",
     "proxmox.vm.wait",
@@ -428,7 +427,19 @@ def power(status: str, qmpstatus: str | None = None) -> dict[str, Any]:
     return {"pve": FakeProxmox(status, qmpstatus)}
 
 
+def rebooting_shell(command: str, count: int) -> CommandResult | None:
+    if "boot_id" in command:  # the boot before, then another once it is back
+        return CommandResult(0, "before\n" if count == 1 else "after\n", "", 0.01)
+    return None
+
+
 CASES: dict[str, Callable[[Path], Any]] = {
+    "apt.upgrade": lambda tmp: applied("apt.upgrade", {}, context(shell=FakeShell())),
+    "guest.reboot": lambda tmp: applied(
+        "guest.reboot",
+        {"only_if_required": True},
+        context(shell=FakeShell(rebooting_shell), **power("running")),
+    ),
     "check.http": lambda tmp: applied(
         "check.http",
         {"url": "http://127.0.0.1:9/livez", "json": {"status": "ok"}},
@@ -517,8 +528,10 @@ def test_apply_registers_exactly_the_documented_outputs(
 
 
 def test_the_cases_drive_most_kinds() -> None:
-    """The rest (host.*, beszel.agent, the hub's kinds) need pyinfra or a hub to produce their
-    outputs: their integration tests do, held to their documentation by conftest.py."""
+    """The rest (host.*, beszel.agent, the hub's kinds, Uptime Kuma's, check.mcp) need pyinfra,
+    a hub, a Socket.IO server or an MCP server to produce their outputs: their tests do (Uptime
+    Kuma's against the lab's stand-in in process, check.mcp against tests/test_check_mcp.py's
+    fakes and real servers), held to their documentation by conftest.py."""
     left = set(SHIPPED) - set(CASES)
     assert left == {
         "host.file",
@@ -530,4 +543,7 @@ def test_the_cases_drive_most_kinds() -> None:
         "beszel.agent",
         "beszel.hub.system",
         "check.beszel.hub",
+        "uptime_kuma.maintenance",
+        "check.uptime_kuma",
+        "check.mcp",
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from labkit import REPO as REPO_ROOT
 from labkit import Lab, lab_up
 from opskit.lab.power import alive
 
@@ -474,6 +476,133 @@ def test_the_mcp_servers_speak_mcp(lab: Lab) -> None:
         "['ssh_targets', 'whoami']",
         "SSH Orchestrator on ai (opskit lab)",
     ]
+
+
+# ----- status (with every service deployed by the health test above) ---------------------
+
+
+STATUS_SCHEMA = json.loads(
+    (REPO_ROOT / "src" / "opskit" / "status" / "status.schema.json").read_text()
+)
+
+
+def status_json(lab: Lab, *args: str) -> tuple[int, dict[str, object], float]:
+    import jsonschema
+
+    started = time.monotonic()
+    done = lab.opskit("status", "--lab", "--json", *args)
+    took = time.monotonic() - started
+    assert done.stdout, done.stderr
+    data = json.loads(done.stdout)
+    jsonschema.Draft202012Validator(STATUS_SCHEMA).validate(data)
+    return done.returncode, data, took
+
+
+def test_status_shows_the_lab_and_marks_exactly_the_host_that_stopped_answering(
+    lab: Lab,
+) -> None:
+    from opskit.lab.power import children, current_pid
+    from opskit.loader import load_inventory
+
+    inventory, _ = load_inventory(lab.root / "inventory.yaml")
+    code, data, took = status_json(lab)
+    assert code == 0, data
+    hosts = {h["name"]: h for h in data["hosts"]}  # type: ignore[attr-defined]
+    assert list(hosts) == [h.name for h in inventory.all_hosts()]
+    for host in inventory.all_hosts():
+        shown = hosts[host.name]
+        assert shown["state"] == "ok", shown
+        assert {s["name"] for s in shown["services"]} == set(host.services)
+        if host.name != "workstation":
+            assert shown["figures"]["power"]["value"] == "running"
+            assert shown["figures"]["power"]["source"].startswith("proxmox pve")
+    tools = {s["name"]: s["tool_count"] for s in hosts["ai"]["services"]}
+    assert tools["proxmoxmcp"] == 65  # the OpenAPI proxy's tool paths
+    assert tools["homelab-mcp"] == tools["ssh-orchestrator"] == 2
+    assert hosts["dev"]["beszel"]["value"] == "registered"  # a bare PocketBase: no status
+    assert {r["runbook"] for r in hosts["ai"]["runs"]} >= {"deploy-proxmoxmcp", "health"}
+    print(f"opskit status --lab: {took:.2f}s wall")
+
+    # dev stops answering: its sshd stopped (SIGSTOP: connections open, nothing answers),
+    # its agent stopped
+    on(lab, "dev", "systemctl stop beszel-agent")
+    host = current_pid(lab.root, "dev")
+    assert host is not None
+    sshd = children(host)[0]
+    os.kill(sshd, signal.SIGSTOP)
+    try:
+        code, data, took = status_json(lab, "--timeout", "2s")
+    finally:
+        os.kill(sshd, signal.SIGCONT)
+    assert code == 1
+    states = {h["name"]: h["state"] for h in data["hosts"]}  # type: ignore[attr-defined]
+    assert [n for n, state in states.items() if state != "ok"] == ["dev"], states
+    dev = next(h for h in data["hosts"] if h["name"] == "dev")  # type: ignore[attr-defined]
+    assert [p.split(":")[0] for p in dev["problems"]] == ["ssh", "beszel-agent"], dev
+    print(f"opskit status --lab --timeout 2s, dev not answering: {took:.2f}s wall")
+
+    # dev's host dies under Proxmox's feet (its processes killed, the guest still "running"):
+    # the lab calls itself broken, and status still answers, naming dev alone
+    os.kill(host, signal.SIGKILL)
+    code, data, took = status_json(lab, "--timeout", "2s")
+    assert code == 1
+    states = {h["name"]: h["state"] for h in data["hosts"]}  # type: ignore[attr-defined]
+    assert [n for n, state in states.items() if state != "ok"] == ["dev"], states
+    dev = next(h for h in data["hosts"] if h["name"] == "dev")  # type: ignore[attr-defined]
+    assert "connection refused" in dev["ssh"]["error"], dev
+    assert dev["figures"]["power"]["value"] == "running"  # what Proxmox believes
+    # booted again as the lab's Proxmox boots a guest (every other command refuses a broken lab)
+    from opskit.lab.power import boot
+
+    netns = next(h["netns"] for h in lab.state["hosts"] if h["name"] == "dev")  # type: ignore[attr-defined]
+    boot(lab.root, "dev", str(netns))
+    lab.wait_for_ssh("dev")
+
+
+def test_the_status_page_in_a_browser(lab: Lab, tmp_path: Path) -> None:
+    """Debian's headless Chromium, driven by Playwright inside the lab's controller: the page
+    shows every lab host and the last run."""
+    from opskit.loader import load_inventory
+
+    inventory, _ = load_inventory(lab.root / "inventory.yaml")
+    last = json.loads(lab.opskit("history", "--lab", "--json").stdout)[0]["id"]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "opskit", "status", "--lab", "--serve", "127.0.0.1:8470"],
+        cwd=REPO_ROOT,
+        env=lab.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        said = server.stdout.readline()  # printed once it is about to listen
+        assert "serving http://127.0.0.1:8470/" in said, said
+        shot = tmp_path / "status-page.png"
+        for _ in range(50):  # the port, then the page
+            done = lab.inside(
+                sys.executable,
+                str(REPO_ROOT / "tests" / "status_browser.py"),
+                "http://127.0.0.1:8470/",
+                str(shot),
+                timeout=120,
+            )
+            if done.returncode == 0 or "ERR_CONNECTION_REFUSED" not in done.stderr:
+                break
+            time.sleep(0.1)
+        assert done.returncode == 0, done.stderr
+    finally:
+        server.terminate()
+        server.wait(20)
+    seen = json.loads(done.stdout)
+    assert [h for h, _ in seen["hosts"]] == [h.name for h in inventory.all_hosts()]
+    assert last in seen["runs"], (last, seen["runs"])
+    assert seen["title"] == f"opskit status (lab {lab.name})"
+    assert "proxmoxmcp|ProxmoxMCP 1.30.0: 65 tools" in seen["details"], seen["details"]
+    assert shot.stat().st_size > 10_000
+    keep = os.environ.get("OPSKIT_STATUS_SCREENSHOT")  # docs/status-page.png, by hand
+    if keep:
+        Path(keep).write_bytes(shot.read_bytes())
 
 
 # ----- down -------------------------------------------------------------------------------

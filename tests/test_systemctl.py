@@ -118,7 +118,10 @@ def test_start_runs_the_process_and_stop_ends_it(systemd):
     assert "Active: active (running)" in status.stdout
     child = int(
         subprocess.run(
-            ["pgrep", "-f", "sleep 300$"], capture_output=True, text=True, check=True
+            ["pgrep", "-P", str(pid), "-f", "sleep 300$"],  # this service's child, no other
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.split()[0]
     )
     systemd("start", "demo", check=True)  # already running: nothing happens

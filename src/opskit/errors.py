@@ -35,6 +35,11 @@
     │   ├── HubUnreachable           exit 1    nothing answered
     │   ├── HubAuthError             exit 1    the login was refused
     │   └── HubAnswerLost            exit 1    (above)
+    ├── UptimeKumaError              exit 1    Uptime Kuma refused an event, or could not be reached
+    │   ├── UptimeKumaUnreachable    exit 1    no Socket.IO connection, or no answer in time
+    │   └── UptimeKumaAuthError      exit 1    the login was refused (or needs a 2FA token)
+    ├── McpError                     exit 1    an MCP server answered badly, or not as expected
+    │   └── McpUnauthorized          exit 1    the server refused the key (401, 403)
     ├── WheelhouseError              exit 1    a wheelhouse is missing or incomplete
     ├── LabError                     exit 1    the lab could not be built or taken down
     └── HubSetupError                exit 1    the lab's PocketBase would not start or load
@@ -315,6 +320,27 @@ class HubAuthError(HubError):
 
 class HubAnswerLost(HubError, OutcomeUnknown):
     """A change was sent to the hub and its answer lost: it may have been made."""
+
+
+class UptimeKumaError(OpskitError):
+    """Uptime Kuma answered an event with `ok: false` (its `msg`, an i18n key on 2.x), or
+    could not be reached: one line naming the event."""
+
+
+class UptimeKumaUnreachable(UptimeKumaError):
+    pass
+
+
+class UptimeKumaAuthError(UptimeKumaError):
+    pass
+
+
+class McpError(OpskitError):
+    """An MCP server (or its OpenAPI proxy) answered with an error, or not in MCP."""
+
+
+class McpUnauthorized(McpError):
+    """The MCP server refused the bearer key (or wanted one): HTTP 401 or 403."""
 
 
 # --- the controller and the lab ------------------------------------------------------------

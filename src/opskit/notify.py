@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .secrets import redactor, resolve_optional
+from .secrets import placeholder, redactor, resolve_optional
 
 if TYPE_CHECKING:
+    from .clients.connections import Transports
     from .model.schedule import Notify
 
 Event = Literal["failure", "success", "approval"]
@@ -89,16 +90,33 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else ""
 
 
-def send(notice: Notice, spec: Notify, warn: Callable[[str], None]) -> list[str]:
+def send(
+    notice: Notice,
+    spec: Notify,
+    warn: Callable[[str], None],
+    transports: Transports | None = None,
+) -> list[str]:
     """Send `notice` where `spec` says; the names of the receivers reached (URLs are never
-    named: `notify.urls[0]`, `notify.heartbeat`)."""
+    named: `notify.urls[0]`, `notify.heartbeat`). Outside any event loop; `asend` inside one."""
+    import asyncio
+
+    return asyncio.run(asend(notice, spec, warn, transports))
+
+
+async def asend(
+    notice: Notice,
+    spec: Notify,
+    warn: Callable[[str], None],
+    transports: Transports | None = None,
+) -> list[str]:
+    """`send`, awaited: the heartbeat goes through the one door (`transports`, the run's)."""
     reached: list[str] = []
     if notice.event in spec.on:
         for i, ref in enumerate(spec.urls):
             name = f"notify.urls[{i}]"
             if _apprise(name, ref, notice, warn):
                 reached.append(name)
-    if spec.heartbeat is not None and _heartbeat(spec.heartbeat, notice, warn):
+    if spec.heartbeat is not None and await _heartbeat(spec.heartbeat, notice, warn, transports):
         reached.append("notify.heartbeat")
     return reached
 
@@ -166,17 +184,33 @@ def heartbeat_url(push_url: str, notice: Notice, ping_ms: float | None = None) -
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def _heartbeat(ref: str, notice: Notice, warn: Callable[[str], None]) -> bool:
+async def _heartbeat(
+    ref: str, notice: Notice, warn: Callable[[str], None], transports: Transports | None
+) -> bool:
     url = _resolved("notify.heartbeat", ref, warn)
     if url is None:
         return False
     import httpx
 
+    from .clients.connections import CLIENT, PATH, Connections
+
+    # The push token is the URL's path: hidden wherever a log or an observer would show it.
+    path = urlsplit(url).path
+    redactor.add("notify.heartbeat", path)
+    connections = Connections(None, transports=transports)
     try:
-        answer = httpx.get(heartbeat_url(url, notice), timeout=HEARTBEAT_TIMEOUT)
+        async with httpx.AsyncClient(
+            transport=connections.transport(False), timeout=HEARTBEAT_TIMEOUT, trust_env=False
+        ) as client:
+            answer = await client.get(
+                heartbeat_url(url, notice),
+                extensions={CLIENT: "heartbeat", PATH: placeholder("notify.heartbeat")},
+            )
     except httpx.HTTPError as exc:
         warn(f"heartbeat not sent (notify.heartbeat): {type(exc).__name__}")
         return False
+    finally:
+        await connections.aclose()
     if answer.status_code >= 400:
         warn(f"heartbeat refused (notify.heartbeat): HTTP {answer.status_code}")
         return False

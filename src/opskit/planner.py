@@ -13,6 +13,7 @@ from typing import Any
 from . import __version__
 from .actions import Action, ActionContext
 from .clients.connections import Connections, Transports
+from .effects import Effects, after_apply
 from .errors import OpskitError, SecretError
 from .model import Change, ChangeKind, Inventory, Risk, Target
 from .model.plan import FileRef, Plan, PlannedStep, TargetPlan
@@ -136,18 +137,47 @@ async def plan_target(
     settings: ProbeSettings | None = None,
     connections: Connections | None = None,
     secrets: Mapping[str, str | None] | None = None,
+    run: Mapping[str, Any] | None = None,
 ) -> TargetPlan:
-    """The plan shows args with secrets as placeholders; probes get the values."""
-    shown = render_target(loaded, params, target, catalog)
-    probed = shown if secrets is None else render_target(loaded, params, target, catalog, secrets)
+    """The plan shows args with secrets as placeholders; probes get the values. A probe made
+    moot by an earlier step of the target (opskit.effects) blocks nothing: known after apply."""
+    shown = render_target(loaded, params, target, catalog, run=run)
+    probed = (
+        shown
+        if secrets is None
+        else render_target(loaded, params, target, catalog, secrets, run=run)
+    )
     if [r.id for r in probed] != [r.id for r in shown]:
         probed = shown  # a loop over a secret: plan it as a review without credentials would
     steps = []
+    effects = Effects()
     for show, r in zip(shown, probed, strict=True):
         async with limiter:
             change = redacted(await probe_step(r, target, settings, connections))
+        moot = effects.moot(r, change)
+        if moot is not None:
+            change = after_apply(change, *moot)
+        effects.planned(r, change)
         steps.append(planned(show, change))
     return TargetPlan(target=target.name, label=target.label(), steps=steps)
+
+
+def planned_runs(loaded: LoadedRunbook, targets: list[Target]) -> dict[str, dict[str, Any]]:
+    """`run` for each target's templates while planning: its id and start known after apply,
+    the target's previous successful run of this runbook (from the journal, read-only)."""
+    from .runcontext import previous_value
+    from .store import read_last_successes
+    from .workspace import Deferred
+
+    found = read_last_successes(loaded.runbook.name)
+    return {
+        t.name: {
+            "id": Deferred("run.id"),
+            "started": Deferred("run.started"),
+            "previous": previous_value(found.get(t.name)),
+        }
+        for t in targets
+    }
 
 
 async def build_plan(
@@ -172,13 +202,29 @@ async def build_plan(
     if connections is None:
         connections = settings.connections(inventory)
     secrets = probe_secrets(loaded)
+    runs = planned_runs(loaded, targets)
     try:
-        target_plans = await asyncio.gather(
+        planned_targets = await asyncio.gather(
             *(
-                plan_target(loaded, params, t, catalog, limiter, settings, connections, secrets)
+                plan_target(
+                    loaded,
+                    params,
+                    t,
+                    catalog,
+                    limiter,
+                    settings,
+                    connections,
+                    secrets,
+                    run=runs[t.name],
+                )
                 for t in targets
-            )
+            ),
+            return_exceptions=True,  # every target's probes end here, none left unretrieved
         )
+        target_plans = [p for p in planned_targets if isinstance(p, TargetPlan)]
+        for failed in planned_targets:
+            if isinstance(failed, BaseException):
+                raise failed
     finally:
         if owned:
             await connections.aclose()

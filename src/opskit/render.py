@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
 # Names every template may use; registered outputs and `item` (in a loop) come on top.
-CONTEXT_NAMES = frozenset({"params", "secrets", "target", "vars", "runbook"})
+CONTEXT_NAMES = frozenset({"params", "secrets", "target", "vars", "runbook", "run"})
+# Only in rescue, always and handler steps: the step that failed, and why.
+FAILURE_NAME = "failure"
 _SHELL_FLAG = "_opskit_shell"
 _TEMPLATE_MARK = re.compile(r"\{\{|\{%|\{#")
 _SINGLE_EXPR = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}|\{\{).)*)\}\}\s*$", re.S)
@@ -139,6 +141,7 @@ def environment() -> ImmutableSandboxedEnvironment:
         to_json=lambda v, indent=None: json.dumps(v, indent=_width(indent), sort_keys=True),
         basename=os.path.basename,
         dirname=os.path.dirname,
+        strftime=_strftime,
     )
     # Filters whose numbers say how big the result is (a width, a count, an indent).
     for name in ("center", "indent", "slice", "batch", "tojson"):
@@ -146,6 +149,12 @@ def environment() -> ImmutableSandboxedEnvironment:
     env.filters["format"] = _bounded_format(builtin["format"])
     env.filters["replace"] = _bounded_replace(builtin["replace"])
     return env
+
+
+def _strftime(value: Any, fmt: str = "%Y-%m-%dT%H:%M:%SZ") -> Any:
+    from .runcontext import strftime
+
+    return strftime(value, _width(fmt))
 
 
 # --- the sandbox's bounds --------------------------------------------------------------------

@@ -657,7 +657,7 @@ def notify_run(
         detail=detail,
         log=str(log) if log is not None and log.exists() else None,
     )
-    reached = send(notice, block.notify, warn)
+    reached = send(notice, block.notify, warn, req.settings.transports)
     if reached:
         say(f"notified ({notice.event}): {', '.join(reached)}")
 

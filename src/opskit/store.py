@@ -450,6 +450,11 @@ class Journal:
             for r in rows
         ]
 
+    def last_successes(self, runbook: str) -> dict[str, tuple[str, float]]:
+        """Each target's latest finished run of `runbook` in which its steps and checks all
+        succeeded: target -> (run id, started at)."""
+        return last_successes(self.db, runbook)
+
     def _run(self, r: tuple[Any, ...]) -> RunRow:
         cols = [c[0] for c in self.db.execute("SELECT * FROM runs LIMIT 0").description]
         d = dict(zip(cols, r, strict=True))
@@ -475,3 +480,38 @@ class Journal:
             plan=json.loads(d["plan"]) if d["plan"] else None,
             scheduled=bool(d.get("scheduled")),
         )
+
+
+# A target succeeded in a run when every step and check of it there did.
+_SUCCESSES = """
+SELECT s.target, r.id, r.started_at FROM runs r JOIN steps s ON s.run_id = r.id
+WHERE r.runbook = ? AND r.ended_at IS NOT NULL AND s.section IN ('steps', 'verify')
+GROUP BY r.id, s.target
+HAVING SUM(s.status NOT IN ('succeeded', 'unchanged', 'skipped')) = 0
+ORDER BY r.started_at
+"""
+
+
+def last_successes(db: sqlite3.Connection, runbook: str) -> dict[str, tuple[str, float]]:
+    found: dict[str, tuple[str, float]] = {}
+    for target, run_id, started in db.execute(_SUCCESSES, (runbook,)):
+        found[str(target)] = (str(run_id), float(started))  # later runs replace earlier ones
+    return found
+
+
+def read_last_successes(runbook: str) -> dict[str, tuple[str, float]]:
+    """`last_successes` from the default journal, read-only (a plan writes no journal): none
+    when there is no journal yet."""
+    path = state_dir() / "journal.db"
+    if not path.is_file():
+        return {}
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error:
+        return {}
+    try:
+        return last_successes(db, runbook)
+    except sqlite3.Error:
+        return {}  # a journal being created, or of an older schema: no previous run known
+    finally:
+        db.close()

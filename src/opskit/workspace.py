@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .actions import Action
 
 RUNBOOK_SUFFIXES = (".yaml", ".yml")
+RUN_VALUES = ("id", "started", "previous")  # `run.X` in templates (opskit.runcontext)
 DEFAULT_INVENTORY = Path("inventory") / "homelab.yaml"
 
 
@@ -203,6 +204,8 @@ def check_runbook(
             )
         problems += _check_args(step, where, action.Args, source)
         names = set(render.CONTEXT_NAMES) | registered
+        if section in ("rescue", "always", "handlers"):
+            names.add(render.FAILURE_NAME)
         if step.loop is not None:
             names.add("item")
         problems += _check_templates(step, where, runbook, names, source)
@@ -341,6 +344,9 @@ def _check_templates(
             elif base == "vars" and attr not in runbook.vars and base in used:
                 hint = did_you_mean(attr, runbook.vars)
                 problems.append(source.problem(path, f"undefined runbook var {attr!r}{hint}"))
+            elif base == "run" and attr not in RUN_VALUES and base in used:
+                hint = did_you_mean(attr, RUN_VALUES)
+                problems.append(source.problem(path, f"undefined run value {attr!r}{hint}"))
             elif base == "target" and attr not in _target_attributes() and base in used:
                 hint = did_you_mean(attr, _target_attributes())
                 problems.append(source.problem(path, f"undefined target attribute {attr!r}{hint}"))
@@ -457,7 +463,8 @@ def target_context(target: Target) -> dict[str, Any]:
             continue
         h = service.health
         port = h.port or service.port
-        url = h.url or (f"{h.scheme}://{target.address}:{port}{h.path}" if port else None)
+        path = h.path_or_default()
+        url = h.url or (f"{h.scheme}://{target.address}:{port}{path}" if port else None)
         health.append(
             {
                 "service": name,
@@ -471,6 +478,10 @@ def target_context(target: Target) -> dict[str, Any]:
                 "contains": h.contains,
                 "banner": h.banner,
                 "tls": h.tls.model_dump(),
+                "via": h.via,
+                "bearer": h.bearer,
+                "min_tools": 1 if h.min_tools is None else h.min_tools,
+                "tools": list(h.tools),
             }
         )
     ctx["health"] = health
@@ -482,14 +493,21 @@ def base_context(
     params: Mapping[str, Any],
     target: Target,
     secrets: Mapping[str, str | None],
+    run: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """What every template of a target sees; `run` while it runs (opskit.runcontext), else
+    the run's id, start and failure are known only after apply."""
     rb = loaded.runbook
+    if run is None:
+        run = {"id": Deferred("run.id"), "started": Deferred("run.started"), "previous": None}
     return {
         "params": dict(params),
         "secrets": dict(secrets),
         "target": target_context(target),
         "vars": overridden(rb.vars, target.vars),
         "runbook": {"name": rb.name, "description": rb.description},
+        "run": dict(run),
+        render.FAILURE_NAME: Deferred(render.FAILURE_NAME),
     }
 
 
@@ -515,6 +533,7 @@ def render_target(
     target: Target,
     catalog: Mapping[str, type[Action[Any]]],
     secrets: Mapping[str, str | None] | None = None,
+    run: Mapping[str, Any] | None = None,
 ) -> list[RenderedStep]:
     """Every step for one target, registered outputs deferred, secrets as placeholders (or
     as `secrets` gives them: the values a plan's probes log in with)."""
@@ -523,7 +542,7 @@ def render_target(
     rb = loaded.runbook
     if secrets is None:
         secrets = {n: None if absent(ref) else placeholder(n) for n, ref in rb.secrets.items()}
-    context = base_context(loaded, params, target, secrets)
+    context = base_context(loaded, params, target, secrets, run)
     out: list[RenderedStep] = []
     for section, i, step in rb.all_steps():
         try:

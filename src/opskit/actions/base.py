@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from ..clients.hub import HubClient
     from ..clients.proxmox import ProxmoxClient
     from ..clients.ssh import HostShell
+    from ..clients.uptime_kuma import UptimeKumaClient
+    from ..engine.run_scope import RunScope
 
 A = TypeVar("A", bound=BaseModel)
 
@@ -45,6 +47,8 @@ class ActionContext:
     # A running step's output, line by line: output(stream, line) for each line of each
     # command that is not a probe (the live view, the --json stream, the per-host log).
     output: Callable[[str, str], None] | None = None
+    # The run being executed (None while planning): what a step must undo when it ends.
+    run: RunScope | None = None
 
     def _connections(self, what: str) -> Connections:
         if self.connections is None:
@@ -84,6 +88,11 @@ class ActionContext:
             self.read_only, url, email, password, auth=auth, verify=verify, timeout=timeout
         )
 
+    async def uptime_kuma(self) -> UptimeKumaClient:
+        """The inventory's Uptime Kuma (not connected: `async with` it); read-only while
+        planning."""
+        return await self._connections("Uptime Kuma").uptime_kuma(self.read_only)
+
     def http(
         self, *, verify: bool | ssl.SSLContext = True, timeout: float, follow_redirects: bool
     ) -> httpx.AsyncClient:
@@ -122,6 +131,14 @@ class Action(Generic[A]):
     # A runbook fragment using the kind: `steps:` (and `targets:`, `secrets:` where it needs
     # them), as a user would copy it; the tests load it against the shipped inventory.
     example: ClassVar[str] = ""
+    # What of its target the probe reads and the apply changes (opskit.effects names them;
+    # None: the table there decides by kind). A probe reading what an earlier step of the same
+    # target changes plans as "known after apply" rather than blocked.
+    reads: ClassVar[frozenset[str] | None] = None
+    changes: ClassVar[frozenset[str] | None] = None
+    # What decides its "nothing to do" (a reboot only if the upgrade asked for one): after an
+    # earlier step changing that, it is known after apply too.
+    decided_by: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, args: A) -> None:
         self.args = args

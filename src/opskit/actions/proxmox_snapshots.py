@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..model import Change, ChangeKind, Duration, Outcome, Risk
 from .base import Action, ActionContext
@@ -14,15 +14,70 @@ from .proxmox import Guest, GuestArgs, _blocked, _locked, _run_task, _vmid, gues
 # --- snapshots and clones ------------------------------------------------------------------
 
 
+# How opskit marks a snapshot its retention may delete: this line in the snapshot's description,
+# with the prefix it was kept under. A snapshot without it (taken by hand, by another tool, or
+# by opskit without `keep`) is never deleted by retention, whatever its name.
+KEEP_MARK = "opskit-retention: "
+
+
 class SnapshotArgs(GuestArgs):
     name: str = Field(..., pattern=r"^[A-Za-z][A-Za-z0-9_\-]{1,39}$", description="snapshot name")
     description: str | None = Field(None, description="the snapshot's description in Proxmox")
+    keep: int | None = Field(
+        None,
+        ge=1,
+        description="retention: keep this many of opskit's snapshots named `prefix`..., this"
+        " one included; the oldest beyond are deleted (only those opskit marked as its own)",
+    )
+    prefix: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,38}$",
+        description="the name prefix retention counts (needed with keep; name starts with it)",
+    )
+
+    @model_validator(mode="after")
+    def _retention(self) -> SnapshotArgs:
+        if self.keep is not None and self.prefix is None:
+            raise ValueError("keep needs a prefix: the snapshots it counts are named PREFIX...")
+        if self.prefix is not None and not self.name.startswith(self.prefix):
+            raise ValueError(f"name {self.name!r} does not start with prefix {self.prefix!r}")
+        return self
+
+    def marked_description(self) -> str | None:
+        if self.prefix is None:
+            return self.description
+        mark = f"{KEEP_MARK}{self.prefix}"
+        return f"{self.description}\n{mark}" if self.description else mark
+
+
+async def _listed(ctx: ActionContext, g: Guest) -> list[dict[str, Any]]:
+    client = await ctx.proxmox()
+    listed = await client.call("snapshots", node=g.node, kind=g.kind, vmid=g.vmid) or []
+    return [s for s in listed if s.get("name") != "current"]
 
 
 async def _snapshots(ctx: ActionContext, g: Guest) -> set[str]:
-    client = await ctx.proxmox()
-    listed = await client.call("snapshots", node=g.node, kind=g.kind, vmid=g.vmid) or []
-    return {str(s.get("name")) for s in listed if s.get("name") != "current"}
+    return {str(s.get("name")) for s in await _listed(ctx, g)}
+
+
+def own_snapshots(listed: list[dict[str, Any]], prefix: str) -> list[str]:
+    """The names of opskit's snapshots kept under `prefix`, oldest first: named so and marked
+    so in their description (KEEP_MARK), never another's."""
+    mark = f"{KEEP_MARK}{prefix}"
+    own = [
+        s
+        for s in listed
+        if str(s.get("name", "")).startswith(prefix)
+        and mark in str(s.get("description") or "").splitlines()
+    ]
+    own.sort(key=lambda s: (int(s.get("snaptime") or 0), str(s["name"])))
+    return [str(s["name"]) for s in own]
+
+
+def beyond(own: list[str], keep: int, new: str | None = None) -> list[str]:
+    """The oldest of `own` (with `new` about to join them) beyond `keep`."""
+    names = own + ([new] if new is not None and new not in own else [])
+    return [n for n in names[: max(0, len(names) - keep)] if n != new]
 
 
 class Snapshot(Action[SnapshotArgs]):
@@ -31,32 +86,73 @@ class Snapshot(Action[SnapshotArgs]):
     name: ClassVar[str] = "proxmox.vm.snapshot"
     risk: ClassVar[Risk] = Risk.CHANGE
     Args = SnapshotArgs
+    outputs: ClassVar[dict[str, str]] = {
+        "name": "the snapshot's name (str): what a later rollback names",
+        "deleted": "the names retention deleted, oldest first (list; empty without keep)",
+        "kept": "opskit's snapshots under the prefix after retention, oldest first (list)",
+    }
     example: ClassVar[str] = """
         targets: vm:110
         steps:
           - id: before
-            proxmox.vm.snapshot: {name: before-upgrade, description: taken before the upgrade}
+            proxmox.vm.snapshot:
+              name: "patch-{{ run.started | strftime('%Y%m%d-%H%M%S') }}"
+              description: "before opskit run {{ run.id }}"
+              prefix: patch-          # retention counts opskit's patch-... snapshots
+              keep: 3                 # and deletes the oldest beyond 3 (never another's)
+            register: before          # later: {{ before.name }}
         """
 
     def describe(self) -> str:
         return f"snapshot {self.args.name}"
 
     async def probe(self, ctx: ActionContext) -> Change:
-        g = await guest(ctx, _vmid(self.args, ctx))
-        if self.args.name in await _snapshots(ctx, g):
-            return Change.none(f"{g.label} has snapshot {self.args.name}")
-        summary = f"snapshot {g.label} as {self.args.name}"
+        a = self.args
+        g = await guest(ctx, _vmid(a, ctx))
+        listed = await _listed(ctx, g)
+        doomed = []
+        if a.keep is not None and a.prefix is not None:
+            doomed = beyond(own_snapshots(listed, a.prefix), a.keep, a.name)
+        if a.name in {str(s.get("name")) for s in listed} and not doomed:
+            return Change.none(f"{g.label} has snapshot {a.name}")
+        summary = f"snapshot {g.label} as {a.name}"
+        if doomed:
+            summary += f", then delete the oldest beyond {a.keep}: {', '.join(doomed)}"
         return _locked(g, summary) or Change(
-            kind=ChangeKind.CREATE, summary=summary, after={"snapshot": self.args.name}
+            kind=ChangeKind.CREATE,
+            summary=summary,
+            after={"snapshot": a.name, **({"deleted": doomed} if doomed else {})},
         )
 
     async def apply(self, ctx: ActionContext) -> Outcome:
-        g = await idle(ctx, await guest(ctx, _vmid(self.args, ctx)), self.args.timeout)
-        if self.args.name in await _snapshots(ctx, g):
-            return Outcome(ok=True, summary=f"{g.label} has snapshot {self.args.name}")
-        params = {"snapname": self.args.name, "description": self.args.description}
-        await _run_task(ctx, g, "snapshot", params, self.args.timeout)
-        return Outcome(ok=True, changed=True, summary=f"snapshot {self.args.name} of {g.label}")
+        a = self.args
+        g = await idle(ctx, await guest(ctx, _vmid(a, ctx)), a.timeout)
+        changed = False
+        if a.name in await _snapshots(ctx, g):
+            summary = f"{g.label} has snapshot {a.name}"
+        else:
+            params = {"snapname": a.name, "description": a.marked_description()}
+            await _run_task(ctx, g, "snapshot", params, a.timeout)
+            changed, summary = True, f"snapshot {a.name} of {g.label}"
+        deleted: list[str] = []
+        kept: list[str] = []
+        if a.keep is not None and a.prefix is not None:
+            own = own_snapshots(await _listed(ctx, g), a.prefix)
+            for name in beyond(own, a.keep):
+                if name == a.name:
+                    continue  # the one just taken is never the one retention drops
+                await _run_task(ctx, g, "delsnapshot", {}, a.timeout, snapname=name)
+                deleted.append(name)
+            kept = [n for n in own if n not in deleted]
+            if deleted:
+                changed = True
+                summary += f"; deleted {', '.join(deleted)} (keeping {a.keep})"
+        return Outcome(
+            ok=True,
+            changed=changed,
+            summary=summary,
+            outputs={"name": a.name, "deleted": deleted, "kept": kept},
+        )
 
 
 class SnapshotNameArgs(GuestArgs):

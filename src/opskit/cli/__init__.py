@@ -91,6 +91,7 @@ class LazyGroup(click.Group):
         "unlock": "opskit.cli.history.unlock",
         "lab": "opskit.cli.lab.lab",
         "schedule": "opskit.cli.schedule.schedule",
+        "status": "opskit.cli.status.status",
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="\b\nExit codes:\n"
@@ -198,8 +199,9 @@ def _run(argv: list[str] | None, lab_child: list[int]) -> tuple[int, str | None]
         if _wants_lab(sys.argv[1:] if argv is None else argv):
             from ..lab.enter import run_in_lab
 
+            args = sys.argv[1:] if argv is None else argv
             lab_child.append(
-                run_in_lab(sys.argv[1:] if argv is None else argv, replace=argv is None)
+                run_in_lab(args, replace=argv is None, broken_ok=_subcommand(args) == "status")
             )
             return lab_child[0], None
         # Without standalone mode click returns ctx.exit()'s code instead of raising it.

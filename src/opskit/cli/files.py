@@ -182,13 +182,18 @@ def show(
 
 
 @click.command()
-@click.argument("kind", type=click.Choice(["runbook", "inventory"]))
+@click.argument("kind", type=click.Choice(["runbook", "inventory", "status"]))
 @click.pass_context
 def schema(ctx: click.Context, kind: str) -> None:
-    """JSON Schema for runbook or inventory files (for editors)."""
+    """JSON Schema for runbook or inventory files (for editors), or of `status --json`."""
     from ..schema import inventory_schema, runbook_schema
 
-    if kind == "inventory":
+    if kind == "status":
+        import json
+        from importlib.resources import files
+
+        emit_json(json.loads(files("opskit.status").joinpath("status.schema.json").read_text()))
+    elif kind == "inventory":
         emit_json(inventory_schema())
     else:
         emit_json(runbook_schema(workspace(ctx).catalog))

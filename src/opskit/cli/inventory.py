@@ -132,7 +132,10 @@ def show(ctx: click.Context, name: str, as_json: bool) -> None:
     if record["health"]:
         echo("  services:")
         for h in record["health"]:
-            where = h["url"] if h["check"] == "http" else f"tcp {h['host']}:{h['port']}"
+            if h["check"] == "mcp":
+                where = f"mcp {h['url']}" + (" (openapi proxy)" if h["via"] == "openapi" else "")
+            else:
+                where = h["url"] if h["check"] == "http" else f"tcp {h['host']}:{h['port']}"
             echo(f"    {h['service']:18} {where}")
     for svc in record["services"]:
         if svc not in {h["service"] for h in record["health"]}:
@@ -154,6 +157,13 @@ def show(ctx: click.Context, name: str, as_json: bool) -> None:
 )
 @click.option("--add-hosts", is_flag=True, help="Add Tailscale peers that match no entry.")
 @click.option("--no-tailscale", is_flag=True, help="Sync from Proxmox only.")
+@click.option("--no-proxmox", is_flag=True, help="Ask no Proxmox cluster.")
+@click.option(
+    "--uptime-kuma",
+    "uptime_kuma",
+    is_flag=True,
+    help="Map services to Uptime Kuma's monitors (`monitor:`); report what nothing watches.",
+)
 @lab_option
 @workspace_options
 @click.pass_context
@@ -164,11 +174,15 @@ def sync(
     tailscale_json: Path | None,
     add_hosts: bool,
     no_tailscale: bool,
+    no_proxmox: bool,
+    uptime_kuma: bool,
 ) -> None:
     """Update the inventory from the live cluster (/cluster/resources) and tailnet.
 
     Names, nodes, kinds and tags of guests come from Proxmox, MagicDNS names from Tailscale;
     comments and hand edits survive. Values confirmed this way leave `unverified:`.
+    With --uptime-kuma, services get the monitor that watches them (`monitor:`), and the
+    services no monitor watches and the monitors that watch nothing are listed.
     """
     from .. import sync as syncing
     from ..errors import LoadError
@@ -185,10 +199,15 @@ def sync(
     report = syncing.sync(
         ws.inventory_path,
         inv,
-        clusters=list(clusters) or None,
+        clusters=[] if no_proxmox else list(clusters) or None,
         tailscale=status,
         add_hosts=add_hosts,
     )
+    if uptime_kuma:
+        from ..sync_uptime_kuma import sync_monitors
+
+        report.text_after, found = sync_monitors(report.text_after, inv)
+        report.notes += found
     if status is None and not no_tailscale:
         report.notes.append(
             "tailscale CLI not found: Tailscale names not synced (give --tailscale-json FILE)"

@@ -15,7 +15,9 @@ from .output import echo
 if TYPE_CHECKING:
     from ..lab.core import Lab
 
-DEMO_RUNBOOKS = ("deploy-proxmoxmcp", "install-beszel-agents", "vm-power")
+# The homelab's main jobs, in order: every monitored host's agent, ProxmoxMCP-Plus on the AI VM,
+# then the health of every service of the inventory (green only once both are there).
+DEMO_RUNBOOKS = ("install-beszel-agents", "deploy-proxmoxmcp", "health")
 
 
 def _lab(with_inventory: bool = False) -> Lab:
@@ -115,20 +117,26 @@ def down() -> None:
 
 
 @lab.command()
-@click.option("--runbook", help="Run this runbook instead of the richest shipped one.")
+@click.option("--runbook", help="Run this runbook instead of the shipped main jobs.")
 @workspace_options
 def demo(runbook: str | None) -> None:
-    """Bring the lab up and run the main job in it, end to end."""
+    """Bring the lab up and run the main jobs in it, end to end: the Beszel agents, then
+    ProxmoxMCP-Plus, then the health of every service (or only --runbook)."""
     ws = workspace(click.get_current_context())
     lab_ = _lab(with_inventory=True)
     lab_.up(say=echo)
     names = {p.stem for p in ws.runbook_paths()}
-    chosen = runbook or next((n for n in DEMO_RUNBOOKS if n in names), None)
-    if chosen is None:
+    runbooks = [runbook] if runbook else [n for n in DEMO_RUNBOOKS if n in names]
+    if not runbooks:
         raise click.UsageError("no runbook to demonstrate")
-    command = [sys.executable, "-m", "opskit", "run", chosen, "--lab", "--yes"]
-    echo(f"\n== opskit run {chosen} --lab --yes")
-    code = subprocess.call(command)
+    code = 0
+    for chosen in runbooks:
+        command = [sys.executable, "-m", "opskit", "run", chosen, "--lab", "--yes"]
+        echo(f"\n== opskit run {chosen} --lab --yes")
+        code = subprocess.call(command)
+        if code != 0:
+            break
+    chosen = runbooks[0] if runbook else "deploy-proxmoxmcp"
     echo(
         "\nwhere to look next:\n"
         "  opskit lab status                     what runs in the lab\n"

@@ -26,11 +26,13 @@ from ..errors import OpskitError, ReadOnlyRefused
 
 if TYPE_CHECKING:
     import httpx
+    import socketio
 
     from ..model import Inventory
     from .hub import HubClient
     from .proxmox import ProxmoxClient, ProxmoxSession
     from .ssh import Endpoint, SSHPool
+    from .uptime_kuma import UptimeKumaClient
 
 # httpx request extensions the clients set, read by DoorTransport (httpcore ignores them).
 READS = "opskit.reads"  # True: this POST changes nothing (a login)
@@ -94,6 +96,8 @@ class Transports:
     http: httpx.AsyncBaseTransport | None = None  # every HTTP client's (None: the network)
     ssh: SSHSettings = field(default_factory=SSHSettings)
     observe: Callable[[Sent], None] | None = None  # sees every request and command (tests)
+    # makes each Socket.IO client (Uptime Kuma); None: python-socketio's, on the network
+    socketio: Callable[[], socketio.AsyncClient] | None = None
 
 
 class Door:
@@ -121,6 +125,8 @@ class Door:
 
 
 def _shown(sent: Sent) -> str:
+    if sent.client == "uptime_kuma":
+        return f"Uptime Kuma's {sent.method} at {sent.where}"
     if sent.client != "ssh":
         return f"{sent.method} {sent.what}"
     if sent.method == "put":
@@ -236,6 +242,7 @@ class Connections:
         self._inner: list[httpx.AsyncBaseTransport] = []
         self._resources: dict[str, list[dict[str, Any]]] = {}
         self._ssh: SSHPool | None = None
+        self._kuma: dict[bool, UptimeKumaClient] = {}
         # Many probes ask for the same client at once: one of them makes it, all share it.
         self._lock = asyncio.Lock()
 
@@ -286,6 +293,53 @@ class Connections:
             auth=auth,  # type: ignore[arg-type]
             timeout=timeout,
             transport=self.transport(read_only, verify=verify),
+        )
+
+    # ----- Uptime Kuma -------------------------------------------------------------------
+
+    async def uptime_kuma(self, read_only: bool) -> UptimeKumaClient:
+        """The inventory's Uptime Kuma: one session per door for the whole plan or run
+        (`async with` it: it connects and logs in once, again if it was cut, as a host reboot
+        may cut it), closed with these connections. Its every event passes the door, so while
+        planning only reads are sent. One login per session: Uptime Kuma limits logins."""
+        async with self._lock:
+            client = self._kuma.get(read_only)
+            if client is None:
+                client = self._kuma[read_only] = await self._uptime_kuma(read_only)
+        return client
+
+    async def _uptime_kuma(self, read_only: bool) -> UptimeKumaClient:
+        from ..secrets import resolve
+        from .tls import ssl_context
+        from .uptime_kuma import KumaLogin, UptimeKumaClient
+
+        spec = self.inventory.uptime_kuma if self.inventory is not None else None
+        if spec is None:
+            raise OpskitError("the inventory names no Uptime Kuma (uptime_kuma: {url: ...})")
+        login = KumaLogin(
+            username=spec.username,
+            password=resolve("uptime_kuma.password", spec.password) if spec.password else None,
+            totp=resolve("uptime_kuma.totp", spec.totp) if spec.totp else None,
+            token=resolve("uptime_kuma.token", spec.token) if spec.token else None,
+        )
+        url = urlsplit(spec.url)
+        verify: Any = True
+        if url.scheme == "https":
+            if spec.tls.insecure:
+                self.say("warning: TLS verification is off for Uptime Kuma (insecure: true)")
+                verify = False
+            else:
+                verify = await ssl_context(
+                    spec.tls, url.hostname or "", url.port or 443, service="Uptime Kuma"
+                )
+        return UptimeKumaClient(
+            spec.url,
+            login,
+            self.door(read_only),
+            factory=self.transports.socketio,
+            timeout=spec.timeout,
+            verify=verify,
+            shared=True,
         )
 
     # ----- Proxmox -----------------------------------------------------------------------
@@ -379,6 +433,9 @@ class Connections:
         return resolve(f"ssh.{endpoint.name}.password", endpoint.password_ref)
 
     async def aclose(self) -> None:
+        for kuma in self._kuma.values():
+            await kuma.aclose()
+        self._kuma.clear()
         for client in self._proxmox.values():
             await client.aclose()
         self._proxmox.clear()

@@ -29,8 +29,10 @@ from ..model import Change, ChangeKind, Inventory, Outcome, Risk, Step, Target
 from ..model.common import format_duration, resolve_count
 from ..model.plan import Plan, PlannedStep, TargetPlan
 from ..planner import ProbeSettings, gate_for, probe_step
+from ..render import FAILURE_NAME
 from ..report import counted
 from ..report.progress import Reporter
+from ..runcontext import failure_value, no_failure, not_run, run_values
 from ..store import (
     DECLINED,
     DONE,
@@ -45,6 +47,7 @@ from ..store import (
 from ..workspace import LoadedRunbook, RenderedStep, base_context, render_step
 from .gates import Gatekeeper
 from .output import StepOutput
+from .run_scope import RunScope, run_scope
 
 MAX_RETRY_DELAY = 300.0
 JOURNAL_FLUSH = 0.5  # seconds a finished step's record may wait for a commit
@@ -83,6 +86,7 @@ class TargetRun:
     failed: bool = False
     declined: bool = False
     interrupted: bool = False
+    failure: dict[str, Any] | None = None  # its first step or check that failed, and why
 
     @property
     def status(self) -> str:
@@ -136,9 +140,17 @@ class Execution:
         self.settings = settings or ProbeSettings()
         by_name = {t.name: t for t in targets}
         self.runs: list[TargetRun] = []
+        started = time.time()
+        previous = journal.last_successes(plan.runbook)
+        registered = [s.register_as for _, _, s in self.rb.all_steps() if s.register_as]
         for tp in plan.targets:
             target = by_name[tp.target]
-            context = base_context(loaded, plan.params, target, secrets)
+            run = run_values(self.run_id, started, previous.get(target.name))
+            context = {
+                **not_run(registered),  # until their steps run: handlers see "not run"
+                **base_context(loaded, plan.params, target, secrets, run),
+                FAILURE_NAME: no_failure(),
+            }
             self.runs.append(TargetRun(target, tp, context, {s.id: s for s in tp.steps}))
         self.steps_by_id: dict[str, tuple[str, Step]] = {
             step.id: (section, step) for section, _, step in self.rb.all_steps()
@@ -155,6 +167,7 @@ class Execution:
         self._commit_pending: asyncio.Future[None] | None = None
         # The session's (its plan's, left open), or made and closed by the run itself.
         self.connections: Connections | None = connections
+        self.scope: RunScope | None = None
         # A step's own `serial`/`batch`: at most that many targets run it at once.
         self.step_limits: dict[str, asyncio.Semaphore] = {}
         for _, _, step in self.rb.all_steps():
@@ -274,18 +287,25 @@ class Execution:
             # are asked again (the run acts on the world as it is now).
             self.connections.forget_resources()
             said, self.connections.say = self.connections.say, say
+        self.scope = run_scope(
+            self.run_id, self.plan.runbook, self.catalog, say, self.options.deadline
+        )
         try:
+            await self.scope.begin(self.connections, self.journal, self.options.resumed_from)
             await self._guarded(self._phases())
         finally:
             if closing is not None:
                 closing.cancel()
-            flusher.cancel()
-            await asyncio.wait([flusher])  # ended, not left pending for the loop's shutdown
-            self.output.close()
-            if owned:
-                await self.connections.aclose()
-            else:
-                self.connections.say = said
+            try:
+                await self.scope.end(self.connections)  # what the run held, closed
+            finally:
+                flusher.cancel()
+                await asyncio.wait([flusher])  # ended, not left pending for the loop's shutdown
+                self.output.close()
+                if owned:
+                    await self.connections.aclose()
+                else:
+                    self.connections.say = said
 
     async def _commit(self) -> None:
         """Group commit: every step that starts in this turn of the loop shares one commit."""
@@ -466,13 +486,27 @@ class Execution:
         try:
             ok = await self._run_section(tr, "steps")
             if ok and not self.stopping:
-                await self._run_section(tr, "verify")
+                ok = await self._run_section(tr, "verify")
+            if not ok and self.rb.rescue:
+                await self._rescue(tr)
         except asyncio.CancelledError:
             tr.interrupted = True  # the second Ctrl-C: whatever it was doing did not finish
             raise
         finally:
             if self.rb.always and not self.hard:
                 await self._run_section(tr, "always", always=True)
+
+    async def _rescue(self, tr: TargetRun) -> None:
+        """A step or check of the target failed: its rescue steps run, seeing `failure`. The
+        target stays failed whatever they do; they only put its world back."""
+        if not tr.failed or tr.interrupted or self.stopping:
+            return
+        failed = (tr.failure or {}).get("step", "?")
+        ok = await self._run_section(tr, "rescue")
+        outcome = "rescued it; the target is failed" if ok else "rescue failed too"
+        self.reporter.emit(
+            {"event": "message", "text": f"{tr.target.label()}: step {failed} failed, {outcome}"}
+        )
 
     # ----- steps -------------------------------------------------------------------------
 
@@ -539,6 +573,11 @@ class Execution:
         outputs: dict[str, Any] | None = None,
         duration: float | None = None,
     ) -> None:
+        planned = tr.planned.get(step_id)
+        first = tr.failure is None and status in (FAILED, UNKNOWN)
+        if first and planned is not None and planned.section in ("steps", "verify"):
+            tr.failure = failure_value(step_id, status, error, summary)
+            tr.context[FAILURE_NAME] = tr.failure
         self.journal.step_finished(
             self.run_id,
             tr.target.name,
@@ -714,6 +753,7 @@ class Execution:
             connections=self.connections,
             root=self.settings.root,
             output=functools.partial(self.output.line, tr.target.name, item.id),
+            run=self.scope,
         )
         task = asyncio.ensure_future(self._bounded(item.instance.apply(ctx), step.timeout))
         if section != "always":

@@ -65,6 +65,7 @@ ENV_SECRETS = {  # environment variable -> secret file: what a --lab run exports
     "BESZEL_HUB_PASSWORD": "hub-password",
     "BESZEL_HUB_KEY": "hub-key.pub",
     "BESZEL_AGENT_TOKEN": "agent-token",
+    "UPTIME_KUMA_PASSWORD": "uptime-kuma-password",
 }
 
 
@@ -285,6 +286,7 @@ class Lab:
             "hub-password",
             "user-password",
             "agent-token",
+            "uptime-kuma-password",
         ):
             self._write_secret(name, secrets.token_hex(20))
         self._write_secret("hub-email", "opskit@lab.invalid")
@@ -295,8 +297,10 @@ class Lab:
     def _hosts_files(self, state: LabState) -> None:
         """/etc/hosts of the lab: MagicDNS names resolve to lab addresses, inside the lab."""
         lines = ["127.0.0.1 localhost", f"{state.controller} controller.lab"]
+        proxied = self._proxied_names()
         for h in state.hosts:
-            lines.append(" ".join([h.address, h.name, *([h.tailscale] if h.tailscale else [])]))
+            names = [h.name, *([h.tailscale] if h.tailscale else []), *proxied.get(h.name, [])]
+            lines.append(" ".join([h.address, *names]))
         text = "\n".join(lines) + "\n"
         (self.root / "hosts.txt").write_text(text)
         # `ip netns exec` binds /etc/netns/NS/hosts over /etc/hosts for the controller.
@@ -359,7 +363,7 @@ class Lab:
         target.write_text(text if text.startswith("#!") else "#!/usr/bin/python3\n" + text)
         os.chmod(target, 0o755)
         self._apt_host(state, host, upper)
-        self._stand_in_units(host, upper)
+        self._stand_in_units(state, host, upper)
         (base / "boot.sh").write_text(self._boot_script(host))
 
     def _apt_host(self, state: LabState, host: LabHost, upper: Path) -> None:
@@ -399,10 +403,20 @@ class Lab:
                     found.append((name, port))
         return found
 
-    def _stand_in_units(self, host: LabHost, upper: Path) -> None:
+    def _stand_in_units(self, state: LabState, host: LabHost, upper: Path) -> None:
         """Each stand-in as a unit of its host, enabled: it stops and boots with the host."""
         for name, port in self._stand_ins(host):
             unit = f"opskit-lab-{name}.service"
+            extra: list[str] = []
+            if name == "uptime-kuma":
+                from .uptime_kuma import lab_files
+
+                extra = lab_files(
+                    self.inventory,
+                    {h.name: h.address for h in state.hosts},
+                    self.secret("uptime-kuma-password").read_text().strip(),
+                    lambda rel: upper_path(upper, rel),
+                )
             command = shlex.join(
                 [
                     sys.executable,
@@ -413,6 +427,7 @@ class Lab:
                     host.address,
                     "--port",
                     str(port),
+                    *extra,
                 ]
             )
             upper_path(upper, f"etc/systemd/system/{unit}").write_text(
@@ -636,7 +651,42 @@ class Lab:
                 "ca_bundle": "/etc/ssl/certs/ca-certificates.crt",
             },
             mark={"name": network.prefix().removesuffix("-"), "netns": controller_ns()},
+            uptime_kuma=self._kuma_site(state),
         )
+
+    def _proxied_names(self) -> dict[str, list[str]]:
+        """The names of services behind a proxy (`behind: traefik`, `url:`), by the host the
+        proxy runs on: in the lab they resolve to it, as the homelab's DNS points them there."""
+        found: dict[str, list[str]] = {}
+        for h in self.inventory.all_hosts():
+            for service in h.services.values():
+                name = urlsplit(service.url).hostname if service.url and service.behind else None
+                if name and service.behind in h.services:
+                    found.setdefault(h.name, []).append(name)
+        return found
+
+    def _kuma_site(self, state: LabState) -> dict[str, str] | None:
+        """The lab's Uptime Kuma, as the lab's inventory names it: the stand-in, by the name
+        the inventory gives it behind Traefik (resolving to Traefik's host), at its port."""
+        site = next((s for s in state.services if s.name == "uptime-kuma"), None)
+        if site is None:
+            return None
+        service = next(
+            (
+                h.services["uptime-kuma"]
+                for h in self.inventory.all_hosts()
+                if "uptime-kuma" in h.services
+            ),
+            None,
+        )
+        name = (
+            urlsplit(service.url).hostname if service and service.url and service.behind else None
+        )
+        return {
+            "url": f"http://{name or site.address}:{site.port}",
+            "username": "admin",
+            "password": f"file:{self.secret('uptime-kuma-password')}",
+        }
 
     def _wait(self, state: LabState, say: Say, timeout: float = 30.0) -> None:
         endpoints = self.endpoints(state)

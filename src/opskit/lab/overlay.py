@@ -27,6 +27,7 @@ def write_overlay(
     identity: Path,
     lab_vars: dict[str, Any],
     mark: dict[str, str],
+    uptime_kuma: dict[str, str] | None = None,
 ) -> None:
     from ..sync import round_trip_yaml
 
@@ -53,6 +54,10 @@ def write_overlay(
             entry["ssh"]["host_key"] = host_key
             for key in ("user", "port", "jump", "password", "identity"):
                 entry["ssh"].pop(key, None)
+    if uptime_kuma is not None:
+        doc["uptime_kuma"] = uptime_kuma  # the lab's stand-in, reached by its lab address
+    else:
+        doc.pop("uptime_kuma", None)
     merged = dict(doc.get("vars") or {})
     merged.update(lab_vars)
     doc["vars"] = merged

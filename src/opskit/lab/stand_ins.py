@@ -5,8 +5,9 @@
 Each answers where the real service answers, in its shape, and nothing more:
 
     traefik            GET /ping -> 200 "OK" (Traefik's ping endpoint)
-    uptime-kuma        GET /api/entry-page -> 200 {"type": "entryPage", ...} (Uptime Kuma's);
-                       a small stand-in until the lab has one speaking its Socket.IO API
+    uptime-kuma        Uptime Kuma's Socket.IO API as 1.23.x or 2.x speaks it (lab/uptime_kuma.py:
+                       --dialect 1|2, --seed MONITORS.json, --password-file, --log EVENTS.jsonl),
+                       and GET /api/entry-page -> 200 {"type": "entryPage", ...}
     moltbot            GET / -> 200, the gateway's Control UI page
     homelab-mcp        MCP servers built with the official MCP SDK (FastMCP, streamable HTTP
     ssh-orchestrator   at /mcp, tools that only read), and GET /health -> 200
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import socket
 import sys
@@ -40,10 +40,6 @@ def _text(body: str, status: int = 200) -> Answer:
     return status, "text/plain; charset=utf-8", body.encode()
 
 
-def _json(data: object) -> Answer:
-    return 200, "application/json; charset=utf-8", json.dumps(data).encode()
-
-
 def _page(title: str) -> Answer:
     html = f"<!doctype html><title>{title}</title><h1>{title}</h1><p>opskit lab (SIMULATION)</p>\n"
     return 200, "text/html; charset=utf-8", html.encode()
@@ -51,15 +47,11 @@ def _page(title: str) -> Answer:
 
 HTTP_ROUTES: dict[str, dict[str, Route]] = {
     "traefik": {"/ping": lambda: _text("OK")},
-    "uptime-kuma": {
-        "/api/entry-page": lambda: _json({"type": "entryPage", "entryPage": "dashboard"}),
-        "/": lambda: _page("Uptime Kuma"),
-    },
     "moltbot": {"/": lambda: _page("MoltBot Control UI")},
 }
 NOT_FOUND: dict[str, Answer] = {"traefik": _text("404 page not found\n", 404)}
 
-SERVICES = (*HTTP_ROUTES, *MCP_SERVERS)
+SERVICES = (*HTTP_ROUTES, "uptime-kuma", *MCP_SERVERS)
 
 
 def http_server(service: str, address: str, port: int) -> ThreadingHTTPServer:
@@ -161,7 +153,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("service", choices=SERVICES)
     parser.add_argument("--address", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--dialect", choices=("1", "2"), default="2", help="uptime-kuma: 1.23 or 2.x"
+    )
+    parser.add_argument("--seed", type=Path, help="uptime-kuma: its monitors (JSON)")
+    parser.add_argument("--password-file", type=Path, help="uptime-kuma: admin's password")
+    parser.add_argument("--log", type=Path, help="uptime-kuma: every event received (JSON lines)")
     args = parser.parse_args(argv)
+    if args.service == "uptime-kuma":
+        from .uptime_kuma import main as kuma
+
+        kuma(args.address, args.port, args.dialect, args.seed, args.log, args.password_file)
+        return 0
     if args.service in MCP_SERVERS:
         serve_mcp(args.service, args.address, args.port)
         return 0

@@ -64,11 +64,13 @@ class ProxmoxCluster(StrictModel):
 class HealthCheck(StrictModel):
     """How to tell that a service is healthy, from the controller."""
 
-    check: Literal["http", "tcp"] = "http"
+    check: Literal["http", "tcp", "mcp"] = "http"
     url: str | None = Field(None, description="full URL; otherwise built from scheme/port/path")
     scheme: Literal["http", "https"] = "http"
     port: int | None = Field(None, ge=1, le=65535, description="defaults to the service's port")
-    path: str = "/"
+    path: str | None = Field(
+        None, description="default /, for mcp /mcp (with `via: openapi` the proxy's root)"
+    )
     method: Literal["GET", "HEAD", "POST"] = "GET"
     expect: int | list[int] = 200
     json_match: dict[str, Any] | None = Field(
@@ -77,6 +79,18 @@ class HealthCheck(StrictModel):
     contains: str | None = None
     banner: str | None = Field(None, description="for tcp: a regex the first line must match")
     tls: TLS = Field(default_factory=TLS)
+    # check: mcp (check.mcp): the handshake over streamable HTTP, or an OpenAPI proxy
+    via: Literal["mcp", "openapi"] = Field(
+        "mcp", description="for mcp: the MCP handshake, or an OpenAPI proxy (mcpo) in front"
+    )
+    bearer: SecretRef | None = Field(None, description="for mcp: the bearer key, a reference")
+    min_tools: int | None = Field(None, ge=0, description="for mcp: at least this many tools")
+    tools: list[str] = Field(default_factory=list, description="for mcp: tools that must exist")
+
+    def path_or_default(self) -> str:
+        if self.path is not None:
+            return self.path
+        return "/mcp" if self.check == "mcp" and self.via == "mcp" else "/"
 
 
 Protocol = Literal["http", "https", "websocket", "ssh", "tcp", "mcp"]
@@ -89,7 +103,35 @@ class Service(StrictModel):
     behind: str | None = Field(None, description="name of the reverse proxy service in front")
     url: str | None = Field(None, description="public URL (e.g. through Traefik)")
     health: HealthCheck | None = None
+    monitor: str | None = Field(
+        None,
+        description="the Uptime Kuma monitor that watches it, by name (default: a monitor named"
+        " like the service, or whose URL is the service's)",
+    )
     unverified: list[str] = Field(default_factory=list)
+
+
+class UptimeKuma(StrictModel):
+    """The Uptime Kuma instance that watches the homelab (its API is Socket.IO)."""
+
+    url: str = Field(..., pattern=r"^https?://[^/\s]+/?$", description="e.g. https://uptime.lan")
+    username: str | None = Field(None, description="the login (default: a stored token alone)")
+    password: SecretRef | None = Field(None, description="its password, as a secret reference")
+    totp: SecretRef | None = Field(
+        None, description="a command or file giving the current 2FA code, as a secret reference"
+    )
+    token: SecretRef | None = Field(
+        None, description="a stored login token (the JWT a login answers), as a secret reference"
+    )
+    tls: TLS = Field(default_factory=TLS)
+    timeout: Duration = 15.0
+    unverified: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _login(self) -> UptimeKuma:
+        if self.token is None and (self.username is None or self.password is None):
+            raise user_error("uptime_kuma", "give 'username' and 'password', or a 'token'")
+        return self
 
 
 class SSH(StrictModel):
@@ -191,6 +233,9 @@ class Inventory(StrictModel):
     tailnet: str | None = Field(None, description="the tailnet's MagicDNS suffix")
     defaults: Defaults = Field(default_factory=Defaults)
     proxmox: dict[Name, ProxmoxCluster] = Field(default_factory=dict)
+    uptime_kuma: UptimeKuma | None = Field(
+        None, description="the Uptime Kuma that watches the services (maintenance windows, checks)"
+    )
     guests: list[Guest] = Field(default_factory=list)
     hosts: list[Host] = Field(default_factory=list)
     groups: dict[Name, Group] = Field(default_factory=dict)

@@ -156,7 +156,7 @@ class Plan(_Lazy):
                     continue
                 if s.change.blockers:
                     out["blocked"] += 1
-                if s.section == "handlers":
+                if s.section in ("handlers", "rescue"):
                     out["handlers"] += 1
                 elif s.risk is Risk.READ:
                     out["check"] += 1

@@ -310,7 +310,7 @@ def suggest_kind(name: str, known: Iterable[str], *, spelling: bool = True) -> s
     return close[0] if close else None
 
 
-SECTIONS = ("preflight", "steps", "verify", "always", "handlers")
+SECTIONS = ("preflight", "steps", "verify", "rescue", "always", "handlers")
 
 
 class Runbook(StrictModel):
@@ -332,6 +332,11 @@ class Runbook(StrictModel):
     preflight: list[Step] = Field(default_factory=list, description="checks before any change")
     steps: list[Step] = Field(..., min_length=1)
     verify: list[Step] = Field(default_factory=list, description="checks after the steps")
+    rescue: list[Step] = Field(
+        default_factory=list,
+        description="run when a step or verify check failed (`failure` says which and why);"
+        " the target still fails",
+    )
     always: list[Step] = Field(default_factory=list, description="run even after a failure")
     handlers: list[Step] = Field(
         default_factory=list, description="steps run only when an on_failure names them"

@@ -37,6 +37,9 @@
     │   └── HubAnswerLost            exit 1    (above)
     ├── WheelhouseError              exit 1    a wheelhouse is missing or incomplete
     ├── LabError                     exit 1    the lab could not be built or taken down
+    │   ├── LayerError               exit 1    a host's layer could not be copied or restored
+    │   ├── AptError                 exit 1    the lab's apt repository could not be built
+    │   └── PowerError               exit 1    a lab host did not power off in time
     └── HubSetupError                exit 1    the lab's PocketBase would not start or load
 
 Inside the model, a bad selector or OnCalendar expression is a ValueError (SelectorError,
@@ -326,6 +329,18 @@ class WheelhouseError(OpskitError):
 
 class LabError(OpskitError):
     """The lab could not be built or taken down."""
+
+
+class LayerError(LabError):
+    """A lab host's layer (a snapshot of its overlays) could not be copied or restored."""
+
+
+class AptError(LabError):
+    """A package or the index of the lab's apt repository could not be built."""
+
+
+class PowerError(LabError):
+    """A lab host did not go down in time."""
 
 
 class HubSetupError(OpskitError):

@@ -102,9 +102,7 @@ class HostLink:
         # arrive together, in one rename. None: an existing file's mode, 0600 for a new one.
         self.upload_mode: int | None = None
         self._inflight: concurrent.futures.Future[Any] | None = None
-        # Fact commands answered since the last change: within one step the same fact (an
-        # opskit read, then the operation's own) is asked of the host once.
-        self._facts: dict[str, CommandResult] = {}
+        self._facts = _known_facts(shell)
 
     @property
     def name(self) -> str:
@@ -153,28 +151,76 @@ class HostLink:
         pty: bool = False,
     ) -> CommandResult:
         # A probe is what opskit's own phase says it is: a fact being read, never a command an
-        # operation yields (the door refuses those while planning).
-        probe = self.phase == FACTS and self.reading > 0
+        # operation yields (the door refuses those while planning). Applying, the facts an
+        # operation reads as it runs are reads too (kept, and answered from what is kept);
+        # executing while planning, nothing is.
+        reads = self.phase == FACTS or (self.phase == EXECUTE and not self.read_only)
+        probe = reads and self.reading > 0
         cacheable = probe and stdin is None and not pty
-        if cacheable and command in self._facts:
-            return self._facts[command]
+        if cacheable:
+            known = self._facts.get(command)
+            if known is not None:
+                return known
+        seen = self._facts.generation()
         result = self.call(
             self.shell.run(command, probe=probe, timeout=timeout, stdin=stdin, pty=pty, shown=shown)
         )
         if cacheable:
-            self._facts[command] = result
-        else:
-            self._facts.clear()  # the host may have changed: facts are asked afresh
+            self._facts.keep(command, result, seen)
         return result
 
     def put(self, data: bytes, path: str, *, become: bool = False) -> None:
-        self._facts.clear()
         self.call(_put(self.shell, data, path, self.upload_mode, become))
 
     def failed(self, shown: str, result: CommandResult) -> None:
         tail = (result.stderr.strip() or result.stdout.strip())[-400:]
         message = f"{short(shown)} exited {result.rc}"
         self.failures.append(f"{message}: {tail}" if tail else message)
+
+
+class KnownFacts:
+    """The answers to fact commands on one host, kept for a whole plan or run (per SSHPool)
+    while nothing was sent there that may have changed it (the pool's count of changes per
+    host, which every HostShell keeps: pyinfra's commands, uploads, any other step's). So a
+    step's operation, evaluated by the probe, the engine's re-probe and the apply, asks the host
+    its facts once: the re-probe's answers are the apply's, and the plan's are the re-probe's
+    where nothing ran on that host in between."""
+
+    def __init__(self, pool: SSHPool, endpoint: Any) -> None:
+        self.pool, self.endpoint = pool, endpoint
+        self.seen = -1
+        self.answers: dict[str, CommandResult] = {}
+
+    def generation(self) -> int:
+        return self.pool.generation(self.endpoint)
+
+    def get(self, command: str) -> CommandResult | None:
+        if self.seen != self.generation():
+            return None
+        return self.answers.get(command)
+
+    def keep(self, command: str, result: CommandResult, asked_at: int) -> None:
+        now = self.generation()
+        if now != asked_at:
+            return  # something changed the host while it was asked: the answer may be stale
+        if self.seen != now:
+            self.answers.clear()
+            self.seen = now
+        self.answers[command] = result
+
+
+_facts_kept: weakref.WeakKeyDictionary[SSHPool, dict[Any, KnownFacts]] = weakref.WeakKeyDictionary()
+
+
+def _known_facts(shell: HostShell) -> KnownFacts:
+    endpoint = shell.endpoint
+    with _setup_lock:
+        per_pool = _facts_kept.setdefault(shell.pool, {})
+        key = (endpoint.host, endpoint.port)
+        found = per_pool.get(key)
+        if found is None:
+            found = per_pool[key] = KnownFacts(shell.pool, endpoint)
+        return found
 
 
 async def _put(shell: HostShell, data: bytes, path: str, mode: int | None, become: bool) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import hashlib
 import io
 import json
 import logging
@@ -96,6 +97,8 @@ class HostLink:
         # Facts being read (opskit's own count, kept by the host's get_fact, see _count_facts):
         # while planning, a command runs, as a probe, only while a fact is read.
         self.reading = 0
+        self.asked = 0  # facts asked so far: an operation's listing is replayed only when it
+        # read every fact before its first command (so running it would read the same)
         self.cancelled = threading.Event()
         self.failures: list[str] = []
         # The mode an upload is written with, when the step knows it: content and mode then
@@ -111,6 +114,10 @@ class HostLink:
     @property
     def read_only(self) -> bool:
         return self.shell.read_only
+
+    @property
+    def known(self) -> KnownFacts:
+        return self._facts
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the engine's loop and wait for it (from the worker thread)."""
@@ -190,6 +197,18 @@ class KnownFacts:
         self.pool, self.endpoint = pool, endpoint
         self.seen = -1
         self.answers: dict[str, CommandResult] = {}
+        # Operations listed while probing: (key, the host's count then) -> their commands.
+        self.listings: dict[str, tuple[int, list[PyinfraCommand]]] = {}
+
+    def listed(self, key: str, commands: list[PyinfraCommand]) -> None:
+        self.listings[key] = (self.generation(), commands)
+
+    def listing(self, key: str) -> list[PyinfraCommand] | None:
+        """What the probe listed for this operation, if nothing changed the host since."""
+        found = self.listings.pop(key, None)
+        if found is None or found[0] != self.generation():
+            return None
+        return found[1]
 
     def generation(self) -> int:
         return self.pool.generation(self.endpoint)
@@ -248,6 +267,7 @@ def _count_facts(host: Host, slot: LinkSlot) -> None:
         if link is None:
             return ask(*args, **kwargs)
         link.reading += 1
+        link.asked += 1
         try:
             return ask(*args, **kwargs)
         finally:
@@ -460,6 +480,19 @@ class OpReport:
         return bool(self.commands)
 
 
+def _operation_key(op: Callable[..., Any], kwargs: Mapping[str, Any], host_key: str) -> str:
+    """The same operation with the same arguments for the same host data: content given as a
+    stream is told by its checksum (a plan's placeholders are not a run's secrets)."""
+
+    def value(item: Any) -> Any:
+        if isinstance(item, io.BytesIO):
+            return {"sha256": hashlib.sha256(item.getvalue()).hexdigest()}
+        return repr(item)
+
+    name = f"{getattr(op, '__module__', '')}.{getattr(op, '__qualname__', repr(op))}"
+    return json.dumps([name, host_key, kwargs], sort_keys=True, default=value)
+
+
 def describe(command: PyinfraCommand) -> str:
     if isinstance(command, StringCommand):
         return command.get_masked_value()
@@ -475,8 +508,9 @@ def describe(command: PyinfraCommand) -> str:
 class PyinfraHost:
     """The pyinfra side of one target, for the work a step runs in the bridge's thread."""
 
-    def __init__(self, state: State, host: Host, link: HostLink) -> None:
+    def __init__(self, state: State, host: Host, link: HostLink, host_key: str = "") -> None:
         self.state, self.host, self.link = state, host, link
+        self.host_key = host_key  # the host data (sudo, environment) its commands depend on
 
     @property
     def read_only(self) -> bool:
@@ -491,9 +525,14 @@ class PyinfraHost:
 
     def operation(self, op: Callable[..., Any], **kwargs: Any) -> OpReport:
         """Add the operation; planning: list its commands (facts run, nothing else);
-        applying: run it, through pyinfra's own executor."""
+        applying: run it, through pyinfra's own executor. Applying right after a probe listed
+        the same operation (the engine's re-probe), with nothing sent to the host in between,
+        runs the commands listed: pyinfra's evaluation, facts and all, is done once."""
         from pyinfra.api.operations import run_host_op
 
+        key = _operation_key(op, kwargs, self.host_key)
+        known = self.link.known
+        listed = None if self.read_only else known.listing(key)
         before = len(self.host.op_hash_order)
         self.link.phase = FACTS  # an operation may read facts while it is added
         try:
@@ -506,11 +545,20 @@ class PyinfraHost:
         data = self.state.get_op_data_for_host(self.host, op_hash)
         seen: list[PyinfraCommand] = []
         generate = data.command_generator
+        if listed is not None:
+            generate = listed.__iter__
+        replayable = True
 
         def recording() -> Iterator[PyinfraCommand]:
+            nonlocal replayable
+            first: int | None = None  # facts asked when the first command came
             for command in generate():
+                if first is None:
+                    first = self.link.asked
                 seen.append(command)
                 yield command
+            if first is not None and self.link.asked != first:
+                replayable = False  # a fact read after a command: running, its answer may differ
 
         data.command_generator = recording
         report = OpReport()
@@ -521,6 +569,8 @@ class PyinfraHost:
                     pass
             finally:
                 self.link.phase = IDLE
+            if replayable:
+                known.listed(key, list(seen))
         else:
             self.link.phase = EXECUTE
             failures = len(self.link.failures)
@@ -594,6 +644,7 @@ class TargetState:
     state: State
     host: Host
     slot: LinkSlot
+    key: str  # the target and its host data
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -618,7 +669,7 @@ def _target_state(link: HostLink, data: Mapping[str, Any]) -> TargetState:
     state = State(inventory, config, check_for_changes=False)
     host = inventory.get_host(name)
     _count_facts(host, slot)
-    made = TargetState(state, host, slot)
+    made = TargetState(state, host, slot, key)
     with _setup_lock:
         return _states[link.shell.pool].setdefault(key, made)
 
@@ -640,7 +691,7 @@ def _in_thread(link: HostLink, work: Callable[[PyinfraHost], T], data: Mapping[s
         target.slot.link = link
         try:
             target.host.connect(show_errors=False, raise_exceptions=True)
-            return work(PyinfraHost(target.state, target.host, link))
+            return work(PyinfraHost(target.state, target.host, link, target.key))
         except PyinfraError as exc:
             _forget(link, target)  # a failed host stays failed in its State: start afresh
             raise HostStateError(_explain(link, exc)) from None

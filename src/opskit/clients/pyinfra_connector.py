@@ -20,7 +20,14 @@ at once, each in its own thread, so those two contexts are made per thread on fi
 per thread here (no gevent hub is ever started: nothing on this path spawns a greenlet).
 Nothing else needed serialising, and serialising would cost: 12 loopback hosts x 5 files with
 20 ms per round trip planned in 2.4 s this way, 8 s with one pyinfra call at a time. Each
-target keeps one State per plan or run (`TargetState`): making one costs ~12 ms.
+target keeps one State for the process (`TargetState`): making one costs ~12 ms and more (pyinfra
+reads its entry points three times).
+
+Speed: a step evaluates its operation when planned, when the engine re-probes it and when it is
+applied; pyinfra's own CLI evaluates it once. So what a host answered is kept (`KnownFacts`, per
+host and SSHPool) while nothing was sent there that may change it, and the apply runs what the
+re-probe listed, when nothing reached the host in between: a step in a run asks each fact once
+and sends pyinfra's commands, no more.
 """
 
 from __future__ import annotations
@@ -638,8 +645,9 @@ class LinkSlot:
 
 @dataclass
 class TargetState:
-    """One target's pyinfra State, kept for a whole plan or run: making a State and Inventory
-    costs ~12 ms (pyinfra reads its entry points twice), more than most steps' commands."""
+    """One target's pyinfra State, kept for the process (a plan and its run share it): making a
+    State and Inventory costs ~12 ms (pyinfra reads its entry points three times), more than most
+    steps' commands."""
 
     state: State
     host: Host
@@ -648,8 +656,11 @@ class TargetState:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-# Per SSHPool (one per plan or run, so they go with it): (target, host data) -> its State.
-_states: weakref.WeakKeyDictionary[SSHPool, dict[str, TargetState]] = weakref.WeakKeyDictionary()
+# (target, its endpoint, host data) -> its State, for the process: a plan and the run after it
+# (each with a pool of its own) share it, so a target pays for its State once. Bounded: a
+# process planning for more targets than this (tests) starts afresh now and then.
+_states: dict[str, TargetState] = {}
+MAX_STATES = 2048
 
 
 def _target_state(link: HostLink, data: Mapping[str, Any]) -> TargetState:
@@ -659,7 +670,7 @@ def _target_state(link: HostLink, data: Mapping[str, Any]) -> TargetState:
 
     key = json.dumps([link.name, link.shell.endpoint.key, data], sort_keys=True, default=str)
     with _setup_lock:
-        found = _states.setdefault(link.shell.pool, {}).get(key)
+        found = _states.get(key)
     if found is not None:
         return found
     name = f"@{CONNECTOR}/{link.name}"
@@ -671,15 +682,15 @@ def _target_state(link: HostLink, data: Mapping[str, Any]) -> TargetState:
     _count_facts(host, slot)
     made = TargetState(state, host, slot, key)
     with _setup_lock:
-        return _states[link.shell.pool].setdefault(key, made)
+        if len(_states) >= MAX_STATES:
+            _states.clear()
+        return _states.setdefault(key, made)
 
 
-def _forget(link: HostLink, target: TargetState) -> None:
+def _forget(target: TargetState) -> None:
     with _setup_lock:
-        states = _states.get(link.shell.pool, {})
-        for key, value in list(states.items()):
-            if value is target:
-                del states[key]
+        if _states.get(target.key) is target:
+            del _states[target.key]
 
 
 def _in_thread(link: HostLink, work: Callable[[PyinfraHost], T], data: Mapping[str, Any]) -> T:
@@ -693,10 +704,10 @@ def _in_thread(link: HostLink, work: Callable[[PyinfraHost], T], data: Mapping[s
             target.host.connect(show_errors=False, raise_exceptions=True)
             return work(PyinfraHost(target.state, target.host, link, target.key))
         except PyinfraError as exc:
-            _forget(link, target)  # a failed host stays failed in its State: start afresh
+            _forget(target)  # a failed host stays failed in its State: start afresh
             raise HostStateError(_explain(link, exc)) from None
         except BaseException:
-            _forget(link, target)
+            _forget(target)
             raise
         finally:
             target.slot.link = None

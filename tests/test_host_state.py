@@ -848,3 +848,45 @@ def test_known_facts_and_listings_go_with_any_change_to_the_host():
     assert known.get("stat /a") is None
     known.listed("op", ["cmd"])  # type: ignore[list-item]
     assert known.listing("op") == ["cmd"] and known.listing("op") is None  # used once
+
+
+def test_pyinfras_state_context_is_per_thread_after_the_bridge_sets_it_up():
+    """The one write into pyinfra's private parts (its State and Inventory contexts' container,
+    made thread-local: pyinfra 3.10 has no public way): each thread sees the State it set, and
+    the shape it relies on is checked, so a pyinfra that changed it fails here first."""
+    from pyinfra import context
+
+    from opskit.clients import pyinfra_connector
+
+    pyinfra_connector._per_thread_context()
+    seen: dict[str, object] = {}
+    ready, done = threading.Event(), threading.Event()
+
+    def other() -> None:
+        context.ctx_state.set("state of the other thread")
+        ready.set()
+        done.wait(10)
+        seen["other"] = context.ctx_state.get()
+        context.ctx_state.reset()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    ready.wait(10)
+    seen["here"] = context.ctx_state.get()
+    context.ctx_state.set("state of this thread")
+    done.set()
+    thread.join(10)
+    seen["here after"] = context.ctx_state.get()
+    context.ctx_state.reset()
+    assert seen == {
+        "other": "state of the other thread",
+        "here": None,
+        "here after": "state of this thread",
+    }
+    # The global arguments' table, computed once, is pyinfra's own.
+    from typing import get_type_hints
+
+    from pyinfra.api import arguments
+
+    assert arguments.all_global_arguments() == list(get_type_hints(arguments.AllArguments).items())
+    assert arguments.all_global_arguments() is arguments.all_global_arguments()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import functools
 import hashlib
 import io
 import json
@@ -609,12 +610,18 @@ def _workers() -> concurrent.futures.ThreadPoolExecutor:
 
 
 def _per_thread_context() -> None:
-    """pyinfra's `state` and `inventory` contexts, per thread instead of per process.
+    """pyinfra's `state` and `inventory` contexts, per thread instead of per process: the
+    one place opskit writes into pyinfra's private parts, done once, before any pyinfra work.
 
-    In one thread nothing changes: what pyinfra set, it reads back. Across threads each sees its
-    own, so concurrent targets cannot add operations to one another's State. Its logger goes
-    quiet too: opskit reports failures itself, redacted, and pyinfra's warnings would reach the
-    console through logging's last resort."""
+    pyinfra 3.10 has no public way to make them per thread: its ContextManager offers get, set,
+    use and reset of one process-wide container (`context._container`); only its host and config
+    contexts are greenlet-local. So the two containers are replaced by thread-local ones. In one
+    thread nothing changes: what pyinfra set, it reads back. Across threads each sees its own,
+    so concurrent targets cannot add operations to one another's State. The pin (pyinfra
+    3.10.x in pyproject.toml) holds the shape; test_host_state checks it. Serialising all pyinfra
+    work instead would cost 3x (the module's docstring). Also here: the global arguments'
+    table memoised (below), and pyinfra's logger quiet (opskit reports failures itself,
+    redacted; pyinfra's warnings would reach the console through logging's last resort)."""
     global _context_ready
     with _setup_lock:
         if _context_ready:
@@ -625,7 +632,15 @@ def _per_thread_context() -> None:
             module: Any = None
 
         for manager in (context.ctx_state, context.ctx_inventory):
+            if not hasattr(manager.context, "_container"):  # the pin should have caught it
+                raise RuntimeError("pyinfra's contexts changed: opskit needs pyinfra 3.10.x")
             manager.context._container = Slot()
+        # pyinfra computes the global arguments' names and types (typing.get_type_hints of a
+        # TypedDict) for every operation and every fact read: a constant, a third of evaluating
+        # an operation here. Computed once.
+        from pyinfra.api import arguments
+
+        arguments.all_global_arguments = functools.cache(arguments.all_global_arguments)
         logger = logging.getLogger("pyinfra")
         logger.addHandler(logging.NullHandler())
         logger.propagate = False

@@ -148,7 +148,8 @@ class HostFile(Action[FileArgs]):
             from pyinfra.facts.files import File, Sha1File
             from pyinfra.operations import files
 
-            from ..clients.pyinfra_connector import FileBytes, stream
+            from ..clients.pyinfra_connector import stream
+            from ..clients.pyinfra_ops import FileBytes
             from ..errors import HostStateError
 
             plan = FilePlan()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import copy
 import functools
 import hashlib
 import io
@@ -42,8 +43,7 @@ import json
 import logging
 import shlex
 import threading
-import weakref
-from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from io import IOBase
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -55,9 +55,8 @@ from pyinfra.api.command import (
     QuoteString,
     StringCommand,
 )
-from pyinfra.api.exceptions import ConnectError, OperationError, PyinfraError
+from pyinfra.api.exceptions import ConnectError, PyinfraError
 from pyinfra.api.facts import FactBase
-from pyinfra.api.operation import operation
 from pyinfra.api.util import get_file_io
 from pyinfra.connectors.base import BaseConnector
 from pyinfra.connectors.util import (
@@ -66,14 +65,12 @@ from pyinfra.connectors.util import (
     extract_control_arguments,
     make_unix_command_for_host,
 )
-from pyinfra.context import host as current_host
-from pyinfra.facts.files import File, Sha256File
-from pyinfra.operations.util import files as file_utils
 from typing_extensions import Unpack, override
 
 from ..errors import HostStateError, StepError
 from .connections import short
-from .ssh import CommandResult, HostShell, SSHPool
+from .pyinfra_known import _MISSING, KnownFacts, _known_facts
+from .ssh import CommandResult, HostShell
 
 if TYPE_CHECKING:
     from pyinfra.api.arguments import ConnectorArguments
@@ -193,63 +190,6 @@ class HostLink:
         self.failures.append(f"{message}: {tail}" if tail else message)
 
 
-class KnownFacts:
-    """The answers to fact commands on one host, kept for a whole plan or run (per SSHPool)
-    while nothing was sent there that may have changed it (the pool's count of changes per
-    host, which every HostShell keeps: pyinfra's commands, uploads, any other step's). So a
-    step's operation, evaluated by the probe, the engine's re-probe and the apply, asks the host
-    its facts once: the re-probe's answers are the apply's, and the plan's are the re-probe's
-    where nothing ran on that host in between."""
-
-    def __init__(self, pool: SSHPool, endpoint: Any) -> None:
-        self.pool, self.endpoint = pool, endpoint
-        self.seen = -1
-        self.answers: dict[str, CommandResult] = {}
-        # Operations listed while probing: (key, the host's count then) -> their commands.
-        self.listings: dict[str, tuple[int, list[PyinfraCommand]]] = {}
-
-    def listed(self, key: str, commands: list[PyinfraCommand]) -> None:
-        self.listings[key] = (self.generation(), commands)
-
-    def listing(self, key: str) -> list[PyinfraCommand] | None:
-        """What the probe listed for this operation, if nothing changed the host since."""
-        found = self.listings.pop(key, None)
-        if found is None or found[0] != self.generation():
-            return None
-        return found[1]
-
-    def generation(self) -> int:
-        return self.pool.generation(self.endpoint)
-
-    def get(self, command: str) -> CommandResult | None:
-        if self.seen != self.generation():
-            return None
-        return self.answers.get(command)
-
-    def keep(self, command: str, result: CommandResult, asked_at: int) -> None:
-        now = self.generation()
-        if now != asked_at:
-            return  # something changed the host while it was asked: the answer may be stale
-        if self.seen != now:
-            self.answers.clear()
-            self.seen = now
-        self.answers[command] = result
-
-
-_facts_kept: weakref.WeakKeyDictionary[SSHPool, dict[Any, KnownFacts]] = weakref.WeakKeyDictionary()
-
-
-def _known_facts(shell: HostShell) -> KnownFacts:
-    endpoint = shell.endpoint
-    with _setup_lock:
-        per_pool = _facts_kept.setdefault(shell.pool, {})
-        key = (endpoint.host, endpoint.port)
-        found = per_pool.get(key)
-        if found is None:
-            found = per_pool[key] = KnownFacts(shell.pool, endpoint)
-        return found
-
-
 async def _put(shell: HostShell, data: bytes, path: str, mode: int | None, become: bool) -> None:
     """Upload through the one way files reach a host (primitives.put_file: atomic, its mode on
     arrival) with `mode`; without one, keep an existing file's mode and start a new one at 0600
@@ -264,24 +204,41 @@ async def _put(shell: HostShell, data: bytes, path: str, mode: int | None, becom
     await put_file(shell, path, data, mode=mode, become=become)
 
 
-def _count_facts(host: Host, slot: LinkSlot) -> None:
+def _count_facts(host: Host, slot: LinkSlot, host_key: str) -> None:
     """Count the facts being read on `host`, for the link of the call in progress: every fact
     an operation or opskit asks goes through `host.get_fact`, so the count is opskit's own
-    phase, not a reading of pyinfra's call stack."""
+    phase, not a reading of pyinfra's call stack. A fact already read while nothing changed
+    the host is answered from what was kept (a copy), without pyinfra's work of asking it."""
     ask = host.get_fact
 
-    def get_fact(*args: Any, **kwargs: Any) -> Any:
+    def get_fact(fact: Any, *args: Any, **kwargs: Any) -> Any:
         link = slot.link
         if link is None:
-            return ask(*args, **kwargs)
-        link.reading += 1
+            return ask(fact, *args, **kwargs)
+        key = None
+        reads = link.phase == FACTS or (link.phase == EXECUTE and not link.read_only)
+        if reads and link.reading == 0 and not args:
+            try:
+                name = f"{fact.__module__}.{fact.__qualname__}"
+                key = json.dumps([host_key, name, kwargs], sort_keys=True)
+            except (TypeError, ValueError, AttributeError):
+                key = None
         link.asked += 1
+        if key is not None:
+            found = link.known.value(key)
+            if found is not _MISSING:
+                return copy.deepcopy(found)
+        seen = link.known.generation()
+        link.reading += 1
         try:
-            return ask(*args, **kwargs)
+            value = ask(fact, *args, **kwargs)
         finally:
             link.reading -= 1
+        if key is not None:
+            link.known.keep_value(key, copy.deepcopy(value), seen)
+        return value
 
-    host.get_fact = get_fact  # type: ignore[method-assign]
+    host.get_fact = get_fact  # type: ignore[method-assign,assignment]
 
 
 def _lines(text: str) -> list[str]:
@@ -398,76 +355,6 @@ class OpskitConnector(BaseConnector):
         with get_file_io(filename_or_io, "wb") as handle:  # type: ignore[arg-type]
             handle.write(data)
         return True
-
-
-# --- facts and operations opskit adds ----------------------------------------------------------
-
-
-class FileBytes(FactBase[bytes | None]):
-    """A file's exact content (base64 on the wire), or None when there is no such file."""
-
-    @override
-    def command(self, path: str) -> StringCommand:
-        quoted = QuoteString(path)
-        return StringCommand("if test -f", quoted, "; then echo B64; base64", quoted, "; fi")
-
-    @override
-    def process(self, output: list[str]) -> bytes | None:
-        if not output or output[0] != "B64":
-            return None
-        return base64.b64decode("".join(output[1:]))
-
-
-@operation()
-def verified_download(
-    src: str,
-    dest: str,
-    sha256sum: str,
-    user: str | None = None,
-    group: str | None = None,
-    mode: str | int | None = None,
-) -> Generator[StringCommand, None, None]:
-    """
-    Download a file, checked against its sha256 before it takes the place of `dest`.
-
-    + src: the URL
-    + dest: where it goes (absolute)
-    + sha256sum: the sha256 it must have: a mismatch leaves nothing behind
-    + user, group, mode: as files.put
-
-    pyinfra's files.download moves the file into place first and checks after; this one
-    downloads beside `dest`, checks, sets owner and mode, then renames.
-    """
-    info = current_host.get_fact(File, path=dest)
-    if info is False:
-        raise OperationError(f"{dest} exists and is not a file")
-    wanted = file_utils.ensure_mode_int(mode)
-    if info is None or current_host.get_fact(Sha256File, path=dest) != sha256sum:
-        directory, _, name = dest.rpartition("/")
-        temporary = f"{directory}/.{name}.opskit-download"
-        yield StringCommand(
-            f"if command -v curl >/dev/null 2>&1; then"
-            f" curl -sSLf --connect-timeout 20 -o {shlex.quote(temporary)} {shlex.quote(src)};"
-            f" elif command -v wget >/dev/null 2>&1; then"
-            f" wget -q -T 20 -O {shlex.quote(temporary)} {shlex.quote(src)};"
-            f" else echo 'neither curl nor wget is installed' >&2; false; fi"
-            f" || {{ rm -f {shlex.quote(temporary)}; exit 1; }}"
-        )
-        yield StringCommand(
-            f'got=$(sha256sum {shlex.quote(temporary)} | cut -d" " -f1);'
-            f' if [ "$got" != {shlex.quote(sha256sum)} ]; then rm -f {shlex.quote(temporary)};'
-            f' echo "sha256 mismatch for {src}: expected {sha256sum}, got $got" >&2; exit 1; fi'
-        )
-        if user or group:
-            yield file_utils.chown(temporary, user, group)
-        if wanted:
-            yield file_utils.chmod(temporary, wanted)
-        yield StringCommand("mv", "-f", QuoteString(temporary), QuoteString(dest))
-        return
-    if (user and info["user"] != user) or (group and info["group"] != group):
-        yield file_utils.chown(dest, user, group)
-    if wanted and info["mode"] != wanted:
-        yield file_utils.chmod(dest, wanted)
 
 
 # --- the bridge --------------------------------------------------------------------------------
@@ -694,7 +581,7 @@ def _target_state(link: HostLink, data: Mapping[str, Any]) -> TargetState:
     config = Config(TEMP_DIR="/tmp")  # type: ignore[no-untyped-call]
     state = State(inventory, config, check_for_changes=False)
     host = inventory.get_host(name)
-    _count_facts(host, slot)
+    _count_facts(host, slot, key)
     made = TargetState(state, host, slot, key)
     with _setup_lock:
         if len(_states) >= MAX_STATES:

@@ -1,7 +1,9 @@
-"""Tests as data: the probe -> Change logic of the Proxmox and Beszel hub kinds, from case
-tables (tests/cases/*.json: args + the world's state -> the change and the requests sent), run
-against fake transports through the one door, as pyinfra tests its operations from case files.
-The same kinds meet fakepve and a real PocketBase in test_proxmox.py and test_beszel.py."""
+"""Tests as data: the probe -> Change logic of the Proxmox, Beszel (hub and agent) and host.*
+kinds, from case tables (tests/cases/*.json: args + the world's state -> the change and the
+requests or commands sent), run against fake transports through the one door, as pyinfra tests
+its operations from case files. The host.* kinds run pyinfra's real operations and facts through
+opskit's connector, a fake host answering the facts' commands. The same kinds meet fakepve, a
+real PocketBase and real sshd in test_proxmox.py, test_beszel.py and test_host_state.py."""
 
 from __future__ import annotations
 
@@ -200,3 +202,138 @@ def test_beszel_agent_probe(case: dict[str, Any]) -> None:
     _judge(case, result, [])
     assert sent and all(s.reads and not s.refused for s in sent)  # probes only
     assert len(pool.commands) == case.get("probes", len(pool.commands))
+
+
+# --- host.*: pyinfra's facts answered by a fake host ----------------------------------------
+
+
+def _mode_text(mode: str, kind: str) -> str:
+    """ "0640" as ls -l shows it, "-rw-r-----" (a directory: "drwxr-x---")."""
+    bits = int(mode, 8)
+    flags = "".join(
+        letter if bits & (1 << (8 - i)) else "-" for i, letter in enumerate("rwxrwxrwx")
+    )
+    return ("d" if kind == "dir" else "-") + flags
+
+
+def host_world(world: dict[str, Any]) -> Any:
+    """A host in a few lines, as pyinfra's facts read it: files and directories (stat, sha256,
+    content), systemd units, Debian packages, users and groups. Anything else: no output."""
+    import base64
+    import hashlib
+
+    paths: dict[str, dict[str, Any]] = {}
+    for path, spec in world.get("dirs", {}).items():
+        paths[path] = {"kind": "dir", "mode": "0755", "user": "root", "group": "root", **spec}
+    for path, spec in world.get("files", {}).items():
+        paths[path] = {"kind": "file", "mode": "0644", "user": "root", "group": "root", **spec}
+
+    def answer(command: str) -> str:
+        if m := re.search(r"! \(test -e (\S+) \|\|", command):
+            spec = paths.get(m.group(1))
+            if spec is None:
+                return ""
+            size = len(spec.get("content", "")) if spec["kind"] == "file" else 4096
+            return (
+                f"user={spec['user']} group={spec['group']}"
+                f" mode={_mode_text(spec['mode'], spec['kind'])} atime=0 mtime=0 ctime=0"
+                f" size={size} '{m.group(1)}'"
+            )
+        if m := re.search(r"test -e (\S+) && \( sha256sum", command):
+            spec = paths.get(m.group(1))
+            if spec is None or spec["kind"] != "file":
+                return ""
+            return f"{hashlib.sha256(spec['content'].encode()).hexdigest()}  {m.group(1)}"
+        if m := re.search(r"if test -f (\S+) ; then echo B64", command):
+            spec = paths.get(m.group(1))
+            if spec is None or spec["kind"] != "file":
+                return ""
+            return "B64\n" + base64.b64encode(spec["content"].encode()).decode()
+        if m := re.search(
+            r"systemctl show --all --property Id --property (\w+) (\S+?)\s*\)", command
+        ):
+            unit = world.get("units", {}).get(m.group(2))
+            key = {"SubState": "sub", "UnitFileState": "enabled"}[m.group(1)]
+            value = unit[key] if unit else ("dead" if key == "sub" else "")
+            return f"Id={m.group(2)}\n{m.group(1)}={value}"
+        if "dpkg -l" in command:
+            rows = [f"ii  {n}  {v}  amd64  a package" for n, v in world.get("packages", {}).items()]
+            return "\n".join(["Desired=Unknown/Install/Remove/Purge/Hold", *rows])
+        if "cat /etc/passwd | cut" in command:
+            return "\n".join(
+                f"{name}:x:{u['uid']}:{u['uid']}::{u['home']}:{u['shell']}|{u.get('group', name)}"
+                f"|{' '.join([u.get('group', name), *u.get('groups', [])])}||"
+                for name, u in world.get("users", {}).items()
+            )
+        if command.endswith("'cat /etc/group'"):
+            return "\n".join(f"{g}:x:{1000 + i}:" for i, g in enumerate(world.get("groups", [])))
+        if "uname -s" in command:
+            return "Linux"
+        if m := re.search(r"command -v (\S+) \|\| true", command):
+            return f"/usr/sbin/{m.group(1)}"
+        return ""
+
+    return answer
+
+
+class HostPool(FakePool):
+    """FakePool as the pyinfra bridge reaches it: a session to open, the count of changes."""
+
+    async def session(self, endpoint: Any) -> None:
+        return None
+
+    def generation(self, endpoint: Any) -> int:
+        return 0
+
+    def changed(self, endpoint: Any) -> None:
+        raise AssertionError("a probe sent a command that may change the host")
+
+
+def _short_commands(commands: list[str]) -> list[str]:
+    """Each command as a case names it: the fact it reads (stat PATH, sha256 PATH, ...)."""
+    named = []
+    for c in commands:
+        for pattern, name in (
+            (r"! \(test -e (\S+) \|\|", "stat {}"),
+            (r"test -e (\S+) && \( sha256sum", "sha256 {}"),
+            (r"if test -f (\S+) ; then echo B64", "read {}"),
+            (r"--property (\w+) (\S+?)\s*\)", "systemctl {}"),
+        ):
+            if m := re.search(pattern, c):
+                named.append(name.format(" ".join(m.groups())))
+                break
+        else:
+            named.append(c)
+    return named
+
+
+@pytest.mark.parametrize("case", _cases("host.json"))
+def test_host_probe(case: dict[str, Any]) -> None:
+    from opskit.clients.connections import SSHSettings
+
+    cls = actions.get(case["kind"])
+    action = cls(cls.Args.model_validate(case["args"]))
+    pool = HostPool(host_world(case["world"]))
+
+    class FakeSSH(SSHSettings):
+        def pool(self, passwords: Any) -> Any:
+            return pool
+
+    sent: list[Sent] = []
+    transports = Transports(ssh=FakeSSH(), observe=sent.append)
+    target = Target(name="web1", kind="host", address="192.0.2.10")
+
+    async def go() -> Any:
+        connections = Connections(None, transports=transports)
+        try:
+            return await action.probe(ActionContext(target, True, connections=connections))
+        except OpskitError as exc:
+            return exc
+
+    result = asyncio.run(go())
+    _judge(case, result, _short_commands(pool.commands))
+    assert sent and all(s.reads and not s.refused for s in sent)  # facts only
+    if "before" in case:
+        assert result.before == case["before"]
+    if "after" in case:
+        assert result.after == case["after"]

@@ -251,3 +251,39 @@ def test_one_read_only_refusal() -> None:
     assert [k for k in classes if k.endswith(".ReadOnlyRefused")] == [
         "opskit.errors.ReadOnlyRefused"
     ]
+
+
+# Exceptions that never reach a user: each is caught inside its own module (or, for the lab's
+# systemctl, inside a script run by itself on a lab host) and turned into an OpskitError there.
+INTERNAL_EXCEPTIONS = {
+    "opskit.model.inventory.SelectorError",  # a ValueError: its callers make a UsageError
+    "opskit.schedule.CalendarError",  # a ValueError: its callers make a located LoadError
+    "opskit.render.TooLarge",
+    "opskit.render.TemplateProblem",
+    "opskit.loader._TooBig",
+    "opskit.loader._Recursive",
+    "opskit.clients.pyinfra_connector.BridgeCancelled",  # a BaseException: a cancelled step
+}
+
+
+def test_no_exception_class_outside_the_tree() -> None:
+    """The lab's errors too (LayerError, AptError, PowerError): an exception class defined in
+    opskit is in errors.py's tree, or one of the few internal ones named above."""
+    import importlib
+    import inspect
+
+    found = set()
+    for name in _every_module():
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            if (
+                inspect.isclass(value)
+                and issubclass(value, BaseException)
+                and value.__module__ == name
+                and name != "opskit.errors"
+            ):
+                found.add(f"{name}.{value.__qualname__}")
+    assert sorted(found - INTERNAL_EXCEPTIONS) == []
+    from opskit.errors import AptError, LabError, LayerError, PowerError
+
+    assert all(issubclass(c, LabError) for c in (AptError, LayerError, PowerError))

@@ -784,3 +784,109 @@ def test_opskit_plan_shows_the_diff_and_apply_applies_exactly_that(project, opsk
     assert (project.work / "h0" / "motd").read_text() == "welcome\nto h0, again\n"
     again = opskit("plan", "rb", cwd=project.root)
     assert "  motd  host.file:" in again.out and "is up to date" in again.out
+
+
+def test_a_run_asks_the_host_its_facts_once_per_step_and_applies_what_the_probe_listed(project):
+    """Issue 17: the engine's re-probe evaluates the operation; the apply right after runs the
+    commands it listed (nothing reached the host in between): no fact is asked again, so a step
+    costs pyinfra's own round trips. A change in between (the directory step, before the files)
+    makes the next probe ask afresh."""
+    project.runbook(
+        """
+        name: rb
+        targets: h0
+        steps:
+          - id: dir
+            host.directory: {path: "WORK/h0", mode: "0750"}
+          - id: a
+            host.file: {path: "WORK/h0/a.conf", content: "a\\n", mode: "0640"}
+          - id: b
+            host.file: {path: "WORK/h0/b.conf", content: "b\\n", mode: "0640"}
+        """
+    )
+    _, result = project.run()
+    assert result.exit_code == 0
+    assert (project.work / "h0" / "b.conf").read_text() == "b\n"
+    assert oct((project.work / "h0" / "a.conf").stat().st_mode & 0o777) == "0o640"
+    running = [s for s in project.sent if not s.read_only]
+    assert running and not [s.what for s in running if s.reads], "the apply asked facts again"
+    # What the apply sent: the upload and the mode of each file, the directory's mkdir/chmod.
+    # What the apply sent is exactly what pyinfra would: mkdir and chmod, then each upload and
+    # its chmod.
+    base = project.work / "h0"
+    assert [(s.method, s.what) for s in running] == [
+        ("run", f"sh -c 'mkdir -p {base}'"),
+        ("run", f"sh -c 'chmod 750 {base}'"),
+        ("put", f"{base}/a.conf"),
+        ("run", f"sh -c 'chmod 640 {base}/a.conf'"),
+        ("put", f"{base}/b.conf"),
+        ("run", f"sh -c 'chmod 640 {base}/b.conf'"),
+    ]
+
+
+def test_known_facts_and_listings_go_with_any_change_to_the_host():
+    """What the host answered (and what a probe listed) is used while the pool's count of
+    changes to that host stays the same, and never after."""
+    from opskit.clients.pyinfra_connector import KnownFacts
+    from opskit.clients.ssh import CommandResult, Endpoint
+
+    class Pool:
+        changes = 0
+
+        def generation(self, endpoint):
+            return self.changes
+
+    pool = Pool()
+    known = KnownFacts(pool, Endpoint(name="h", host="127.0.0.1"))  # type: ignore[arg-type]
+    answer = CommandResult(0, "x\n", "", 0.01)
+    known.keep("stat /a", answer, asked_at=0)
+    known.listed("op", ["cmd"])  # type: ignore[list-item]
+    assert known.get("stat /a") is answer
+    pool.changes += 1  # anything sent that may change the host
+    assert known.get("stat /a") is None and known.listing("op") is None
+    known.keep("stat /a", answer, asked_at=0)  # asked before the change, answered after
+    assert known.get("stat /a") is None
+    known.listed("op", ["cmd"])  # type: ignore[list-item]
+    assert known.listing("op") == ["cmd"] and known.listing("op") is None  # used once
+
+
+def test_pyinfras_state_context_is_per_thread_after_the_bridge_sets_it_up():
+    """The one write into pyinfra's private parts (its State and Inventory contexts' container,
+    made thread-local: pyinfra 3.10 has no public way): each thread sees the State it set, and
+    the shape it relies on is checked, so a pyinfra that changed it fails here first."""
+    from pyinfra import context
+
+    from opskit.clients import pyinfra_connector
+
+    pyinfra_connector._per_thread_context()
+    seen: dict[str, object] = {}
+    ready, done = threading.Event(), threading.Event()
+
+    def other() -> None:
+        context.ctx_state.set("state of the other thread")
+        ready.set()
+        done.wait(10)
+        seen["other"] = context.ctx_state.get()
+        context.ctx_state.reset()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    ready.wait(10)
+    seen["here"] = context.ctx_state.get()
+    context.ctx_state.set("state of this thread")
+    done.set()
+    thread.join(10)
+    seen["here after"] = context.ctx_state.get()
+    context.ctx_state.reset()
+    assert seen == {
+        "other": "state of the other thread",
+        "here": None,
+        "here after": "state of this thread",
+    }
+    # The global arguments' table, computed once, is pyinfra's own.
+    from typing import get_type_hints
+
+    from pyinfra.api import arguments
+
+    assert arguments.all_global_arguments() == list(get_type_hints(arguments.AllArguments).items())
+    assert arguments.all_global_arguments() is arguments.all_global_arguments()

@@ -127,3 +127,27 @@ def test_shipped_files_take_the_fast_yaml_path():
         yaml = YAML(typ="safe", pure=False)
         assert yaml.Parser.__name__ == "CParser", "libyaml (ruamel.yaml.clib) is missing"
         yaml.compose(path.read_text())  # raises if libyaml objects
+
+
+def test_the_fast_paths_resolver_reads_as_ruamels_own():
+    """The loader's resolver looks the YAML version up once per document: every scalar comes
+    out as ruamel's own resolver reads it (YAML 1.2 by default, 1.1 under a directive)."""
+    from ruamel.yaml import YAML
+
+    from opskit.loader import _fixed_version_resolver, read_yaml
+
+    docs = [
+        "a: yes\nb: 0o17\nc: 017\nd: ~\ne: 1_000\nf: .inf\ng: 2001-12-14\nh: 0x1F\ni: -.5e3\n",
+        "%YAML 1.1\n---\na: yes\nb: 0o17\nc: 017\nd: on\ne: 1_000\nf: 0b101\n",
+        *(p.read_text() for p in (REPO_ROOT / "runbooks").glob("*.yaml")),
+    ]
+    for doc in docs:
+        found = []
+        for resolver in (None, _fixed_version_resolver()):
+            yaml = YAML(typ="safe", pure=False)
+            if resolver is not None:
+                yaml.Resolver = resolver
+            found.append(yaml.load(doc))
+        assert found[0] == found[1]
+    data, _ = read_yaml("x.yaml", docs[0])
+    assert data["a"] == "yes" and data["b"] == 15 and data["c"] == 17 and data["d"] is None

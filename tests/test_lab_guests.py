@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from opskit.errors import AptError, LayerError
 from opskit.lab import apt, layers, power
 from opskit.lab.pve import LabGuest, watch
 
@@ -216,7 +217,7 @@ def test_a_layer_is_copied_and_restored_with_whiteouts_and_opaque_directories(
     assert not layers.restore(tmp_path, "ai", "never-taken")
     layers.delete(tmp_path, "ai", "pre")
     assert layers.snapshots(tmp_path, "ai") == []
-    with pytest.raises(layers.LayerError):
+    with pytest.raises(LayerError):
         layers.take(tmp_path, "ai", "../escape")
 
 
@@ -281,9 +282,9 @@ def test_the_repository_offers_each_host_its_own_set(tmp_path: Path) -> None:
     assert release.stat().st_mtime >= stamp + 1
     apt.offer(repo, ["dev"], "none")
     assert offered("dev") == ["opskit-lab-demo", "1.0", "opskit-lab-broken", "1.0"]
-    with pytest.raises(apt.AptError, match="no host 'nas'"):
+    with pytest.raises(AptError, match="no host 'nas'"):
         apt.offer(repo, ["nas"], "none")
-    with pytest.raises(apt.AptError, match="unknown offer"):
+    with pytest.raises(AptError, match="unknown offer"):
         apt.offer(repo, ["dev"], "everything")
     # The same packages, the same bytes: builds are repeatable.
     again = tmp_path / "again"

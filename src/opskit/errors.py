@@ -42,6 +42,9 @@
     │   └── McpUnauthorized          exit 1    the server refused the key (401, 403)
     ├── WheelhouseError              exit 1    a wheelhouse is missing or incomplete
     ├── LabError                     exit 1    the lab could not be built or taken down
+    │   ├── LayerError               exit 1    a host's layer could not be copied or restored
+    │   ├── AptError                 exit 1    the lab's apt repository could not be built
+    │   └── PowerError               exit 1    a lab host did not power off in time
     └── HubSetupError                exit 1    the lab's PocketBase would not start or load
 
 Inside the model, a bad selector or OnCalendar expression is a ValueError (SelectorError,
@@ -352,6 +355,18 @@ class WheelhouseError(OpskitError):
 
 class LabError(OpskitError):
     """The lab could not be built or taken down."""
+
+
+class LayerError(LabError):
+    """A lab host's layer (a snapshot of its overlays) could not be copied or restored."""
+
+
+class AptError(LabError):
+    """A package or the index of the lab's apt repository could not be built."""
+
+
+class PowerError(LabError):
+    """A lab host did not go down in time."""
 
 
 class HubSetupError(OpskitError):

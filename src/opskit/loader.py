@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,12 +122,35 @@ def _parse(text: str, *, pure: bool) -> tuple[Any, Any]:
     from ruamel.yaml import YAML
 
     yaml = YAML(typ="safe", pure=pure)
+    if not pure:
+        yaml.Resolver = _fixed_version_resolver()
     yaml.allow_duplicate_keys = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. a reused anchor, which YAML 1.2 allows
         node = yaml.compose(text)
         data = yaml.constructor.construct_document(node) if node is not None else None
     return node, data
+
+
+@functools.cache
+def _fixed_version_resolver() -> type:
+    """ruamel's resolver for libyaml's path, looking up the YAML version once per document.
+
+    ruamel looks the version up for every scalar (two or three times, each through caught
+    AttributeErrors: a third of validating a runbook); on libyaml's path it is the loader's,
+    the same for the whole document, so the implicit resolvers it selects are kept."""
+    from ruamel.yaml.resolver import VersionedResolver
+
+    class FixedVersionResolver(VersionedResolver):
+        _kept: Any = None
+
+        @property
+        def versioned_resolver(self) -> Any:
+            if self._kept is None:
+                self._kept = VersionedResolver.versioned_resolver.fget(self)  # type: ignore[attr-defined]
+            return self._kept
+
+    return FixedVersionResolver
 
 
 def read_yaml(path: str | Path, text: str | None = None) -> tuple[Any, SourceMap]:

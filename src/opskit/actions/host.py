@@ -501,7 +501,7 @@ class HostDownload(Action[DownloadArgs]):
     def _work(self, h: PyinfraHost) -> tuple[dict[str, Any] | None, str | None, OpReport]:
         from pyinfra.facts.files import File, Sha256File
 
-        from ..clients.pyinfra_connector import verified_download
+        from ..clients.pyinfra_ops import verified_download
 
         a = self.args
         info = h.fact(File, path=a.dest)

@@ -145,10 +145,11 @@ class HostFile(Action[FileArgs]):
         a = self.args
 
         def work(h: PyinfraHost) -> FilePlan:
-            from pyinfra.facts.files import File
+            from pyinfra.facts.files import File, Sha1File
             from pyinfra.operations import files
 
-            from ..clients.pyinfra_connector import FileBytes, stream
+            from ..clients.pyinfra_connector import stream
+            from ..clients.pyinfra_ops import FileBytes
             from ..errors import HostStateError
 
             plan = FilePlan()
@@ -158,7 +159,13 @@ class HostFile(Action[FileArgs]):
             plan.info = dict(info) if info else None
             payload = data
             if h.read_only and info and int(info.get("size") or 0) <= DIFF_LIMIT:
-                plan.remote = h.fact(FileBytes, path=a.path)
+                # The content for a diff only when it differs: the checksum files.put asks
+                # anyway says so first (pyinfra decides on SHA-1; asked once, see the bridge).
+                same = (
+                    not has_marker(data.decode("utf-8", "replace"))
+                    and h.fact(Sha1File, path=a.path) == hashlib.sha1(data).hexdigest()
+                )
+                plan.remote = None if same else h.fact(FileBytes, path=a.path)
                 if plan.remote is not None and _matches_but_secrets(data, plan.remote):
                     payload = plan.remote  # the same but for secret values: compared at apply
                     plan.secrets_matched = True

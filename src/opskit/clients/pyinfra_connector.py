@@ -20,7 +20,14 @@ at once, each in its own thread, so those two contexts are made per thread on fi
 per thread here (no gevent hub is ever started: nothing on this path spawns a greenlet).
 Nothing else needed serialising, and serialising would cost: 12 loopback hosts x 5 files with
 20 ms per round trip planned in 2.4 s this way, 8 s with one pyinfra call at a time. Each
-target keeps one State per plan or run (`TargetState`): making one costs ~12 ms.
+target keeps one State for the process (`TargetState`): making one costs ~12 ms and more (pyinfra
+reads its entry points three times).
+
+Speed: a step evaluates its operation when planned, when the engine re-probes it and when it is
+applied; pyinfra's own CLI evaluates it once. So what a host answered is kept (`KnownFacts`, per
+host and SSHPool) while nothing was sent there that may change it, and the apply runs what the
+re-probe listed, when nothing reached the host in between: a step in a run asks each fact once
+and sends pyinfra's commands, no more.
 """
 
 from __future__ import annotations
@@ -28,13 +35,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import copy
+import functools
+import hashlib
 import io
 import json
 import logging
 import shlex
 import threading
-import weakref
-from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from io import IOBase
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -46,9 +55,8 @@ from pyinfra.api.command import (
     QuoteString,
     StringCommand,
 )
-from pyinfra.api.exceptions import ConnectError, OperationError, PyinfraError
+from pyinfra.api.exceptions import ConnectError, PyinfraError
 from pyinfra.api.facts import FactBase
-from pyinfra.api.operation import operation
 from pyinfra.api.util import get_file_io
 from pyinfra.connectors.base import BaseConnector
 from pyinfra.connectors.util import (
@@ -57,14 +65,12 @@ from pyinfra.connectors.util import (
     extract_control_arguments,
     make_unix_command_for_host,
 )
-from pyinfra.context import host as current_host
-from pyinfra.facts.files import File, Sha256File
-from pyinfra.operations.util import files as file_utils
 from typing_extensions import Unpack, override
 
 from ..errors import HostStateError, StepError
 from .connections import short
-from .ssh import CommandResult, HostShell, SSHPool
+from .pyinfra_known import _MISSING, KnownFacts, _known_facts
+from .ssh import CommandResult, HostShell
 
 if TYPE_CHECKING:
     from pyinfra.api.arguments import ConnectorArguments
@@ -96,15 +102,15 @@ class HostLink:
         # Facts being read (opskit's own count, kept by the host's get_fact, see _count_facts):
         # while planning, a command runs, as a probe, only while a fact is read.
         self.reading = 0
+        self.asked = 0  # facts asked so far: an operation's listing is replayed only when it
+        # read every fact before its first command (so running it would read the same)
         self.cancelled = threading.Event()
         self.failures: list[str] = []
         # The mode an upload is written with, when the step knows it: content and mode then
         # arrive together, in one rename. None: an existing file's mode, 0600 for a new one.
         self.upload_mode: int | None = None
         self._inflight: concurrent.futures.Future[Any] | None = None
-        # Fact commands answered since the last change: within one step the same fact (an
-        # opskit read, then the operation's own) is asked of the host once.
-        self._facts: dict[str, CommandResult] = {}
+        self._facts = _known_facts(shell)
 
     @property
     def name(self) -> str:
@@ -113,6 +119,10 @@ class HostLink:
     @property
     def read_only(self) -> bool:
         return self.shell.read_only
+
+    @property
+    def known(self) -> KnownFacts:
+        return self._facts
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the engine's loop and wait for it (from the worker thread)."""
@@ -153,22 +163,25 @@ class HostLink:
         pty: bool = False,
     ) -> CommandResult:
         # A probe is what opskit's own phase says it is: a fact being read, never a command an
-        # operation yields (the door refuses those while planning).
-        probe = self.phase == FACTS and self.reading > 0
+        # operation yields (the door refuses those while planning). Applying, the facts an
+        # operation reads as it runs are reads too (kept, and answered from what is kept);
+        # executing while planning, nothing is.
+        reads = self.phase == FACTS or (self.phase == EXECUTE and not self.read_only)
+        probe = reads and self.reading > 0
         cacheable = probe and stdin is None and not pty
-        if cacheable and command in self._facts:
-            return self._facts[command]
+        if cacheable:
+            known = self._facts.get(command)
+            if known is not None:
+                return known
+        seen = self._facts.generation()
         result = self.call(
             self.shell.run(command, probe=probe, timeout=timeout, stdin=stdin, pty=pty, shown=shown)
         )
         if cacheable:
-            self._facts[command] = result
-        else:
-            self._facts.clear()  # the host may have changed: facts are asked afresh
+            self._facts.keep(command, result, seen)
         return result
 
     def put(self, data: bytes, path: str, *, become: bool = False) -> None:
-        self._facts.clear()
         self.call(_put(self.shell, data, path, self.upload_mode, become))
 
     def failed(self, shown: str, result: CommandResult) -> None:
@@ -191,23 +204,41 @@ async def _put(shell: HostShell, data: bytes, path: str, mode: int | None, becom
     await put_file(shell, path, data, mode=mode, become=become)
 
 
-def _count_facts(host: Host, slot: LinkSlot) -> None:
+def _count_facts(host: Host, slot: LinkSlot, host_key: str) -> None:
     """Count the facts being read on `host`, for the link of the call in progress: every fact
     an operation or opskit asks goes through `host.get_fact`, so the count is opskit's own
-    phase, not a reading of pyinfra's call stack."""
+    phase, not a reading of pyinfra's call stack. A fact already read while nothing changed
+    the host is answered from what was kept (a copy), without pyinfra's work of asking it."""
     ask = host.get_fact
 
-    def get_fact(*args: Any, **kwargs: Any) -> Any:
+    def get_fact(fact: Any, *args: Any, **kwargs: Any) -> Any:
         link = slot.link
         if link is None:
-            return ask(*args, **kwargs)
+            return ask(fact, *args, **kwargs)
+        key = None
+        reads = link.phase == FACTS or (link.phase == EXECUTE and not link.read_only)
+        if reads and link.reading == 0 and not args:
+            try:
+                name = f"{fact.__module__}.{fact.__qualname__}"
+                key = json.dumps([host_key, name, kwargs], sort_keys=True)
+            except (TypeError, ValueError, AttributeError):
+                key = None
+        link.asked += 1
+        if key is not None:
+            found = link.known.value(key)
+            if found is not _MISSING:
+                return copy.deepcopy(found)
+        seen = link.known.generation()
         link.reading += 1
         try:
-            return ask(*args, **kwargs)
+            value = ask(fact, *args, **kwargs)
         finally:
             link.reading -= 1
+        if key is not None:
+            link.known.keep_value(key, copy.deepcopy(value), seen)
+        return value
 
-    host.get_fact = get_fact  # type: ignore[method-assign]
+    host.get_fact = get_fact  # type: ignore[method-assign,assignment]
 
 
 def _lines(text: str) -> list[str]:
@@ -326,76 +357,6 @@ class OpskitConnector(BaseConnector):
         return True
 
 
-# --- facts and operations opskit adds ----------------------------------------------------------
-
-
-class FileBytes(FactBase[bytes | None]):
-    """A file's exact content (base64 on the wire), or None when there is no such file."""
-
-    @override
-    def command(self, path: str) -> StringCommand:
-        quoted = QuoteString(path)
-        return StringCommand("if test -f", quoted, "; then echo B64; base64", quoted, "; fi")
-
-    @override
-    def process(self, output: list[str]) -> bytes | None:
-        if not output or output[0] != "B64":
-            return None
-        return base64.b64decode("".join(output[1:]))
-
-
-@operation()
-def verified_download(
-    src: str,
-    dest: str,
-    sha256sum: str,
-    user: str | None = None,
-    group: str | None = None,
-    mode: str | int | None = None,
-) -> Generator[StringCommand, None, None]:
-    """
-    Download a file, checked against its sha256 before it takes the place of `dest`.
-
-    + src: the URL
-    + dest: where it goes (absolute)
-    + sha256sum: the sha256 it must have: a mismatch leaves nothing behind
-    + user, group, mode: as files.put
-
-    pyinfra's files.download moves the file into place first and checks after; this one
-    downloads beside `dest`, checks, sets owner and mode, then renames.
-    """
-    info = current_host.get_fact(File, path=dest)
-    if info is False:
-        raise OperationError(f"{dest} exists and is not a file")
-    wanted = file_utils.ensure_mode_int(mode)
-    if info is None or current_host.get_fact(Sha256File, path=dest) != sha256sum:
-        directory, _, name = dest.rpartition("/")
-        temporary = f"{directory}/.{name}.opskit-download"
-        yield StringCommand(
-            f"if command -v curl >/dev/null 2>&1; then"
-            f" curl -sSLf --connect-timeout 20 -o {shlex.quote(temporary)} {shlex.quote(src)};"
-            f" elif command -v wget >/dev/null 2>&1; then"
-            f" wget -q -T 20 -O {shlex.quote(temporary)} {shlex.quote(src)};"
-            f" else echo 'neither curl nor wget is installed' >&2; false; fi"
-            f" || {{ rm -f {shlex.quote(temporary)}; exit 1; }}"
-        )
-        yield StringCommand(
-            f'got=$(sha256sum {shlex.quote(temporary)} | cut -d" " -f1);'
-            f' if [ "$got" != {shlex.quote(sha256sum)} ]; then rm -f {shlex.quote(temporary)};'
-            f' echo "sha256 mismatch for {src}: expected {sha256sum}, got $got" >&2; exit 1; fi'
-        )
-        if user or group:
-            yield file_utils.chown(temporary, user, group)
-        if wanted:
-            yield file_utils.chmod(temporary, wanted)
-        yield StringCommand("mv", "-f", QuoteString(temporary), QuoteString(dest))
-        return
-    if (user and info["user"] != user) or (group and info["group"] != group):
-        yield file_utils.chown(dest, user, group)
-    if wanted and info["mode"] != wanted:
-        yield file_utils.chmod(dest, wanted)
-
-
 # --- the bridge --------------------------------------------------------------------------------
 
 
@@ -414,6 +375,19 @@ class OpReport:
         return bool(self.commands)
 
 
+def _operation_key(op: Callable[..., Any], kwargs: Mapping[str, Any], host_key: str) -> str:
+    """The same operation with the same arguments for the same host data: content given as a
+    stream is told by its checksum (a plan's placeholders are not a run's secrets)."""
+
+    def value(item: Any) -> Any:
+        if isinstance(item, io.BytesIO):
+            return {"sha256": hashlib.sha256(item.getvalue()).hexdigest()}
+        return repr(item)
+
+    name = f"{getattr(op, '__module__', '')}.{getattr(op, '__qualname__', repr(op))}"
+    return json.dumps([name, host_key, kwargs], sort_keys=True, default=value)
+
+
 def describe(command: PyinfraCommand) -> str:
     if isinstance(command, StringCommand):
         return command.get_masked_value()
@@ -429,8 +403,9 @@ def describe(command: PyinfraCommand) -> str:
 class PyinfraHost:
     """The pyinfra side of one target, for the work a step runs in the bridge's thread."""
 
-    def __init__(self, state: State, host: Host, link: HostLink) -> None:
+    def __init__(self, state: State, host: Host, link: HostLink, host_key: str = "") -> None:
         self.state, self.host, self.link = state, host, link
+        self.host_key = host_key  # the host data (sudo, environment) its commands depend on
 
     @property
     def read_only(self) -> bool:
@@ -445,9 +420,14 @@ class PyinfraHost:
 
     def operation(self, op: Callable[..., Any], **kwargs: Any) -> OpReport:
         """Add the operation; planning: list its commands (facts run, nothing else);
-        applying: run it, through pyinfra's own executor."""
+        applying: run it, through pyinfra's own executor. Applying right after a probe listed
+        the same operation (the engine's re-probe), with nothing sent to the host in between,
+        runs the commands listed: pyinfra's evaluation, facts and all, is done once."""
         from pyinfra.api.operations import run_host_op
 
+        key = _operation_key(op, kwargs, self.host_key)
+        known = self.link.known
+        listed = None if self.read_only else known.listing(key)
         before = len(self.host.op_hash_order)
         self.link.phase = FACTS  # an operation may read facts while it is added
         try:
@@ -460,11 +440,20 @@ class PyinfraHost:
         data = self.state.get_op_data_for_host(self.host, op_hash)
         seen: list[PyinfraCommand] = []
         generate = data.command_generator
+        if listed is not None:
+            generate = listed.__iter__
+        replayable = True
 
         def recording() -> Iterator[PyinfraCommand]:
+            nonlocal replayable
+            first: int | None = None  # facts asked when the first command came
             for command in generate():
+                if first is None:
+                    first = self.link.asked
                 seen.append(command)
                 yield command
+            if first is not None and self.link.asked != first:
+                replayable = False  # a fact read after a command: running, its answer may differ
 
         data.command_generator = recording
         report = OpReport()
@@ -475,6 +464,8 @@ class PyinfraHost:
                     pass
             finally:
                 self.link.phase = IDLE
+            if replayable:
+                known.listed(key, list(seen))
         else:
             self.link.phase = EXECUTE
             failures = len(self.link.failures)
@@ -506,12 +497,18 @@ def _workers() -> concurrent.futures.ThreadPoolExecutor:
 
 
 def _per_thread_context() -> None:
-    """pyinfra's `state` and `inventory` contexts, per thread instead of per process.
+    """pyinfra's `state` and `inventory` contexts, per thread instead of per process: the
+    one place opskit writes into pyinfra's private parts, done once, before any pyinfra work.
 
-    In one thread nothing changes: what pyinfra set, it reads back. Across threads each sees its
-    own, so concurrent targets cannot add operations to one another's State. Its logger goes
-    quiet too: opskit reports failures itself, redacted, and pyinfra's warnings would reach the
-    console through logging's last resort."""
+    pyinfra 3.10 has no public way to make them per thread: its ContextManager offers get, set,
+    use and reset of one process-wide container (`context._container`); only its host and config
+    contexts are greenlet-local. So the two containers are replaced by thread-local ones. In one
+    thread nothing changes: what pyinfra set, it reads back. Across threads each sees its own,
+    so concurrent targets cannot add operations to one another's State. The pin (pyinfra
+    3.10.x in pyproject.toml) holds the shape; test_host_state checks it. Serialising all pyinfra
+    work instead would cost 3x (the module's docstring). Also here: the global arguments'
+    table memoised (below), and pyinfra's logger quiet (opskit reports failures itself,
+    redacted; pyinfra's warnings would reach the console through logging's last resort)."""
     global _context_ready
     with _setup_lock:
         if _context_ready:
@@ -522,7 +519,15 @@ def _per_thread_context() -> None:
             module: Any = None
 
         for manager in (context.ctx_state, context.ctx_inventory):
+            if not hasattr(manager.context, "_container"):  # the pin should have caught it
+                raise RuntimeError("pyinfra's contexts changed: opskit needs pyinfra 3.10.x")
             manager.context._container = Slot()
+        # pyinfra computes the global arguments' names and types (typing.get_type_hints of a
+        # TypedDict) for every operation and every fact read: a constant, a third of evaluating
+        # an operation here. Computed once.
+        from pyinfra.api import arguments
+
+        arguments.all_global_arguments = functools.cache(arguments.all_global_arguments)
         logger = logging.getLogger("pyinfra")
         logger.addHandler(logging.NullHandler())
         logger.propagate = False
@@ -542,17 +547,22 @@ class LinkSlot:
 
 @dataclass
 class TargetState:
-    """One target's pyinfra State, kept for a whole plan or run: making a State and Inventory
-    costs ~12 ms (pyinfra reads its entry points twice), more than most steps' commands."""
+    """One target's pyinfra State, kept for the process (a plan and its run share it): making a
+    State and Inventory costs ~12 ms (pyinfra reads its entry points three times), more than most
+    steps' commands."""
 
     state: State
     host: Host
     slot: LinkSlot
+    key: str  # the target and its host data
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-# Per SSHPool (one per plan or run, so they go with it): (target, host data) -> its State.
-_states: weakref.WeakKeyDictionary[SSHPool, dict[str, TargetState]] = weakref.WeakKeyDictionary()
+# (target, its endpoint, host data) -> its State, for the process: a plan and the run after it
+# (each with a pool of its own) share it, so a target pays for its State once. Bounded: a
+# process planning for more targets than this (tests) starts afresh now and then.
+_states: dict[str, TargetState] = {}
+MAX_STATES = 2048
 
 
 def _target_state(link: HostLink, data: Mapping[str, Any]) -> TargetState:
@@ -562,7 +572,7 @@ def _target_state(link: HostLink, data: Mapping[str, Any]) -> TargetState:
 
     key = json.dumps([link.name, link.shell.endpoint.key, data], sort_keys=True, default=str)
     with _setup_lock:
-        found = _states.setdefault(link.shell.pool, {}).get(key)
+        found = _states.get(key)
     if found is not None:
         return found
     name = f"@{CONNECTOR}/{link.name}"
@@ -571,18 +581,18 @@ def _target_state(link: HostLink, data: Mapping[str, Any]) -> TargetState:
     config = Config(TEMP_DIR="/tmp")  # type: ignore[no-untyped-call]
     state = State(inventory, config, check_for_changes=False)
     host = inventory.get_host(name)
-    _count_facts(host, slot)
-    made = TargetState(state, host, slot)
+    _count_facts(host, slot, key)
+    made = TargetState(state, host, slot, key)
     with _setup_lock:
-        return _states[link.shell.pool].setdefault(key, made)
+        if len(_states) >= MAX_STATES:
+            _states.clear()
+        return _states.setdefault(key, made)
 
 
-def _forget(link: HostLink, target: TargetState) -> None:
+def _forget(target: TargetState) -> None:
     with _setup_lock:
-        states = _states.get(link.shell.pool, {})
-        for key, value in list(states.items()):
-            if value is target:
-                del states[key]
+        if _states.get(target.key) is target:
+            del _states[target.key]
 
 
 def _in_thread(link: HostLink, work: Callable[[PyinfraHost], T], data: Mapping[str, Any]) -> T:
@@ -594,12 +604,12 @@ def _in_thread(link: HostLink, work: Callable[[PyinfraHost], T], data: Mapping[s
         target.slot.link = link
         try:
             target.host.connect(show_errors=False, raise_exceptions=True)
-            return work(PyinfraHost(target.state, target.host, link))
+            return work(PyinfraHost(target.state, target.host, link, target.key))
         except PyinfraError as exc:
-            _forget(link, target)  # a failed host stays failed in its State: start afresh
+            _forget(target)  # a failed host stays failed in its State: start afresh
             raise HostStateError(_explain(link, exc)) from None
         except BaseException:
-            _forget(link, target)
+            _forget(target)
             raise
         finally:
             target.slot.link = None

@@ -331,6 +331,16 @@ class SSHPool:
         self.sessions: dict[tuple[str, str | None, int | None], Session] = {}
         self._opening: dict[tuple[str, str | None, int | None], asyncio.Future[Session]] = {}
         self.channels_opened = 0  # session channels: what sshd charges for
+        # Per host (address, port): how many commands or files that may change it were sent;
+        # what was read there stays true while this stays the same (pyinfra's facts are kept).
+        self.changes: dict[tuple[str, int | None], int] = {}
+
+    def changed(self, endpoint: Endpoint) -> None:
+        key = (endpoint.host, endpoint.port)
+        self.changes[key] = self.changes.get(key, 0) + 1
+
+    def generation(self, endpoint: Endpoint) -> int:
+        return self.changes.get((endpoint.host, endpoint.port), 0)
 
     async def session(self, endpoint: Endpoint) -> Session:
         key = endpoint.key
@@ -592,14 +602,20 @@ class HostShell:
         self.door.enter(
             Sent("ssh", "run", name, shown or command, reads=probe, read_only=self.read_only)
         )
-        result = await self.pool.run(
-            self.endpoint,
-            command,
-            timeout=timeout,
-            stdin=stdin,
-            pty=pty,
-            output=None if probe else self.output,
-        )
+        if not probe:
+            self.pool.changed(self.endpoint)
+        try:
+            result = await self.pool.run(
+                self.endpoint,
+                command,
+                timeout=timeout,
+                stdin=stdin,
+                pty=pty,
+                output=None if probe else self.output,
+            )
+        finally:
+            if not probe:  # and after: a read that overlapped it may have seen either world
+                self.pool.changed(self.endpoint)
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "SSH %s: %s -> exit %d in %.2f s%s",
@@ -622,6 +638,7 @@ class HostShell:
             Sent("ssh", "put", self.endpoint.name, path, reads=False, read_only=self.read_only)
         )
         session = await self.pool.session(self.endpoint)
+        self.pool.changed(self.endpoint)
         temporary = f"{path}.opskit-{secrets.token_hex(4)}"
         started = time.monotonic()
         try:
@@ -637,6 +654,8 @@ class HostShell:
             await session.sftp.posix_rename(temporary, path)
         except (asyncssh.Error, OSError) as exc:
             raise SSHError(f"{self.endpoint.where()}: cannot write {path}: {exc}") from None
+        finally:
+            self.pool.changed(self.endpoint)
         log.info(
             "SSH %s: wrote %s (%d bytes, mode %04o) in %.2f s",
             self.endpoint.name,

@@ -34,13 +34,11 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
 
+from ..errors import AptError
+
 EPOCH = 1735689600  # 2025-01-01T00:00:00Z: the packages' file times, so builds are repeatable
 MAINTAINER = "opskit lab <lab@opskit.invalid>"
 TOOLS = ("dpkg-deb", "dpkg-scanpackages")
-
-
-class AptError(RuntimeError):
-    """A package or index could not be built."""
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import LabError, UsageError
+from ..errors import AptError, LabError, UsageError
 from ..model import Inventory
 from . import network, power
 from .network import controller as controller_ns
@@ -799,7 +799,7 @@ class Lab:
             if offer is not None:
                 return apt.offer(repo, hosts or [h.name for h in state.hosts], offer)
             offers = apt.offers(repo)
-        except apt.AptError as exc:
+        except AptError as exc:
             raise UsageError(str(exc)) from None
         unknown = [h for h in hosts if h not in offers]
         if unknown:

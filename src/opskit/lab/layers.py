@@ -16,11 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..errors import LayerError
 from .power import host_dir
-
-
-class LayerError(RuntimeError):
-    """A layer could not be copied or restored."""
 
 
 def snapshot_dir(root: Path, host: str, snapshot: str) -> Path:

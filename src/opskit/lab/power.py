@@ -27,6 +27,8 @@ import time
 import uuid
 from pathlib import Path
 
+from ..errors import PowerError
+
 # --kill-child: the host's first process gets SIGKILL when unshare dies, so killing either
 # of the two ends the whole host.
 UNSHARE = (
@@ -41,10 +43,6 @@ UNSHARE = (
     "private",
 )
 HALT_TIMEOUT = 10.0
-
-
-class PowerError(RuntimeError):
-    """A host did not go down in time."""
 
 
 def host_dir(root: Path, name: str) -> Path:

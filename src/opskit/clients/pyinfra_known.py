@@ -1,0 +1,90 @@
+"""What a host answered pyinfra, kept while nothing may have changed it (the pyinfra bridge's
+memory of facts and of the operations its probes listed)."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyinfra.api.command import PyinfraCommand
+
+    from .ssh import CommandResult, HostShell, SSHPool
+
+_lock = threading.Lock()
+
+
+class KnownFacts:
+    """The answers to fact commands on one host, kept for a whole plan or run (per SSHPool)
+    while nothing was sent there that may have changed it (the pool's count of changes per
+    host, which every HostShell keeps: pyinfra's commands, uploads, any other step's). So a
+    step's operation, evaluated by the probe, the engine's re-probe and the apply, asks the host
+    its facts once: the re-probe's answers are the apply's, and the plan's are the re-probe's
+    where nothing ran on that host in between."""
+
+    def __init__(self, pool: SSHPool, endpoint: Any) -> None:
+        self.pool, self.endpoint = pool, endpoint
+        self.seen = -1
+        self.answers: dict[str, CommandResult] = {}
+        self.values: dict[str, Any] = {}
+        # Operations listed while probing: (key, the host's count then) -> their commands.
+        self.listings: dict[str, tuple[int, list[PyinfraCommand]]] = {}
+
+    def listed(self, key: str, commands: list[PyinfraCommand]) -> None:
+        self.listings[key] = (self.generation(), commands)
+
+    def listing(self, key: str) -> list[PyinfraCommand] | None:
+        """What the probe listed for this operation, if nothing changed the host since."""
+        found = self.listings.pop(key, None)
+        if found is None or found[0] != self.generation():
+            return None
+        return found[1]
+
+    def generation(self) -> int:
+        return self.pool.generation(self.endpoint)
+
+    def get(self, command: str) -> CommandResult | None:
+        if self.seen != self.generation():
+            return None
+        return self.answers.get(command)
+
+    def keep(self, command: str, result: CommandResult, asked_at: int) -> None:
+        if self._fresh(asked_at):
+            self.answers[command] = result
+
+    def value(self, key: str) -> Any:
+        """A fact's value as pyinfra processed it (keyed by fact, arguments, host data)."""
+        if self.seen != self.generation():
+            return _MISSING
+        return self.values.get(key, _MISSING)
+
+    def keep_value(self, key: str, value: Any, asked_at: int) -> None:
+        if self._fresh(asked_at):
+            self.values[key] = value
+
+    def _fresh(self, asked_at: int) -> bool:
+        now = self.generation()
+        if now != asked_at:
+            return False  # something changed the host while it was asked: it may be stale
+        if self.seen != now:
+            self.answers.clear()
+            self.values.clear()
+            self.seen = now
+        return True
+
+
+_MISSING = object()
+
+_facts_kept: weakref.WeakKeyDictionary[SSHPool, dict[Any, KnownFacts]] = weakref.WeakKeyDictionary()
+
+
+def _known_facts(shell: HostShell) -> KnownFacts:
+    endpoint = shell.endpoint
+    with _lock:
+        per_pool = _facts_kept.setdefault(shell.pool, {})
+        key = (endpoint.host, endpoint.port)
+        found = per_pool.get(key)
+        if found is None:
+            found = per_pool[key] = KnownFacts(shell.pool, endpoint)
+        return found

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import httpx
     import socketio
 
-    from ..model import Inventory
+    from ..model import Inventory, Target
     from .hub import HubClient
     from .proxmox import ProxmoxClient, ProxmoxSession
     from .ssh import Endpoint, SSHPool
@@ -424,6 +424,14 @@ class Connections:
         if self._ssh is None:
             self._ssh = self.transports.ssh.pool(self._ssh_password)
         return self._ssh
+
+    def changed(self, target: Target) -> None:
+        """A step changed `target` (through any client: Proxmox's power or rollback, a
+        command): what its host answered before (pyinfra's facts) no longer counts."""
+        if self._ssh is not None:
+            from .ssh import Endpoint
+
+            self._ssh.changed(Endpoint.of(target))
 
     def _ssh_password(self, endpoint: Endpoint) -> str | None:
         if endpoint.password_ref is None:

@@ -347,6 +347,8 @@ class SSHPool:
         found = self.sessions.get(key)
         if found is not None and not found.conn.is_closed():
             return found
+        if found is not None:
+            self.changed(endpoint)  # it went away (a reboot?): what it answered may be gone
         # (A connection that ended, the host gone away since (a reboot, a network that dropped
         # it while a gate waited), is opened again.)
         if key in self._opening:

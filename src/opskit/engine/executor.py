@@ -779,4 +779,6 @@ class Execution:
             return Outcome(ok=False, summary=error, error=error), FAILED
         finally:
             self.applying.discard(task)
+            if item.instance.risk is not Risk.READ and self.connections is not None:
+                self.connections.changed(tr.target)  # what its host answered may not hold
         return outcome, (SUCCEEDED if outcome.ok else FAILED)

@@ -13,6 +13,7 @@ import pytest
 
 from labkit import Lab, lab_up
 from test_beszel_lab import hub, layers
+from test_patch_lab import kuma_changes
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +51,7 @@ def _requests(lab: Lab) -> list[dict[str, object]]:
 def _dry_runs_change_nothing(lab: Lab) -> list[str]:
     summaries = []
     for name, params in DRY_RUNS:
-        before = (layers(lab), hub(lab))
+        before = (layers(lab), hub(lab), kuma_changes(lab))
         seen = len(_requests(lab))
         done = lab.opskit("run", name, "--lab", "--dry-run", *params)
         text = done.stdout + done.stderr
@@ -58,7 +59,7 @@ def _dry_runs_change_nothing(lab: Lab) -> list[str]:
         assert "dry run: nothing was changed" in text or "blocker" in text, text
         sent = _requests(lab)[seen:]
         assert {r["method"] for r in sent} <= {"GET"}, (name, params, sent)
-        assert (layers(lab), hub(lab)) == before, (name, params)
+        assert (layers(lab), hub(lab), kuma_changes(lab)) == before, (name, params)
         summaries.append(f"{name} {' '.join(params)}: exit {done.returncode}, {len(sent)} GETs")
     return summaries
 

@@ -42,6 +42,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         lab.opskit("lab", "down")
 
 
+def kuma_changes(lab: Lab) -> list[str]:
+    """The changing events the lab's Uptime Kuma (on docker) received, in order."""
+    from opskit.lab.uptime_kuma import LOG, MUTATING
+
+    log = lab.root / "hosts" / "docker" / "upper" / LOG
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [e for e in (json.loads(line)["event"] for line in lines if line) if e in MUTATING]
+
+
 def versions(lab: Lab, host: str) -> list[str]:
     return on(lab, host, VERSIONS).splitlines()
 
@@ -95,7 +104,7 @@ def test_health_is_green_after_make_demo(lab: Lab) -> None:
 
 
 def test_a_dry_run_changes_nothing_and_shows_the_upgrade(lab: Lab) -> None:
-    before = layers(lab)
+    before, kuma_before = layers(lab), kuma_changes(lab)
     seen = len(requests(lab))
     done = lab.opskit("run", "patch-guests", "--lab", "--dry-run")
     text = done.stdout + done.stderr
@@ -105,7 +114,8 @@ def test_a_dry_run_changes_nothing_and_shows_the_upgrade(lab: Lab) -> None:
     assert "blocker" not in text
     sent = requests(lab)[seen:]
     assert sent and {r["method"] for r in sent} == {"GET"}, sent
-    assert layers(lab) == before
+    assert "maintenance window for the run over docker" in text
+    assert layers(lab) == before and kuma_changes(lab) == kuma_before
 
 
 def test_a_failing_patch_is_rolled_back_and_stops_the_rollout(lab: Lab) -> None:
@@ -114,8 +124,11 @@ def test_a_failing_patch_is_rolled_back_and_stops_the_rollout(lab: Lab) -> None:
     untouched = ["media", "ai", "dev"]  # after homeassistant, in the rollout's order
     as_before = {h: versions(lab, h) for h in GUESTS}
     booted = boot_ids(lab, GUESTS)
+    kuma_before = len(kuma_changes(lab))
     code, text, ends, _ = patch(lab)
     assert code == 1, text
+    changed = kuma_changes(lab)[kuma_before:]  # a failed run closes its window too
+    assert changed[0] == "addMaintenance" and changed[-1] == "deleteMaintenance", changed
     # The first guest patched fine; the second failed, was rescued, and is reported failed.
     assert ends == {"docker": "succeeded", "homeassistant": "failed"}, (ends, text)
     assert "step upgrade failed, rescued it; the target is failed" in text
@@ -145,8 +158,13 @@ def test_patch_upgrades_every_guest_reboots_those_that_require_it_and_ends_green
     for host in GUESTS + OTHERS:
         on(lab, host, "touch /run/opskit-patch-test")
     booted = boot_ids(lab, GUESTS + OTHERS)
+    kuma_before = len(kuma_changes(lab))
     code, text, ends, steps = patch(lab)
     assert code == 0, text
+    # Uptime Kuma was told: one window over the run, opened first, closed at its end.
+    changed = kuma_changes(lab)[kuma_before:]
+    assert changed[0] == "addMaintenance" and changed[-1] == "deleteMaintenance", changed
+    assert changed.count("addMaintenance") == 1, changed
     assert ends == dict.fromkeys(GUESTS, "succeeded"), ends
     for host in GUESTS:
         assert "opskit-lab-demo 1.1 install ok installed" in versions(lab, host), host

@@ -553,3 +553,53 @@ def test_opskit_status_shows_each_service_by_its_monitors(
     assert "traefik" in found[("docker", "traefik")].source
     monkeypatch.delenv("KUMA_TEST_PASSWORD")
     assert asyncio.run(go()) is None
+
+
+def test_health_checks_the_monitor_a_service_names(env: KumaEnv) -> None:
+    """The shipped `health`'s monitors step asks Uptime Kuma of the services that name their
+    monitor (as `inventory sync --uptime-kuma` writes it), and of no other."""
+    import yaml
+
+    shipped = yaml.safe_load((TESTS.parent / "runbooks" / "health.yaml").read_text())
+    shipped.pop("schedule")
+    shipped["steps"] = [s for s in shipped["steps"] if s["id"] == "monitors"]
+    env.project.runbook("health", yaml.safe_dump(shipped))
+    inventory = env.project.root / "inventory" / "homelab.yaml"
+    text = inventory.read_text()
+    named = "        health: {check: http, path: /ping, expect: 200, contains: OK}\n"
+    assert named in text
+    inventory.write_text(text.replace(named, named + "        monitor: traefik\n", 1))
+    done = env.run("run", "health", "--limit", "docker", "--yes")
+    assert done.code == 0, done.out + done.err
+    assert "docker" in done.out and "traefik up" in done.out, done.out
+    assert "uptime-kuma" not in done.out.split("traefik up")[1]  # names no monitor: not asked
+    traefik = next(i for i, m in env.kuma.state.monitors.items() if m["name"] == "traefik")
+    env.kuma.state.status[traefik] = 0  # its checks fail: health says so
+    done = env.run("run", "health", "--limit", "docker", "--yes")
+    assert done.code == 1 and "monitor traefik is down" in done.out + done.err, done.out
+    assert kuma_lab.PASSWORD not in done.out + done.err
+    assert env.kuma.mutating() == []
+
+
+def test_the_stand_in_keeps_its_windows_across_a_restart(kuma: Any, tmp_path: Path) -> None:
+    """As the real server keeps them in its database: a window opened before its host rebooted
+    is there after it, with its monitors (a patch reboots the host Uptime Kuma runs on)."""
+    from opskit.lab.uptime_kuma import KumaState, load
+
+    kuma.server.data_file = tmp_path / "kuma.json"  # as the lab's unit runs it (--data)
+
+    async def go() -> None:
+        login = KumaLogin(kuma_lab.USER, kuma_lab.PASSWORD)
+        async with UptimeKumaClient(kuma.url, login, Door(False)) as client:
+            window = await client.add_window("kept", "across a restart")
+            await client.link_monitors(window, [1, 2])
+
+    asyncio.run(go())
+    again = KumaState(dialect=kuma.state.dialect)
+    load(again, tmp_path / "kuma.json")
+    assert again.window_list() == kuma.state.window_list()
+    assert again.monitor_list() == kuma.state.monitor_list()
+    assert {again.monitors[i]["name"] for i in (1, 2) if again.under_maintenance(i)} == {
+        kuma.state.monitors[1]["name"],
+        kuma.state.monitors[2]["name"],
+    }

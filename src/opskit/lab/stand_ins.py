@@ -159,11 +159,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=Path, help="uptime-kuma: its monitors (JSON)")
     parser.add_argument("--password-file", type=Path, help="uptime-kuma: admin's password")
     parser.add_argument("--log", type=Path, help="uptime-kuma: every event received (JSON lines)")
+    parser.add_argument("--data", type=Path, help="uptime-kuma: its state, kept across restarts")
     args = parser.parse_args(argv)
     if args.service == "uptime-kuma":
         from .uptime_kuma import main as kuma
 
-        kuma(args.address, args.port, args.dialect, args.seed, args.log, args.password_file)
+        kuma(
+            args.address,
+            args.port,
+            args.dialect,
+            args.seed,
+            args.log,
+            args.password_file,
+            args.data,
+        )
         return 0
     if args.service in MCP_SERVERS:
         serve_mcp(args.service, args.address, args.port)

@@ -157,12 +157,15 @@ def monitor_record(data: dict[str, Any], monitor_id: int) -> dict[str, Any]:
 class KumaServer:
     """The Socket.IO application over one `KumaState`; `app()` is its aiohttp application."""
 
-    def __init__(self, state: KumaState, log_file: Path | None = None) -> None:
+    def __init__(
+        self, state: KumaState, log_file: Path | None = None, data_file: Path | None = None
+    ) -> None:
         import socketio
 
         self.state = state
         self.log: list[dict[str, Any]] = []
         self.log_file = log_file
+        self.data_file = data_file  # where the state is kept across restarts (the real: SQLite)
         self.sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins="*")
         self._users: dict[str, bool] = {}  # sid -> logged in
         self._info_sent: set[str] = set()
@@ -291,6 +294,9 @@ class KumaServer:
                         return await fn(sid, *args)
                     except (KeyError, TypeError, ValueError) as exc:
                         return {"ok": False, "msg": str(exc)}
+                    finally:
+                        if name in MUTATING and self.data_file is not None:
+                            save(self.state, self.data_file)
 
                 sio.on(name, on)
                 return fn
@@ -460,6 +466,31 @@ def _masked(value: Any) -> Any:
     return value
 
 
+def save(state: KumaState, path: Path) -> None:
+    """The server's data on disk, as the real one keeps it in its database: a host's reboot
+    (the lab's docker host, when a patch reboots it) finds its windows and links again."""
+    data = {
+        "monitors": {str(k): v for k, v in state.monitors.items()},
+        "windows": {str(k): v for k, v in state.windows.items()},
+        "links": {str(k): v for k, v in state.links.items()},
+        "status": {str(k): v for k, v in state.status.items()},
+        "next_id": state.next_id,
+        "tokens": sorted(state.tokens),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data))
+    partial.replace(path)
+
+
+def load(state: KumaState, path: Path) -> None:
+    data = json.loads(path.read_text())
+    for name in ("monitors", "windows", "links", "status"):
+        setattr(state, name, {int(k): v for k, v in data[name].items()})
+    state.next_id = dict(data["next_id"])
+    state.tokens = set(data["tokens"])
+
+
 def seed(state: KumaState, monitors: list[dict[str, Any]]) -> None:
     """Monitors present from the start (the lab's: one per service the inventory names)."""
     for data in monitors:
@@ -485,15 +516,18 @@ def main(
     seed_file: Path | None,
     log_file: Path | None,
     password_file: Path | None,
+    data_file: Path | None = None,
 ) -> None:
     import asyncio
 
     state = KumaState(dialect=dialect, username="admin")
     if password_file is not None:
         state.password = password_file.read_text().strip()
-    if seed_file is not None and seed_file.exists():
+    if data_file is not None and data_file.exists():
+        load(state, data_file)  # started again (the host rebooted): as it was
+    elif seed_file is not None and seed_file.exists():
         seed(state, json.loads(seed_file.read_text()))
-    server = KumaServer(state, log_file)
+    server = KumaServer(state, log_file, data_file)
 
     async def forever() -> None:
         await serve(server, address, port)
@@ -506,6 +540,7 @@ def main(
 DIALECT_ENV = "OPSKIT_LAB_KUMA"  # 1.23 or 2 (the default): which server the lab stands in for
 SEED = "etc/opskit-lab/uptime-kuma-monitors.json"  # in the host's layers
 LOG = "var/log/opskit-lab-uptime-kuma.jsonl"  # every event received, a JSON line each
+DATA = "var/lib/opskit-lab/uptime-kuma.json"  # its monitors, windows and links, kept
 
 
 def lab_monitors(inventory: Any, addresses: dict[str, str]) -> list[dict[str, Any]]:
@@ -558,4 +593,6 @@ def lab_files(
         "/etc/opskit-lab/uptime-kuma-password",
         "--log",
         f"/{LOG}",
+        "--data",
+        f"/{DATA}",
     ]

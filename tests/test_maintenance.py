@@ -248,6 +248,8 @@ def test_run_values_are_known_after_apply_in_a_plan_and_real_in_a_run(env):
     planned = _steps(_plan(env, "stamped"))["stamp"]
     assert planned["change"]["kind"] == "unknown" and planned["deferred"]
     assert planned["args"]["name"] == "‹after apply: run.id›"
+    # the plan says what it waits for
+    assert planned["change"]["summary"] == "known after apply: uses run.id, run.started | strftime"
     assert env.run("run", "stamped", "--yes").code == 0
     first = env.runs()[-1]
     assert env.world.present() == {f"ai/{first.id}"}

@@ -52,7 +52,11 @@ async def probe_step(
     if rendered.skipped:
         return Change.none("skipped: when is false")
     if rendered.deferred or rendered.instance is None:
-        return Change.unknown("known after apply: uses an earlier step's outputs")
+        from .workspace import deferred_names
+
+        names = deferred_names(rendered.args)
+        what = ", ".join(names) if names else "an earlier step's outputs"
+        return Change.unknown(f"known after apply: uses {what}")
     settings = settings or ProbeSettings()
     ctx = ActionContext(target=target, read_only=True, connections=connections, root=settings.root)
     try:

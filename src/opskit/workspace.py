@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -644,6 +645,16 @@ def _item_label(item: Any, index: int) -> str:
     if isinstance(item, str | int) and len(str(item)) <= 40:
         return str(item)
     return str(index)
+
+
+def deferred_names(value: Any) -> list[str]:
+    """What a rendered value waits for (`run.started`, `snap.name`), in order, once each."""
+    import re
+
+    found = re.findall(
+        r"‹after apply: ([^›]+)›", json.dumps(value, default=str, ensure_ascii=False)
+    )
+    return list(dict.fromkeys(found))
 
 
 def _has_deferred(value: Any) -> bool:

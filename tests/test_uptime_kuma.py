@@ -603,3 +603,15 @@ def test_the_stand_in_keeps_its_windows_across_a_restart(kuma: Any, tmp_path: Pa
         kuma.state.monitors[1]["name"],
         kuma.state.monitors[2]["name"],
     }
+
+
+def test_its_login_unset_is_one_clear_error_that_says_the_way_around(
+    env: KumaEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUMA_TEST_PASSWORD")
+    env.project.runbook("patch", PATCH.replace("SLEEP", "0"))
+    done = env.run("run", "patch", "--dry-run")
+    assert done.code == 2, done.out + done.err
+    [line] = [x for x in done.err.splitlines() if x.strip()]
+    assert "KUMA_TEST_PASSWORD is not set" in line and "-p kuma_window=false" in line
+    assert "Traceback" not in done.out + done.err and env.kuma.server.log == []

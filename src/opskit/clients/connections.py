@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ..errors import OpskitError, ReadOnlyRefused
+from ..errors import OpskitError, ReadOnlyRefused, SecretError
 
 if TYPE_CHECKING:
     import httpx
@@ -316,12 +316,19 @@ class Connections:
         spec = self.inventory.uptime_kuma if self.inventory is not None else None
         if spec is None:
             raise OpskitError("the inventory names no Uptime Kuma (uptime_kuma: {url: ...})")
-        login = KumaLogin(
-            username=spec.username,
-            password=resolve("uptime_kuma.password", spec.password) if spec.password else None,
-            totp=resolve("uptime_kuma.totp", spec.totp) if spec.totp else None,
-            token=resolve("uptime_kuma.token", spec.token) if spec.token else None,
-        )
+        try:
+            login = KumaLogin(
+                username=spec.username,
+                password=resolve("uptime_kuma.password", spec.password) if spec.password else None,
+                totp=resolve("uptime_kuma.totp", spec.totp) if spec.totp else None,
+                token=resolve("uptime_kuma.token", spec.token) if spec.token else None,
+            )
+        except SecretError as exc:
+            raise SecretError(
+                f"{exc} (the login of the inventory's uptime_kuma:, which this runbook's"
+                " Uptime Kuma steps use; patch-guests runs without its window with"
+                " -p kuma_window=false)"
+            ) from None
         url = urlsplit(spec.url)
         verify: Any = True
         if url.scheme == "https":

@@ -312,3 +312,38 @@ def test_sudo_password_goes_on_stdin_only(sshd, tmp_path):
             await pool.aclose()
 
     run(go())
+
+
+def test_known_hosts_are_read_once_and_again_when_they_change(tmp_path, monkeypatch):
+    import asyncssh
+
+    first, second = (asyncssh.generate_private_key("ssh-ed25519") for _ in range(2))
+    known = tmp_path / "known_hosts"
+    line = lambda key: f"[10.9.9.9]:2222 {key.export_public_key().decode().strip()}\n"  # noqa: E731
+    known.write_text(line(first))
+    reads: list[list[str]] = []
+    real = asyncssh.read_known_hosts
+
+    def counted(files):
+        reads.append(list(files))
+        return real(files)
+
+    monkeypatch.setattr(asyncssh, "read_known_hosts", counted)
+    keys = HostKeys(tmp_path / "opskit_known_hosts", user_files=[known])
+    host = Endpoint(name="h", host="10.9.9.9", port=2222)
+    for _ in range(5):  # many hosts, one parse
+        assert keys.verify(host, "10.9.9.9", 2222, first.convert_to_public())
+    assert reads == [[str(known)]]
+    # The file changes (another key): the next check reads it again and sees the change.
+    known.write_text(line(second) + "# replaced\n")
+    assert not keys.verify(host, "10.9.9.9", 2222, first.convert_to_public())
+    assert "HOST KEY CHANGED" in keys.problems["h"]
+    assert keys.verify(host, "10.9.9.9", 2222, second.convert_to_public())
+    assert len(reads) == 2
+    # A key recorded on first use is trusted at once, from opskit's own file.
+    tofu = HostKeys(tmp_path / "opskit_known_hosts", user_files=[], tofu=True)
+    other = Endpoint(name="o", host="10.9.9.8", port=2222)
+    assert tofu.verify(other, "10.9.9.8", 2222, first.convert_to_public())
+    strict = HostKeys(tmp_path / "opskit_known_hosts", user_files=[])
+    assert strict.verify(other, "10.9.9.8", 2222, first.convert_to_public())
+    assert not strict.verify(other, "10.9.9.8", 2222, second.convert_to_public())

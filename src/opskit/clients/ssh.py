@@ -14,6 +14,7 @@ import os
 import secrets
 import shlex
 import socket
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,9 +108,31 @@ class HostKeys:
         )
         self.tofu = tofu
         self.problems: dict[str, str] = {}
+        # The files as last read, and when: each is read again once it changed (a key recorded,
+        # an edit), so 50 hosts cost one parse of known_hosts rather than 50.
+        self._read: tuple[tuple[tuple[str, int, int], ...], asyncssh.SSHKnownHosts] | None = None
 
-    def _files(self) -> list[str]:
-        return [str(p) for p in [*self.user_files, self.opskit_file] if p.is_file()]
+    def _files(self) -> list[tuple[str, int, int]]:
+        """(path, mtime ns, size) of each known_hosts file there is."""
+        found = []
+        for path in [*self.user_files, self.opskit_file]:
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.append((str(path), st.st_mtime_ns, st.st_size))
+        return found
+
+    def _known_hosts(self) -> asyncssh.SSHKnownHosts | None:
+        import asyncssh
+
+        files = tuple(self._files())
+        if not files:
+            return None
+        if self._read is None or self._read[0] != files:
+            self._read = (files, asyncssh.read_known_hosts([f[0] for f in files]))
+        return self._read[1]
 
     def known(self, endpoint: Endpoint, addr: str, port: int) -> list[asyncssh.SSHKey]:
         import asyncssh
@@ -117,11 +140,9 @@ class HostKeys:
         keys: list[asyncssh.SSHKey] = []
         if endpoint.pinned:
             keys.append(asyncssh.import_public_key(endpoint.pinned))
-        files = self._files()
-        if files:
-            found = asyncssh.read_known_hosts(files).match(
-                endpoint.host, addr, port if port != 22 else None
-            )
+        known_hosts = self._known_hosts()
+        if known_hosts is not None:
+            found = known_hosts.match(endpoint.host, addr, port if port != 22 else None)
             keys.extend(found[0])
         return keys
 
@@ -153,6 +174,7 @@ class HostKeys:
         line = f"{host} {key.export_public_key('openssh').decode().strip()}\n"
         with open(self.opskit_file, "a", encoding="utf-8") as handle:
             handle.write(line)
+        self._read = None  # read again next time, whatever the file's time says
 
 
 # --- the persistent shell ---------------------------------------------------------------------

@@ -361,3 +361,27 @@ def test_proxmox_figures_from_fakepve(
     assert hosts["pve1"]["state"] == "ok"
     assert result.code == 1  # gone is not there
     assert "pve-token-value" not in result.out + result.err
+
+
+def test_watch_redraws_on_a_terminal_until_ctrl_c(project: Project, web: int, sshd: Banner) -> None:
+    """`--watch` on a real terminal (a pty): the overview drawn again every --interval, with
+    new times, until Ctrl-C ends it as every command ends there (130, no traceback)."""
+    import re
+
+    from test_signals import Terminal
+
+    two_hosts(project, web, sshd.port, sshd.port)
+    term = Terminal(project.root, "status", "alpha,beta", "--watch", "--interval", "0.5s")
+    try:
+        deadline = time.monotonic() + 60
+        drawn: list[str] = []
+        while len(set(drawn)) < 3 and time.monotonic() < deadline:
+            term.read(0.5)
+            drawn = re.findall(r"healthy  \(2 hosts at (\d\d:\d\d:\d\d)", term.text())
+        assert len(set(drawn)) >= 3, term.text()[-2000:]  # three draws, each of its moment
+        term.ctrl_c()
+        code, text = term.finish()
+    finally:
+        term.kill()
+    assert code == 130, text[-2000:]
+    assert "Traceback" not in text

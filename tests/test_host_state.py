@@ -840,13 +840,15 @@ def test_known_facts_and_listings_go_with_any_change_to_the_host():
     known = KnownFacts(pool, Endpoint(name="h", host="127.0.0.1"))  # type: ignore[arg-type]
     answer = CommandResult(0, "x\n", "", 0.01)
     known.keep("stat /a", answer, asked_at=0)
-    known.listed("op", ["cmd"])  # type: ignore[list-item]
+    known.listed("op", ["cmd"], asked_at=0)  # type: ignore[list-item]
     assert known.get("stat /a") is answer
     pool.changes += 1  # anything sent that may change the host
     assert known.get("stat /a") is None and known.listing("op") is None
     known.keep("stat /a", answer, asked_at=0)  # asked before the change, answered after
     assert known.get("stat /a") is None
-    known.listed("op", ["cmd"])  # type: ignore[list-item]
+    known.listed("op", ["cmd"], asked_at=0)  # type: ignore[list-item]
+    assert known.listing("op") is None  # listed from what was asked before the change
+    known.listed("op", ["cmd"], asked_at=1)  # type: ignore[list-item]
     assert known.listing("op") == ["cmd"] and known.listing("op") is None  # used once
 
 

@@ -13,6 +13,8 @@ pyinfra is imported only inside probe and apply: validating a runbook never load
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
@@ -44,9 +46,24 @@ def _absolute(value: str) -> str:
     return value
 
 
-async def on_host(ctx: ActionContext, args: HostArgs, work: Callable[[PyinfraHost], T]) -> T:
-    """Run `work` against the target through the pyinfra bridge."""
+async def on_host(
+    ctx: ActionContext,
+    args: HostArgs,
+    work: Callable[[PyinfraHost], T],
+    inputs: str | None = None,
+) -> T:
+    """Run `work` against the target through the pyinfra bridge.
+
+    A probe's work is a function of its arguments, `inputs` (given by a probe that says so: all
+    else it depends on but the host, a rendered template's checksum, a flag) and what the host
+    answers. So what it found is
+    kept with the host's answers (`KnownFacts.found`), and the same probe again, with nothing
+    sent to the host since, is answered from it: the engine's re-probe of a step planned in this
+    same process (its pool) would ask the host nothing new, and pyinfra's evaluation is skipped.
+    Anything that may have changed the host (any step there, a connection opened again, a gate
+    that waited) forgets it, as it forgets the answers."""
     from ..clients.pyinfra_connector import run_pyinfra
+    from ..clients.pyinfra_known import _MISSING, _known_facts
 
     data: dict[str, Any] = {}
     if args.become:
@@ -55,7 +72,27 @@ async def on_host(ctx: ActionContext, args: HostArgs, work: Callable[[PyinfraHos
     env = ctx.connections.transports.ssh.host_env if ctx.connections else ()
     if env:
         data["_env"] = dict(env)
-    return await run_pyinfra(shell, work, host_data=data)
+    if not ctx.read_only or inputs is None:
+        return await run_pyinfra(shell, work, host_data=data)
+    known = _known_facts(shell)
+    key = json.dumps(
+        [
+            type(args).__qualname__,
+            getattr(work, "__qualname__", repr(work)),
+            args.model_dump(mode="json"),
+            data,
+            inputs,
+        ],
+        sort_keys=True,
+        default=str,
+    )
+    found = known.found(key)
+    if found is not _MISSING:
+        return copy.deepcopy(found)  # type: ignore[no-any-return]
+    asked_at = known.generation()
+    result = await run_pyinfra(shell, work, host_data=data)
+    known.keep_found(key, copy.deepcopy(result), asked_at)
+    return result
 
 
 def _mode(value: Any) -> str | None:
@@ -158,7 +195,7 @@ class HostDirectory(Action[DirectoryArgs]):
 
     async def probe(self, ctx: ActionContext) -> Change:
         a = self.args
-        info, report = await on_host(ctx, a, self._work)
+        info, report = await on_host(ctx, a, self._work, inputs="")
         if not report.changes:
             return Change.none(f"{a.path} is up to date")
         wanted = {
@@ -282,7 +319,7 @@ class HostUser(Action[UserArgs]):
 
     async def probe(self, ctx: ActionContext) -> Change:
         a = self.args
-        existing, reports = await on_host(ctx, a, self._work)
+        existing, reports = await on_host(ctx, a, self._work, inputs="")
         if not any(r.changes for r in reports):
             return Change.none(f"user {a.name} is up to date")
         wanted = self._wanted()
@@ -395,7 +432,7 @@ class HostPackages(Action[PackagesArgs]):
 
     async def probe(self, ctx: ActionContext) -> Change:
         a = self.args
-        installed, report = await on_host(ctx, a, self._work(update=False))
+        installed, report = await on_host(ctx, a, self._work(update=False), inputs="no update")
         if not report.changes:
             state = "installed" if a.present else "absent"
             return Change.none(f"{', '.join(a.packages)} {state}")
@@ -519,7 +556,7 @@ class HostDownload(Action[DownloadArgs]):
 
     async def probe(self, ctx: ActionContext) -> Change:
         a = self.args
-        info, digest, report = await on_host(ctx, a, self._work)
+        info, digest, report = await on_host(ctx, a, self._work, inputs="")
         short = a.sha256[:12]
         if not report.changes:
             return Change.none(f"{a.dest} has sha256 {short}")
@@ -652,7 +689,7 @@ class HostService(Action[ServiceArgs]):
 
     async def probe(self, ctx: ActionContext) -> Change:
         a = self.args
-        running, enabled, report = await on_host(ctx, a, self._work)
+        running, enabled, report = await on_host(ctx, a, self._work, inputs="")
         if not report.changes:
             return Change.none(
                 f"{self.unit} is {'running' if a.running else 'stopped'}"

@@ -1,8 +1,8 @@
 """What the pyinfra bridge keeps of a host (its answers, a probe's finding) and when it forgets
 it, through the whole engine against real OpenSSH sshd on loopback: the re-probe of a step
 planned in the same session is answered without evaluating the step again, and anything that
-may have changed the host (a step through any client, a gate that waited on a person, a plan
-made by another process) makes the next probe ask the host afresh.
+may have changed the host (a step through any client, a gate that waited on a person, a lock
+another run held, a plan made by another process) makes the next probe ask the host afresh.
 
 The "hosts" are this machine (loopback sshd, logged in as root), so a test's own kind can change
 a host's files directly, without SSH, as Proxmox's rollback or power would.
@@ -204,3 +204,44 @@ def test_a_gate_that_waited_on_a_person_makes_the_apply_ask_the_host_again(proje
     assert conf.status == "succeeded"
     assert conf.outputs["changed"] is False and conf.outputs["commands"] == []
     assert path.stat().st_ino == inodes[0] and path.read_text() == "x\n"  # not written again
+
+
+def test_a_lock_another_run_held_makes_the_run_ask_the_hosts_again(project):
+    """Planned, then waiting for h0's lock while another run holds it (and puts the file
+    there): the run does not take the plan's answers, it asks the host again, nothing to do."""
+    from opskit.engine.locks import TargetLocks
+    from opskit.store import state_dir
+
+    path = project.work / "h0" / "f.conf"
+    project.runbook(
+        """
+        name: rb
+        targets: h0
+        steps:
+          - id: conf
+            host.file: {path: "WORK/h0/f.conf", content: "x\\n", mode: "0640"}
+        """
+    )
+    req = project.request(yes=True, lock_wait=60.0)
+    other = TargetLocks(state_dir() / "locks", "another-run", say=lambda text: None)
+    emit = req.reporter.emit
+    inodes: list[int] = []
+
+    def seen(event):
+        if event.get("event") == "message" and "waiting for the lock on h0" in event["text"]:
+            path.write_text("x\n")  # the other run's work
+            os.chmod(path, 0o640)
+            inodes.append(path.stat().st_ino)
+            other.release()
+        emit(event)
+
+    req.reporter.emit = seen  # type: ignore[method-assign]
+    with session.Session(req) as s:
+        loaded, targets, plan = session.make_plan(req, "rb", {}, None, session=s)
+        other.acquire(["h0"])
+        result = session.execute(req, loaded, targets, plan, session=s)
+    assert plan.targets[0].steps[0].change.kind is ChangeKind.CREATE
+    assert result.exit_code == 0, result
+    assert len(inodes) == 1, "the run did not wait for the lock"
+    assert _statuses(project, result.run_id) == {"conf": "unchanged"}
+    assert path.stat().st_ino == inodes[0]

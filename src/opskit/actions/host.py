@@ -1,5 +1,6 @@
 """Host state through pyinfra: host.directory, host.user, host.packages, host.download,
-host.service, and what every host kind shares (host.file, with its diffs, is host_file.py).
+host.service (host.file, with its diffs, is host_file.py; what every host kind shares,
+host_shared.py).
 
 Each step is one pyinfra operation (files.put, files.directory, server.user, apt.packages,
 systemd.service, and opskit's verified download), run through opskit's own SSH connection by the
@@ -13,127 +14,29 @@ pyinfra is imported only inside probe and apply: validating a runbook never load
 
 from __future__ import annotations
 
-import copy
-import json
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import BeforeValidator, Field, field_validator
 
 from ..model import Change, ChangeKind, Duration, Outcome, Risk
-from .base import Action, ActionArgs, ActionContext
+from .base import Action, ActionContext
 
 if TYPE_CHECKING:
     from ..clients.pyinfra_connector import OpReport, PyinfraHost
 
-T = TypeVar("T")
-
-NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
-
-
-# Every host.* kind registers the commands its pyinfra operation ran.
-COMMANDS_RAN = "the commands pyinfra ran, none when nothing changed (list[str])"
-
-
-class HostArgs(ActionArgs):
-    become: bool = Field(False, description="run through sudo as root (-n: never prompt)")
-
-
-def _absolute(value: str) -> str:
-    if not value.startswith("/"):
-        raise ValueError(f"must be an absolute path, not {value!r}")
-    return value
-
-
-async def on_host(
-    ctx: ActionContext,
-    args: HostArgs,
-    work: Callable[[PyinfraHost], T],
-    inputs: str | None = None,
-) -> T:
-    """Run `work` against the target through the pyinfra bridge.
-
-    A probe's work is a function of its arguments, `inputs` (given by a probe that says so: all
-    else it depends on but the host, a rendered template's checksum, a flag) and what the host
-    answers. So what it found is
-    kept with the host's answers (`KnownFacts.found`), and the same probe again, with nothing
-    sent to the host since, is answered from it: the engine's re-probe of a step planned in this
-    same process (its pool) would ask the host nothing new, and pyinfra's evaluation is skipped.
-    Anything that may have changed the host (any step there, a connection opened again, a gate
-    that waited) forgets it, as it forgets the answers."""
-    from ..clients.pyinfra_connector import run_pyinfra
-    from ..clients.pyinfra_known import _MISSING, _known_facts
-
-    data: dict[str, Any] = {}
-    if args.become:
-        data["_sudo"] = True
-    shell = ctx.shell()
-    env = ctx.connections.transports.ssh.host_env if ctx.connections else ()
-    if env:
-        data["_env"] = dict(env)
-    if not ctx.read_only or inputs is None:
-        return await run_pyinfra(shell, work, host_data=data)
-    known = _known_facts(shell)
-    key = json.dumps(
-        [
-            type(args).__qualname__,
-            getattr(work, "__qualname__", repr(work)),
-            args.model_dump(mode="json"),
-            data,
-            inputs,
-        ],
-        sort_keys=True,
-        default=str,
-    )
-    found = known.found(key)
-    if found is not _MISSING:
-        return copy.deepcopy(found)  # type: ignore[no-any-return]
-    asked_at = known.generation()
-    result = await run_pyinfra(shell, work, host_data=data)
-    known.keep_found(key, copy.deepcopy(result), asked_at)
-    return result
-
-
-def _mode(value: Any) -> str | None:
-    """pyinfra's modes are octal digits as an int (644); opskit shows '0644'."""
-    if value is None or value is False:
-        return None
-    return str(value).zfill(4)
-
-
-def _outcome(report: OpReport, what: str, done: str, outputs: dict[str, Any]) -> Outcome:
-    outputs = {**outputs, "commands": report.commands}
-    changed = report.executed and bool(report.commands)
-    if not report.ok:
-        return Outcome(
-            ok=False,
-            changed=changed,
-            summary=f"{what}: failed",
-            outputs=outputs,
-            error=f"{what}: {report.error}",
-        )
-    return Outcome(
-        ok=True, changed=changed, summary=done if changed else f"{what}: no change", outputs=outputs
-    )
-
-
-def _meta_changes(
-    info: dict[str, Any], mode: str | None, owner: str | None, group: str | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(before, after) of mode, owner and group where the step names them and they differ."""
-    before: dict[str, Any] = {}
-    after: dict[str, Any] = {}
-    have = {"mode": _mode(info.get("mode")), "owner": info.get("user"), "group": info.get("group")}
-    for key, want in (("mode", _mode(mode)), ("owner", owner), ("group", group)):
-        if want is not None and have[key] != want:
-            before[key], after[key] = have[key], want
-    return before, after
-
-
-def _changes_text(before: dict[str, Any], after: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {before[k]} -> {after[k]}" for k in after)
-
+from .host_shared import (
+    COMMANDS_RAN,
+    NAME,
+    HostArgs,
+    _absolute,
+    _changes_text,
+    _meta_changes,
+    _mode,
+    _outcome,
+    on_host,
+)
 
 # --- host.directory ----------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from ..errors import OpskitError, RenderError
 from ..model import Change, ChangeKind, Outcome, Risk
 from ..secrets import has_marker, marker_pattern, replace_markers
 from .base import Action, ActionContext
-from .host import (
+from .host_shared import (
     COMMANDS_RAN,
     NAME,
     HostArgs,

@@ -3,15 +3,19 @@ memory of facts and of the operations its probes listed)."""
 
 from __future__ import annotations
 
+import copy
+import json
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from pyinfra.api.command import PyinfraCommand
 
     from .ssh import CommandResult, HostShell, SSHPool
 
+T = TypeVar("T")
 _lock = threading.Lock()
 
 
@@ -105,3 +109,22 @@ def _known_facts(shell: HostShell) -> KnownFacts:
         if found is None:
             found = per_pool[key] = KnownFacts(shell.pool, endpoint)
         return found
+
+
+async def kept(shell: HostShell, key: list[Any], probe: Callable[[], Awaitable[T]]) -> T:
+    """What a probe's work found on the host of `shell`, kept with the host's answers while
+    nothing may have changed it: `key` names the work and all it depends on but the host
+    (arguments, host data, inputs), so the same probe again would ask the host nothing it has
+    not answered already and is answered at once, without pyinfra evaluating it again (the
+    engine's re-probe of a step planned in the same session). Anything that may have changed
+    the host (any step there, a connection opened again, a gate that waited on a person, a
+    lock another run held) makes it run afresh."""
+    known = _known_facts(shell)
+    text = json.dumps(key, sort_keys=True, default=str)
+    found = known.found(text)
+    if found is not _MISSING:
+        return copy.deepcopy(found)  # type: ignore[no-any-return]
+    asked_at = known.generation()
+    result = await probe()
+    known.keep_found(text, copy.deepcopy(result), asked_at)
+    return result

@@ -828,6 +828,7 @@ def test_known_facts_and_listings_go_with_any_change_to_the_host():
     """What the host answered (and what a probe listed) is used while the pool's count of
     changes to that host stays the same, and never after."""
     from opskit.clients.pyinfra_connector import KnownFacts
+    from opskit.clients.pyinfra_known import _MISSING
     from opskit.clients.ssh import CommandResult, Endpoint
 
     class Pool:
@@ -840,17 +841,26 @@ def test_known_facts_and_listings_go_with_any_change_to_the_host():
     known = KnownFacts(pool, Endpoint(name="h", host="127.0.0.1"))  # type: ignore[arg-type]
     answer = CommandResult(0, "x\n", "", 0.01)
     known.keep("stat /a", answer, asked_at=0)
-    known.listed("op", ["cmd"])  # type: ignore[list-item]
+    known.listed("op", ["cmd"], asked_at=0)  # type: ignore[list-item]
     assert known.get("stat /a") is answer
     pool.changes += 1  # anything sent that may change the host
     assert known.get("stat /a") is None and known.listing("op") is None
     known.keep("stat /a", answer, asked_at=0)  # asked before the change, answered after
     assert known.get("stat /a") is None
-    known.listed("op", ["cmd"])  # type: ignore[list-item]
+    known.listed("op", ["cmd"], asked_at=0)  # type: ignore[list-item]
+    assert known.listing("op") is None  # listed from what was asked before the change
+    known.listed("op", ["cmd"], asked_at=1)  # type: ignore[list-item]
     assert known.listing("op") == ["cmd"] and known.listing("op") is None  # used once
+    # A probe's finding: kept while nothing changes the host, whatever changed it.
+    known.keep_found("probe", {"found": 1}, asked_at=1)
+    assert known.found("probe") == {"found": 1}
+    pool.changes += 1
+    assert known.found("probe") is _MISSING
+    known.keep_found("probe", {"found": 2}, asked_at=1)  # it ran while the host changed
+    assert known.found("probe") is _MISSING
 
 
-def test_pyinfras_state_context_is_per_thread_after_the_bridge_sets_it_up():
+def test_pyinfras_state_context_is_per_thread_after_the_bridge_sets_it_up(monkeypatch):
     """The one write into pyinfra's private parts (its State and Inventory contexts' container,
     made thread-local: pyinfra 3.10 has no public way): each thread sees the State it set, and
     the shape it relies on is checked, so a pyinfra that changed it fails here first."""
@@ -890,3 +900,16 @@ def test_pyinfras_state_context_is_per_thread_after_the_bridge_sets_it_up():
 
     assert arguments.all_global_arguments() == list(get_type_hints(arguments.AllArguments).items())
     assert arguments.all_global_arguments() is arguments.all_global_arguments()
+    # So is the connectors' table (an Inventory per target read the entry points three times):
+    # pyinfra's own, a dict of its own each time, without reading the entry points again.
+    from importlib.metadata import entry_points
+
+    from pyinfra.api import connectors, inventory
+
+    table = {ep.name: ep.load() for ep in entry_points(group="pyinfra.connectors")}
+    assert table["opskit"] is pyinfra_connector.OpskitConnector
+    assert connectors.get_all_connectors() == table  # read once
+    monkeypatch.setattr(connectors, "entry_points", None)  # read again, it would fail
+    assert connectors.get_all_connectors() == table == inventory.get_all_connectors()
+    assert connectors.get_all_connectors() is not connectors.get_all_connectors()
+    assert connectors.get_execution_connectors()["opskit"] is pyinfra_connector.OpskitConnector

@@ -14,13 +14,14 @@ import os.path
 import re
 import shlex
 from collections.abc import Iterable, Iterator, Mapping
-from functools import cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from .errors import RenderError
 
 if TYPE_CHECKING:
-    from jinja2 import nodes
+    from jinja2 import Template, nodes
+    from jinja2.environment import TemplateExpression
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from pydantic import BaseModel
 
@@ -376,11 +377,28 @@ def template_references(
 # --- rendering -------------------------------------------------------------------------------
 
 
+# Compiled templates and expressions by their text, for the process: a runbook's steps repeat
+# the same strings for every target, and Jinja compiles a string to Python code each time it is
+# given one (from_string keeps no cache). A compiled template renders any number of times, from
+# any thread. Bounded, so a long-lived process (status --serve) holds no more than this.
+COMPILED = 1024
+
+
+@lru_cache(maxsize=COMPILED)
+def _template(text: str) -> Template:
+    return environment().from_string(text)
+
+
+@lru_cache(maxsize=COMPILED)
+def _expression(expression: str) -> TemplateExpression:
+    return environment().compile_expression(expression, undefined_to_none=False)
+
+
 def render_text(text: str, context: Mapping[str, Any], *, shell: bool = False) -> str:
     if not is_template(text):
         return text
     with _rendering():
-        template = environment().from_string(text)
+        template = _template(text)
         rendered = template.render({**context, _SHELL_FLAG: shell})
         _check_size(rendered)
         return rendered
@@ -391,7 +409,7 @@ def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
     from jinja2 import Undefined
 
     with _rendering():
-        compiled = environment().compile_expression(expression, undefined_to_none=False)
+        compiled = _expression(expression)
         result = compiled(**context)
         if isinstance(result, Undefined):
             result._fail_with_undefined_error()

@@ -1,5 +1,6 @@
 """Host state through pyinfra: host.directory, host.user, host.packages, host.download,
-host.service, and what every host kind shares (host.file, with its diffs, is host_file.py).
+host.service (host.file, with its diffs, is host_file.py; what every host kind shares,
+host_shared.py).
 
 Each step is one pyinfra operation (files.put, files.directory, server.user, apt.packages,
 systemd.service, and opskit's verified download), run through opskit's own SSH connection by the
@@ -15,88 +16,27 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import BeforeValidator, Field, field_validator
 
 from ..model import Change, ChangeKind, Duration, Outcome, Risk
-from .base import Action, ActionArgs, ActionContext
+from .base import Action, ActionContext
 
 if TYPE_CHECKING:
     from ..clients.pyinfra_connector import OpReport, PyinfraHost
 
-T = TypeVar("T")
-
-NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
-
-
-# Every host.* kind registers the commands its pyinfra operation ran.
-COMMANDS_RAN = "the commands pyinfra ran, none when nothing changed (list[str])"
-
-
-class HostArgs(ActionArgs):
-    become: bool = Field(False, description="run through sudo as root (-n: never prompt)")
-
-
-def _absolute(value: str) -> str:
-    if not value.startswith("/"):
-        raise ValueError(f"must be an absolute path, not {value!r}")
-    return value
-
-
-async def on_host(ctx: ActionContext, args: HostArgs, work: Callable[[PyinfraHost], T]) -> T:
-    """Run `work` against the target through the pyinfra bridge."""
-    from ..clients.pyinfra_connector import run_pyinfra
-
-    data: dict[str, Any] = {}
-    if args.become:
-        data["_sudo"] = True
-    shell = ctx.shell()
-    env = ctx.connections.transports.ssh.host_env if ctx.connections else ()
-    if env:
-        data["_env"] = dict(env)
-    return await run_pyinfra(shell, work, host_data=data)
-
-
-def _mode(value: Any) -> str | None:
-    """pyinfra's modes are octal digits as an int (644); opskit shows '0644'."""
-    if value is None or value is False:
-        return None
-    return str(value).zfill(4)
-
-
-def _outcome(report: OpReport, what: str, done: str, outputs: dict[str, Any]) -> Outcome:
-    outputs = {**outputs, "commands": report.commands}
-    changed = report.executed and bool(report.commands)
-    if not report.ok:
-        return Outcome(
-            ok=False,
-            changed=changed,
-            summary=f"{what}: failed",
-            outputs=outputs,
-            error=f"{what}: {report.error}",
-        )
-    return Outcome(
-        ok=True, changed=changed, summary=done if changed else f"{what}: no change", outputs=outputs
-    )
-
-
-def _meta_changes(
-    info: dict[str, Any], mode: str | None, owner: str | None, group: str | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(before, after) of mode, owner and group where the step names them and they differ."""
-    before: dict[str, Any] = {}
-    after: dict[str, Any] = {}
-    have = {"mode": _mode(info.get("mode")), "owner": info.get("user"), "group": info.get("group")}
-    for key, want in (("mode", _mode(mode)), ("owner", owner), ("group", group)):
-        if want is not None and have[key] != want:
-            before[key], after[key] = have[key], want
-    return before, after
-
-
-def _changes_text(before: dict[str, Any], after: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {before[k]} -> {after[k]}" for k in after)
-
+from .host_shared import (
+    COMMANDS_RAN,
+    NAME,
+    HostArgs,
+    _absolute,
+    _changes_text,
+    _meta_changes,
+    _mode,
+    _outcome,
+    on_host,
+)
 
 # --- host.directory ----------------------------------------------------------------------------
 
@@ -158,7 +98,7 @@ class HostDirectory(Action[DirectoryArgs]):
 
     async def probe(self, ctx: ActionContext) -> Change:
         a = self.args
-        info, report = await on_host(ctx, a, self._work)
+        info, report = await on_host(ctx, a, self._work, inputs="")
         if not report.changes:
             return Change.none(f"{a.path} is up to date")
         wanted = {
@@ -282,7 +222,7 @@ class HostUser(Action[UserArgs]):
 
     async def probe(self, ctx: ActionContext) -> Change:
         a = self.args
-        existing, reports = await on_host(ctx, a, self._work)
+        existing, reports = await on_host(ctx, a, self._work, inputs="")
         if not any(r.changes for r in reports):
             return Change.none(f"user {a.name} is up to date")
         wanted = self._wanted()
@@ -395,7 +335,7 @@ class HostPackages(Action[PackagesArgs]):
 
     async def probe(self, ctx: ActionContext) -> Change:
         a = self.args
-        installed, report = await on_host(ctx, a, self._work(update=False))
+        installed, report = await on_host(ctx, a, self._work(update=False), inputs="no update")
         if not report.changes:
             state = "installed" if a.present else "absent"
             return Change.none(f"{', '.join(a.packages)} {state}")
@@ -519,7 +459,7 @@ class HostDownload(Action[DownloadArgs]):
 
     async def probe(self, ctx: ActionContext) -> Change:
         a = self.args
-        info, digest, report = await on_host(ctx, a, self._work)
+        info, digest, report = await on_host(ctx, a, self._work, inputs="")
         short = a.sha256[:12]
         if not report.changes:
             return Change.none(f"{a.dest} has sha256 {short}")
@@ -652,7 +592,7 @@ class HostService(Action[ServiceArgs]):
 
     async def probe(self, ctx: ActionContext) -> Change:
         a = self.args
-        running, enabled, report = await on_host(ctx, a, self._work)
+        running, enabled, report = await on_host(ctx, a, self._work, inputs="")
         if not report.changes:
             return Change.none(
                 f"{self.unit} is {'running' if a.running else 'stopped'}"

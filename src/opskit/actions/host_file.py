@@ -19,7 +19,7 @@ from ..errors import OpskitError, RenderError
 from ..model import Change, ChangeKind, Outcome, Risk
 from ..secrets import has_marker, marker_pattern, replace_markers
 from .base import Action, ActionContext
-from .host import (
+from .host_shared import (
     COMMANDS_RAN,
     NAME,
     HostArgs,
@@ -198,7 +198,8 @@ class HostFile(Action[FileArgs]):
     async def probe(self, ctx: ActionContext) -> Change:
         a = self.args
         data = self._data(ctx)
-        plan = await on_host(ctx, a, self._work(data))
+        # the content is what the work depends on besides its arguments and the host
+        plan = await on_host(ctx, a, self._work(data), inputs=hashlib.sha256(data).hexdigest())
         assert plan.report is not None
         if not plan.report.changes:
             note = " (secret values are compared when applied)" if plan.secrets_matched else ""

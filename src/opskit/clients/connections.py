@@ -440,6 +440,12 @@ class Connections:
 
             self._ssh.changed(Endpoint.of(target))
 
+    def changed_everywhere(self) -> None:
+        """Any host may have changed (a gate waited on a person, another run held the
+        targets' locks): nothing any host answered before counts."""
+        if self._ssh is not None:
+            self._ssh.changed_everywhere()
+
     def _ssh_password(self, endpoint: Endpoint) -> str | None:
         if endpoint.password_ref is None:
             return None

@@ -20,8 +20,8 @@ at once, each in its own thread, so those two contexts are made per thread on fi
 per thread here (no gevent hub is ever started: nothing on this path spawns a greenlet).
 Nothing else needed serialising, and serialising would cost: 12 loopback hosts x 5 files with
 20 ms per round trip planned in 2.4 s this way, 8 s with one pyinfra call at a time. Each
-target keeps one State for the process (`TargetState`): making one costs ~12 ms and more (pyinfra
-reads its entry points three times).
+target keeps one State for the process (`TargetState`): making one costs ~1 ms (~12 ms before
+pyinfra's table of connectors was memoised: it read the entry points three times).
 
 Speed: a step evaluates its operation when planned, when the engine re-probes it and when it is
 applied; pyinfra's own CLI evaluates it once. So what a host answered is kept (`KnownFacts`, per
@@ -427,6 +427,7 @@ class PyinfraHost:
 
         key = _operation_key(op, kwargs, self.host_key)
         known = self.link.known
+        asked_at = known.generation()
         listed = None if self.read_only else known.listing(key)
         before = len(self.host.op_hash_order)
         self.link.phase = FACTS  # an operation may read facts while it is added
@@ -465,7 +466,7 @@ class PyinfraHost:
             finally:
                 self.link.phase = IDLE
             if replayable:
-                known.listed(key, list(seen))
+                known.listed(key, list(seen), asked_at)
         else:
             self.link.phase = EXECUTE
             failures = len(self.link.failures)
@@ -506,9 +507,10 @@ def _per_thread_context() -> None:
     thread nothing changes: what pyinfra set, it reads back. Across threads each sees its own,
     so concurrent targets cannot add operations to one another's State. The pin (pyinfra
     3.10.x in pyproject.toml) holds the shape; test_host_state checks it. Serialising all pyinfra
-    work instead would cost 3x (the module's docstring). Also here: the global arguments'
-    table memoised (below), and pyinfra's logger quiet (opskit reports failures itself,
-    redacted; pyinfra's warnings would reach the console through logging's last resort)."""
+    work instead would cost 3x (the module's docstring). Also here: the global arguments' and
+    the connectors' tables memoised (below), and pyinfra's logger quiet (opskit reports
+    failures itself, redacted; pyinfra's warnings would reach the console through logging's
+    last resort)."""
     global _context_ready
     with _setup_lock:
         if _context_ready:
@@ -528,6 +530,19 @@ def _per_thread_context() -> None:
         from pyinfra.api import arguments
 
         arguments.all_global_arguments = functools.cache(arguments.all_global_arguments)
+        # Every Inventory made (one per target) reads the installed packages' entry points
+        # three times for its table of connectors, ~10 ms each here: a constant too. Each call
+        # still gets a dict of its own.
+        from pyinfra.api import connectors, inventory
+
+        table = functools.cache(connectors.get_all_connectors)
+
+        def get_all_connectors() -> dict[str, Any]:
+            return dict(table())
+
+        connectors.get_all_connectors = get_all_connectors
+        # (the inventory module imported the function under its own name)
+        inventory.get_all_connectors = get_all_connectors  # type: ignore[attr-defined]
         logger = logging.getLogger("pyinfra")
         logger.addHandler(logging.NullHandler())
         logger.propagate = False
@@ -548,8 +563,7 @@ class LinkSlot:
 @dataclass
 class TargetState:
     """One target's pyinfra State, kept for the process (a plan and its run share it): making a
-    State and Inventory costs ~12 ms (pyinfra reads its entry points three times), more than most
-    steps' commands."""
+    State and Inventory costs about a millisecond even with its connectors' table memoised."""
 
     state: State
     host: Host

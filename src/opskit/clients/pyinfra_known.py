@@ -3,15 +3,19 @@ memory of facts and of the operations its probes listed)."""
 
 from __future__ import annotations
 
+import copy
+import json
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from pyinfra.api.command import PyinfraCommand
 
     from .ssh import CommandResult, HostShell, SSHPool
 
+T = TypeVar("T")
 _lock = threading.Lock()
 
 
@@ -21,7 +25,9 @@ class KnownFacts:
     host, which every HostShell keeps: pyinfra's commands, uploads, any other step's). So a
     step's operation, evaluated by the probe, the engine's re-probe and the apply, asks the host
     its facts once: the re-probe's answers are the apply's, and the plan's are the re-probe's
-    where nothing ran on that host in between."""
+    where nothing ran on that host in between. A probe's whole finding is kept too (`found`):
+    the same probe again, with nothing sent to the host since, would ask nothing the host has
+    not answered already, so it is answered at once, without evaluating the operation again."""
 
     def __init__(self, pool: SSHPool, endpoint: Any) -> None:
         self.pool, self.endpoint = pool, endpoint
@@ -30,9 +36,12 @@ class KnownFacts:
         self.values: dict[str, Any] = {}
         # Operations listed while probing: (key, the host's count then) -> their commands.
         self.listings: dict[str, tuple[int, list[PyinfraCommand]]] = {}
+        self.findings: dict[str, Any] = {}  # a probe's work (its key) -> what it found
 
-    def listed(self, key: str, commands: list[PyinfraCommand]) -> None:
-        self.listings[key] = (self.generation(), commands)
+    def listed(self, key: str, commands: list[PyinfraCommand], asked_at: int) -> None:
+        """Keep what a probe listed, unless something changed the host while it was asked."""
+        if self.generation() == asked_at:
+            self.listings[key] = (asked_at, commands)
 
     def listing(self, key: str) -> list[PyinfraCommand] | None:
         """What the probe listed for this operation, if nothing changed the host since."""
@@ -63,6 +72,17 @@ class KnownFacts:
         if self._fresh(asked_at):
             self.values[key] = value
 
+    def found(self, key: str) -> Any:
+        """What a probe's work found (keyed by the work and all it depends on but the host),
+        if nothing changed the host since it ran."""
+        if self.seen != self.generation():
+            return _MISSING
+        return self.findings.get(key, _MISSING)
+
+    def keep_found(self, key: str, value: Any, asked_at: int) -> None:
+        if self._fresh(asked_at):
+            self.findings[key] = value
+
     def _fresh(self, asked_at: int) -> bool:
         now = self.generation()
         if now != asked_at:
@@ -70,6 +90,7 @@ class KnownFacts:
         if self.seen != now:
             self.answers.clear()
             self.values.clear()
+            self.findings.clear()
             self.seen = now
         return True
 
@@ -88,3 +109,22 @@ def _known_facts(shell: HostShell) -> KnownFacts:
         if found is None:
             found = per_pool[key] = KnownFacts(shell.pool, endpoint)
         return found
+
+
+async def kept(shell: HostShell, key: list[Any], probe: Callable[[], Awaitable[T]]) -> T:
+    """What a probe's work found on the host of `shell`, kept with the host's answers while
+    nothing may have changed it: `key` names the work and all it depends on but the host
+    (arguments, host data, inputs), so the same probe again would ask the host nothing it has
+    not answered already and is answered at once, without pyinfra evaluating it again (the
+    engine's re-probe of a step planned in the same session). Anything that may have changed
+    the host (any step there, a connection opened again, a gate that waited on a person, a
+    lock another run held) makes it run afresh."""
+    known = _known_facts(shell)
+    text = json.dumps(key, sort_keys=True, default=str)
+    found = known.found(text)
+    if found is not _MISSING:
+        return copy.deepcopy(found)  # type: ignore[no-any-return]
+    asked_at = known.generation()
+    result = await probe()
+    known.keep_found(text, copy.deepcopy(result), asked_at)
+    return result

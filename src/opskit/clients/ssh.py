@@ -353,26 +353,28 @@ class SSHPool:
         self.sessions: dict[tuple[str, str | None, int | None], Session] = {}
         self._opening: dict[tuple[str, str | None, int | None], asyncio.Future[Session]] = {}
         self.channels_opened = 0  # session channels: what sshd charges for
-        # Per host (address, port): how many commands or files that may change it were sent;
-        # what was read there stays true while this stays the same (pyinfra's facts are kept).
+        # Per host (address, port): commands or files sent that may change it, `everywhere` for
+        # all (a gate waited); what was read there stays true while the sum stays the same.
         self.changes: dict[tuple[str, int | None], int] = {}
+        self.everywhere = 0
 
     def changed(self, endpoint: Endpoint) -> None:
         key = (endpoint.host, endpoint.port)
         self.changes[key] = self.changes.get(key, 0) + 1
 
+    def changed_everywhere(self) -> None:
+        self.everywhere += 1
+
     def generation(self, endpoint: Endpoint) -> int:
-        return self.changes.get((endpoint.host, endpoint.port), 0)
+        return self.everywhere + self.changes.get((endpoint.host, endpoint.port), 0)
 
     async def session(self, endpoint: Endpoint) -> Session:
         key = endpoint.key
         found = self.sessions.get(key)
         if found is not None and not found.conn.is_closed():
             return found
-        if found is not None:
-            self.changed(endpoint)  # it went away (a reboot?): what it answered may be gone
-        # (A connection that ended, the host gone away since (a reboot, a network that dropped
-        # it while a gate waited), is opened again.)
+        if found is not None:  # it ended (a reboot? a network that dropped it?): opened again,
+            self.changed(endpoint)  # and what the host answered before may be gone
         if key in self._opening:
             return await asyncio.shield(self._opening[key])
         future: asyncio.Future[Session] = asyncio.get_running_loop().create_future()

@@ -135,6 +135,7 @@ class Execution:
         self.reporter = reporter
         self.output = StepOutput(reporter, options.host_logs)  # what running steps print
         self.gates = gatekeeper
+        gatekeeper.waited = self._gate_waited
         self.options = options
         self.run_id = options.run_id
         self.settings = settings or ProbeSettings()
@@ -646,6 +647,10 @@ class Execution:
             if self._stopped(section):  # while it probed, asked or waited its turn: not started
                 return ItemResult(DECLINED if self.quit else INTERRUPTED, {})
             return await self._attempts(tr, section, step, item)
+
+    def _gate_waited(self) -> None:
+        if self.connections is not None:
+            self.connections.changed_everywhere()  # what hosts answered before may not hold
 
     def _stopped(self, section: str) -> bool:
         """Nothing new starts once the run is stopping, but its always-steps."""

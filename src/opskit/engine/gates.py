@@ -51,6 +51,9 @@ class Gatekeeper:
         # A question abandoned at Ctrl-C leaves its reader on the terminal; a later question
         # would race it for the next line typed, so none is asked.
         self.abandoned = False
+        # Called as a person is asked and once they answered: time passed, any host may have
+        # changed meanwhile (the run forgets what the hosts answered before).
+        self.waited: Callable[[], None] | None = None
 
     def interrupt(self) -> None:
         """The run was interrupted: the question being asked, if any, is abandoned."""
@@ -121,6 +124,8 @@ class Gatekeeper:
 
     async def _answer(self, text: str) -> str | None:
         """The line typed, or None when the run was interrupted while waiting for it."""
+        if self.waited is not None:
+            self.waited()
         self.asking = _in_thread(self.ask, text)
         try:
             answer = await self.asking
@@ -129,6 +134,8 @@ class Gatekeeper:
             raise
         finally:
             self.asking = None
+            if self.waited is not None:
+                self.waited()
         if answer is None:
             self.abandoned = True
         return answer

@@ -55,6 +55,7 @@ class TargetLocks:
         self.run_id = run_id
         self.say = say
         self.held: dict[str, TextIO] = {}
+        self.waited = False  # another run held one meanwhile (and may have changed its host)
 
     def acquire(self, targets: list[str], wait: float = 0.0) -> None:
         """Every target's lock (in sorted order, so two runs cannot deadlock), or LockError."""
@@ -85,7 +86,7 @@ class TargetLocks:
                     raise LockError(f"{target} is locked by {who}{hint}") from None
                 if not announced:
                     self.say(f"waiting for the lock on {target}, held by {who}")
-                    announced = True
+                    announced = self.waited = True
                 time.sleep(0.2)
         previous = _read_holder(handle)
         if previous is not None and previous.dead():

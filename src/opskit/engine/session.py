@@ -337,6 +337,8 @@ def execute(
     inventory = inventory or req.workspace.inventory
     try:
         locks.acquire([t.name for t in targets], req.lock_wait)
+        if locks.waited and session is not None:  # another run had them since the plan
+            session.connections(inventory).changed_everywhere()
         execution = Execution(
             loaded=loaded,
             plan=plan,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from opskit.clients.ssh import Endpoint, HostKeyError, HostKeys, SSHError, SSHPool, sudo
+from opskit.clients.host_keys import HostKeys
+from opskit.clients.ssh import Endpoint, HostKeyError, SSHError, SSHPool, sudo
 from sshd import Sshd, keygen
 
 HOSTS = [f"127.0.0.{n}" for n in range(11, 15)]

@@ -75,7 +75,8 @@ class SSHSettings:
 
     def pool(self, passwords: Callable[[Endpoint], str | None]) -> SSHPool:
         from ..store import state_dir
-        from .ssh import HostKeys, SSHPool
+        from .host_keys import HostKeys
+        from .ssh import SSHPool
 
         host_keys = HostKeys(
             state_dir() / "known_hosts", user_files=self.known_hosts, tofu=self.trust_on_first_use

@@ -207,6 +207,13 @@ def test_schemas_accept_the_shipped_files_and_reject_typos(opskit):
     inventory["guests"][0]["vmid"] = "one hundred"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(inventory, inventory_schema)
+    # the README's `window: 2h`, the duration alone, is a window to editors too
+    patch = _yaml(REPO / "runbooks" / "patch-guests.yaml")
+    patch["schedule"]["window"] = "2h"
+    jsonschema.validate(patch, runbook_schema)
+    patch["schedule"]["window"] = {"duration": "2h", "stat": "Sun 03:00"}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(patch, runbook_schema)
 
 
 def test_console_script_runs_without_a_terminal():

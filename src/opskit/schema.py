@@ -56,6 +56,11 @@ def runbook_schema(actions: Mapping[str, Any]) -> dict[str, Any]:
     # A bare string stays a schedule: its OnCalendar expression (see model.schedule).
     schedule = schema["properties"]["schedule"]
     schedule["anyOf"].insert(0, {"type": "string", "description": "an OnCalendar expression"})
+    # `window: 2h` is a window of that duration from each elapse of `on:` (see model.schedule).
+    window = defs["Schedule"]["properties"]["window"]
+    window["anyOf"].insert(
+        0, {"type": ["string", "number"], "description": "its duration alone, e.g. 2h"}
+    )
     schema["$schema"] = SCHEMA_DRAFT
     schema["title"] = "opskit runbook"
     return schema

@@ -176,29 +176,11 @@ def agent_probe_output(world: dict[str, Any], unit: str) -> str:
 
 @pytest.mark.parametrize("case", _cases("beszel_agent.json"))
 def test_beszel_agent_probe(case: dict[str, Any]) -> None:
-    from opskit.clients.connections import SSHSettings
-
     cls = actions.get("beszel.agent")
     args = {"version": "0.18.8", "key": KEY, "release_url": "http://mirror.test/beszel"}
     action = cls(cls.Args.model_validate({**args, **case["args"]}))
     pool = FakePool(lambda command: agent_probe_output(case["world"], action.unit_text(KEY)))
-
-    class FakeSSH(SSHSettings):
-        def pool(self, passwords: Any) -> Any:
-            return pool
-
-    sent: list[Sent] = []
-    transports = Transports(ssh=FakeSSH(), observe=sent.append)
-    target = Target(name="web1", kind="host", address="192.0.2.10")
-
-    async def go() -> Any:
-        connections = Connections(None, transports=transports)
-        try:
-            return await action.probe(ActionContext(target, True, connections=connections))
-        except OpskitError as exc:
-            return exc
-
-    result = asyncio.run(go())
+    result, sent = _probe_over(pool, action)
     _judge(case, result, [])
     assert sent and all(s.reads and not s.refused for s in sent)  # probes only
     assert len(pool.commands) == case.get("probes", len(pool.commands))
@@ -309,11 +291,22 @@ def _short_commands(commands: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("case", _cases("host.json"))
 def test_host_probe(case: dict[str, Any]) -> None:
-    from opskit.clients.connections import SSHSettings
-
     cls = actions.get(case["kind"])
     action = cls(cls.Args.model_validate(case["args"]))
     pool = HostPool(host_world(case["world"]))
+    result, sent = _probe_over(pool, action)
+    _judge(case, result, _short_commands(pool.commands))
+    assert sent and all(s.reads and not s.refused for s in sent)  # facts only
+    if "before" in case:
+        assert result.before == case["before"]
+    if "after" in case:
+        assert result.after == case["after"]
+
+
+def _probe_over(pool: Any, action: Any) -> tuple[Any, list[Sent]]:
+    """`action`'s probe of a host through the door, its SSH answered by `pool` (a fake): the
+    Change, or the OpskitError it raised, and what passed the door."""
+    from opskit.clients.connections import SSHSettings
 
     class FakeSSH(SSHSettings):
         def pool(self, passwords: Any) -> Any:
@@ -330,10 +323,4 @@ def test_host_probe(case: dict[str, Any]) -> None:
         except OpskitError as exc:
             return exc
 
-    result = asyncio.run(go())
-    _judge(case, result, _short_commands(pool.commands))
-    assert sent and all(s.reads and not s.refused for s in sent)  # facts only
-    if "before" in case:
-        assert result.before == case["before"]
-    if "after" in case:
-        assert result.after == case["after"]
+    return asyncio.run(go()), sent

@@ -348,3 +348,32 @@ def test_known_hosts_are_read_once_and_again_when_they_change(tmp_path, monkeypa
     strict = HostKeys(tmp_path / "opskit_known_hosts", user_files=[])
     assert strict.verify(other, "10.9.9.8", 2222, first.convert_to_public())
     assert not strict.verify(other, "10.9.9.8", 2222, second.convert_to_public())
+
+
+def test_aes_gcm_is_offered_first_unless_the_ssh_config_names_ciphers(sshd, tmp_path):
+    """asyncssh's ChaCha20-Poly1305 costs the client about 6x AES-GCM's CPU per packet: the
+    pool asks for AES-GCM first. A `Ciphers` line (or an Include) in the config is the user's
+    word, and wins. Negotiated with the real sshd, read from the connection."""
+    config = tmp_path / "ssh_config"
+
+    async def cipher(config_text: str | None) -> str:
+        if config_text is not None:
+            config.write_text(config_text)
+        host_keys = HostKeys(tmp_path / "known_hosts", user_files=[])
+        paths = [str(config)] if config_text is not None else []
+        pool = SSHPool(
+            host_keys, client_keys=[str(sshd.client_key)], config=paths, connect_timeout=5
+        )
+        try:
+            session = await pool.session(ep(sshd, HOSTS[2]))
+            return session.conn.get_extra_info("send_cipher")
+        finally:
+            await pool.aclose()
+
+    assert run(cipher(None)) == "aes128-gcm@openssh.com"
+    assert run(cipher("Host *\n  ServerAliveInterval 10\n")) == "aes128-gcm@openssh.com"
+    chosen = "Host 127.0.0.*\n  Ciphers chacha20-poly1305@openssh.com\n"
+    assert run(cipher(chosen)) == "chacha20-poly1305@openssh.com"
+    assert run(cipher("Host *\n  Ciphers=aes256-ctr\n")) == "aes256-ctr"
+    # What an Include pulls in is the config's to say: asyncssh's own order (chacha20 first).
+    assert run(cipher(f"Include {tmp_path}/none.conf\n")) == "chacha20-poly1305@openssh.com"

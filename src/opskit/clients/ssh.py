@@ -33,6 +33,12 @@ log = logging.getLogger("opskit.ssh")
 OUTPUT_CAP = 1024 * 1024  # bytes of stdout and of stderr kept per command
 CONNECT_TIMEOUT = 30.0
 LINE_CAP = 64 * 1024  # bytes of one streamed line; a longer one is passed on in pieces
+# Ciphers offered first, before asyncssh's own order (chacha20-poly1305 first). asyncssh runs
+# ChaCha20-Poly1305 as three calls into `cryptography` per packet, AES-GCM as one (AES-NI in
+# OpenSSL): about 4 us a packet against 24 us, which is 40% of the client's CPU per command on
+# the persistent shell. AES-GCM is also immune to Terrapin (CVE-2023-48795). A `Ciphers` line
+# in the ssh_config files the pool reads wins over this (see `_config_sets`).
+CIPHERS_FIRST = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
 
 # A command's output as it arrives, one line at a time: output(stream, line), stream being
 # "stdout" or "stderr", the line without its newline.
@@ -86,6 +92,22 @@ class CommandResult:
 
 
 # --- the persistent shell ---------------------------------------------------------------------
+
+
+def _config_sets(paths: list[str], keywords: tuple[str, ...]) -> bool:
+    """Whether any of the ssh_config files sets one of `keywords` (lowercase), in any Host or
+    Match block. An Include counts as setting it: what it pulls in is the config's to say."""
+    for path in paths:
+        try:
+            with open(os.path.expanduser(path), encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            word = line.strip().replace("=", " ").split(None, 1)
+            if word and word[0].lower() in (*keywords, "include"):
+                return True
+    return False
 
 
 class Shell:
@@ -265,6 +287,15 @@ class SSHPool:
         # all (a gate waited); what was read there stays true while the sum stays the same.
         self.changes: dict[tuple[str, int | None], int] = {}
         self.everywhere = 0
+        self._ciphers: tuple[str | None] | None = None  # looked up on the first connection
+
+    def ciphers(self) -> str | None:
+        """The encryption_algs to ask asyncssh for: ours first, unless the user's ssh_config
+        names its own (then None: asyncssh takes the config's)."""
+        if self._ciphers is None:
+            paths = self.config if self.config is not None else ["~/.ssh/config"]
+            self._ciphers = (None if _config_sets(paths, ("ciphers",)) else CIPHERS_FIRST,)
+        return self._ciphers[0]
 
     def changed(self, endpoint: Endpoint) -> None:
         key = (endpoint.host, endpoint.port)
@@ -319,6 +350,9 @@ class SSHPool:
             "keepalive_interval": 30,
             "config": self.config if self.config is not None else (),
         }
+        ciphers = self.ciphers()
+        if ciphers is not None:
+            options["encryption_algs"] = ciphers
         if endpoint.user:
             options["username"] = endpoint.user
         if endpoint.port:

@@ -51,6 +51,14 @@ every target is met, 1 when one is missed, 2 when a tool fails.
     python bench/fanout.py --only-floor             the floor and opskit alone
     python bench/fanout.py --json                   the same figures as JSON
     python bench/fanout.py --profile                also `opskit run` once under cProfile
+    python bench/fanout.py --split-cores            the sshds on CPU 0, every client on the rest
+
+Layouts. By default the 50 sshds and the client share every CPU, so each CPU-second a client
+spends is one the sshds' logins do not get: a client's own CPU counts against it twice. On a
+real fan-out the hosts are other machines. `--split-cores` pins every sshd (and so every login
+and command it forks) to CPU 0 and the benchmark with its children to the other CPUs: the hosts
+have their own CPU, the control machine its own, as they would. Then the hosts' work is what
+bounds the run, and `floor/10` is the least any tool can take for these 10 commands.
 """
 
 from __future__ import annotations
@@ -646,6 +654,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=30, help="rows of the profile (30)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument(
+        "--split-cores",
+        action="store_true",
+        help="the sshds on CPU 0, the clients on the other CPUs (hosts apart from the client)",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1 or args.ansible_command_runs < 1 or args.warmup < 0 or args.top < 1:
         parser.error("--runs, --ansible-command-runs and --top must be at least 1")
@@ -657,9 +670,23 @@ def main(argv: list[str] | None = None) -> int:
         sshd = Sshd(root / "sshd", hosts, log=root / "sshd.log")  # counts the logins
         try:
             sshd.start()
-            return bench_all(args, make_lab(root, sshd))
+            lab = make_lab(root, sshd)
+            if args.split_cores:
+                split_cores(lab)
+            return bench_all(args, lab)
         finally:
             sshd.stop()
+
+
+def split_cores(lab: Lab) -> None:
+    """Every sshd on CPU 0 (what it forks inherits it); this process, and so every client it
+    starts, on the other CPUs."""
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2 or 0 not in cpus:
+        fail(f"--split-cores needs CPU 0 and another CPU; this process may use {sorted(cpus)}")
+    for pid in lab.sshd_pids:
+        os.sched_setaffinity(pid, {0})
+    os.sched_setaffinity(0, cpus - {0})
 
 
 def bench_all(args: argparse.Namespace, lab: Lab) -> int:
@@ -694,10 +721,15 @@ def bench_all(args: argparse.Namespace, lab: Lab) -> int:
     found = verdicts(by)
     passed = all(v["pass"] for v in found)
     profile = profile_opskit(lab) if args.profile else None
+    layout = (
+        f"sshds on CPU 0, clients on CPU {','.join(map(str, sorted(os.sched_getaffinity(0))))}"
+        if args.split_cores
+        else "sshds and clients sharing every CPU"
+    )
     setup = (
         f"{len(lab.hosts)} loopback sshd hosts x {len(COMMANDS)} commands"
         f" ({len(lab.sshd_pids)} sshd processes, port {lab.port}), concurrency {CONCURRENCY},"
-        f" {os.cpu_count()} CPUs, {sys.executable}"
+        f" {os.cpu_count()} CPUs ({layout}), {sys.executable}"
     )
     if args.json:
         report: dict[str, Any] = {
@@ -706,6 +738,7 @@ def bench_all(args: argparse.Namespace, lab: Lab) -> int:
             "commands": COMMANDS,
             "floor_command": FLOOR_COMMAND,
             "cpus": os.cpu_count(),
+            "split_cores": args.split_cores,
             "results": [
                 {
                     "name": p.name,

@@ -228,3 +228,23 @@ def test_console_script_runs_without_a_terminal():
     )
     assert result.returncode == 0, result.stderr
     assert "health.yaml" in result.stdout
+
+
+def test_lab_demo_next_steps_carry_the_labs_environment(monkeypatch, tmp_path):
+    """A lab made with OPSKIT_LAB_NAME (or its own directories) is reached again only with
+    them: each command `lab demo` suggests carries them, quoted; the default lab's do not."""
+    from opskit.cli.lab import next_steps
+
+    for name in ("OPSKIT_LAB_NAME", "OPSKIT_LAB_DIR", "OPSKIT_STATE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    plain = next_steps("health", tmp_path)
+    assert "  opskit history --lab " in plain and "OPSKIT_" not in plain
+    monkeypatch.setenv("OPSKIT_LAB_NAME", "olab")
+    assert next_steps("health", tmp_path) == plain
+    monkeypatch.setenv("OPSKIT_LAB_NAME", "try")
+    monkeypatch.setenv("OPSKIT_STATE_DIR", "/tmp/my state")
+    named = next_steps("health", tmp_path)
+    env = "OPSKIT_LAB_NAME=try OPSKIT_STATE_DIR='/tmp/my state' "
+    for command in ("opskit lab status", "opskit history --lab", "opskit lab down"):
+        assert f"  {env}{command} " in named
+    assert f"{env}opskit run health --lab --dry-run" in named

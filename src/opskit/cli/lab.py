@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -137,12 +139,37 @@ def demo(runbook: str | None) -> None:
         if code != 0:
             break
     chosen = runbooks[0] if runbook else "deploy-proxmoxmcp"
-    echo(
-        "\nwhere to look next:\n"
-        "  opskit lab status                     what runs in the lab\n"
-        "  opskit history --lab                  the run just made, and its steps\n"
-        f"  opskit run {chosen} --lab --dry-run   a second run plans no change\n"
-        f"  {lab_.root}/inventory.yaml   the lab's inventory (addresses, pinned keys)\n"
-        "  opskit lab down                       remove it all"
-    )
+    echo(next_steps(chosen, lab_.root))
     click.get_current_context().exit(code)
+
+
+# What the lab commands read from the environment: a lab made with them set (a named lab, its
+# own directories) is reached again only with them set.
+LAB_ENVIRONMENT = ("OPSKIT_LAB_NAME", "OPSKIT_LAB_DIR", "OPSKIT_STATE_DIR")
+
+
+def next_steps(runbook: str, root: Path) -> str:
+    """Where to look after `lab demo`, each command as the user types it for this lab."""
+    import shlex
+
+    env = "".join(
+        f"{name}={shlex.quote(value)} "
+        for name in LAB_ENVIRONMENT
+        if (value := os.environ.get(name)) and not (name == "OPSKIT_LAB_NAME" and value == "olab")
+    )
+    commands = [
+        ("opskit lab status", "what runs in the lab"),
+        ("opskit history --lab", "the run just made, and its steps"),
+        (f"opskit run {runbook} --lab --dry-run", "a second run plans no change"),
+        ("opskit lab down", "remove it all"),
+    ]
+    width = max(len(env + c) for c, _ in commands) + 3
+    lines = [f"  {env + c:<{width}}{what}" for c, what in commands[:3]]
+    lines.append(
+        f"  {shlex.quote(str(root / 'inventory.yaml')):<{width}}the lab's inventory"
+        " (addresses, pinned keys)"
+    )
+    lines.append(f"  {env + commands[3][0]:<{width}}{commands[3][1]}")
+    if env:
+        lines.append(f"  (this lab was made with {env.strip()}: each command needs it too)")
+    return "\nwhere to look next:\n" + "\n".join(lines)

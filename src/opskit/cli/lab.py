@@ -157,19 +157,14 @@ def next_steps(runbook: str, root: Path) -> str:
         for name in LAB_ENVIRONMENT
         if (value := os.environ.get(name)) and not (name == "OPSKIT_LAB_NAME" and value == "olab")
     )
-    commands = [
-        ("opskit lab status", "what runs in the lab"),
-        ("opskit history --lab", "the run just made, and its steps"),
-        (f"opskit run {runbook} --lab --dry-run", "a second run plans no change"),
-        ("opskit lab down", "remove it all"),
+    inventory = shlex.quote(str(root / "inventory.yaml"))
+    rows = [
+        (env + "opskit lab status", "what runs in the lab"),
+        (env + "opskit history --lab", "the run just made, and its steps"),
+        (env + f"opskit run {runbook} --lab --dry-run", "a second run plans no change"),
+        (inventory, "the lab's inventory (addresses, pinned keys)"),
+        (env + "opskit lab down", "remove it all"),
     ]
-    width = max(len(env + c) for c, _ in commands) + 3
-    lines = [f"  {env + c:<{width}}{what}" for c, what in commands[:3]]
-    lines.append(
-        f"  {shlex.quote(str(root / 'inventory.yaml')):<{width}}the lab's inventory"
-        " (addresses, pinned keys)"
-    )
-    lines.append(f"  {env + commands[3][0]:<{width}}{commands[3][1]}")
-    if env:
-        lines.append(f"  (this lab was made with {env.strip()}: each command needs it too)")
+    width = max(len(command) for command, _ in rows) + 3
+    lines = [f"  {command:<{width}}{what}" for command, what in rows]
     return "\nwhere to look next:\n" + "\n".join(lines)

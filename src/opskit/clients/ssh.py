@@ -9,6 +9,7 @@ a terminal or a sudo password get a channel of their own.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -37,7 +38,7 @@ LINE_CAP = 64 * 1024  # bytes of one streamed line; a longer one is passed on in
 # ChaCha20-Poly1305 as three calls into `cryptography` per packet, AES-GCM as one (AES-NI in
 # OpenSSL): about 4 us a packet against 24 us, which is 40% of the client's CPU per command on
 # the persistent shell. AES-GCM is also immune to Terrapin (CVE-2023-48795). A `Ciphers` line
-# in the ssh_config files the pool reads wins over this (see `_config_sets`).
+# in the ssh_config files the pool reads wins over this (see `_config_sets_ciphers`).
 CIPHERS_FIRST = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
 
 # A command's output as it arrives, one line at a time: output(stream, line), stream being
@@ -92,22 +93,6 @@ class CommandResult:
 
 
 # --- the persistent shell ---------------------------------------------------------------------
-
-
-def _config_sets(paths: list[str], keywords: tuple[str, ...]) -> bool:
-    """Whether any of the ssh_config files sets one of `keywords` (lowercase), in any Host or
-    Match block. An Include counts as setting it: what it pulls in is the config's to say."""
-    for path in paths:
-        try:
-            with open(os.path.expanduser(path), encoding="utf-8", errors="replace") as f:
-                text = f.read()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            word = line.strip().replace("=", " ").split(None, 1)
-            if word and word[0].lower() in (*keywords, "include"):
-                return True
-    return False
 
 
 class Shell:
@@ -261,6 +246,22 @@ class Session:
 # --- the pool ----------------------------------------------------------------------------------
 
 
+def _config_sets_ciphers(paths: list[str]) -> bool:
+    """Whether any of the ssh_config files sets Ciphers, in any Host or Match block. An
+    Include counts as setting it: what it pulls in is the config's to say."""
+    for path in paths:
+        try:
+            with open(os.path.expanduser(path), encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            word = line.strip().replace("=", " ").split(None, 1)
+            if word and word[0].lower() in ("ciphers", "include"):
+                return True
+    return False
+
+
 class SSHPool:
     """Connections of one plan or run, one per (host, user, port), opened on first use."""
 
@@ -287,15 +288,13 @@ class SSHPool:
         # all (a gate waited); what was read there stays true while the sum stays the same.
         self.changes: dict[tuple[str, int | None], int] = {}
         self.everywhere = 0
-        self._ciphers: tuple[str | None] | None = None  # looked up on the first connection
 
+    @functools.cached_property
     def ciphers(self) -> str | None:
         """The encryption_algs to ask asyncssh for: ours first, unless the user's ssh_config
-        names its own (then None: asyncssh takes the config's)."""
-        if self._ciphers is None:
-            paths = self.config if self.config is not None else ["~/.ssh/config"]
-            self._ciphers = (None if _config_sets(paths, ("ciphers",)) else CIPHERS_FIRST,)
-        return self._ciphers[0]
+        names its own (then None: asyncssh takes the config's). Read on the first connection."""
+        paths = self.config if self.config is not None else ["~/.ssh/config"]
+        return None if _config_sets_ciphers(paths) else CIPHERS_FIRST
 
     def changed(self, endpoint: Endpoint) -> None:
         key = (endpoint.host, endpoint.port)
@@ -350,9 +349,8 @@ class SSHPool:
             "keepalive_interval": 30,
             "config": self.config if self.config is not None else (),
         }
-        ciphers = self.ciphers()
-        if ciphers is not None:
-            options["encryption_algs"] = ciphers
+        if self.ciphers is not None:
+            options["encryption_algs"] = self.ciphers
         if endpoint.user:
             options["username"] = endpoint.user
         if endpoint.port:

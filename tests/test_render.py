@@ -161,3 +161,83 @@ def test_inventory_vars_override_runbook_var_defaults():
         "unrelated": 1,
     }
     assert overridden(defaults, {}) == defaults
+
+
+# --- validate's reading of templates without Jinja -------------------------------------------
+
+SIMPLE = [
+    "{{ params.port }}",
+    "{{ target.address }}:{{ target.ssh_port }}",
+    "http://{{ target.address }}:8080/{{ params.path | urlencode }}",
+    "{{ vars.beszel.hub_url | trim | lower }}",
+    "{{ x }}",
+    "{{x.y.z}}",
+    "{{\n  params.a\n}} and }} {",
+    "{{ loop.index }}",
+    "{{ a.if }}",
+]
+NOT_SIMPLE = [
+    "{{ params.hub_url or vars.beszel.hub_url }}",
+    "{{ target.health | selectattr('check', 'eq', 'http') | list }}",
+    "{{ params['port'] }}",
+    "{{- params.port -}}",
+    "{% for x in params.xs %}{{ x }}{% endfor %}",
+    "{# a note #}{{ params.x }}",
+    "{{ true }}",
+    "{{ none }}",
+    "{{ not params.x }}",
+    "{{ params.x | nosuchfilter }}",
+    "{{ params.x }} {{",
+    "{{ }}",
+    "{{ 1 }}",
+    "{{ params.x() }}",
+    "{{ self }}",
+]
+SIMPLE_EXPRESSIONS = ["rollback.ok", "params.kuma_window", "x", " a.b | list "]
+NOT_SIMPLE_EXPRESSIONS = ["params.method == 'venv'", "not x", "x is defined", "true"]
+
+
+def _jinja_references(text: str, expression: bool) -> tuple[object, object]:
+    try:
+        names, attrs = render.references(render.parse(text, expression=expression))
+    except render.TemplateProblem as exc:
+        return "problem", str(exc)
+    return frozenset(names), frozenset(attrs)
+
+
+def _shipped_templates() -> list[tuple[str, bool]]:
+    from opskit.workspace import Workspace
+
+    seen: list[tuple[str, bool]] = []
+    real = render.template_references.__wrapped__
+
+    def spy(text: str, expression: bool = False):
+        seen.append((text, expression))
+        return real(text, expression)
+
+    ws = Workspace.discover()
+    original = render.template_references
+    render.template_references = spy
+    try:
+        from opskit.validate import check_files, files_to_check
+
+        assert all(c.ok for c in check_files(ws, files_to_check(ws, [])))
+    finally:
+        render.template_references = original
+    return list(dict.fromkeys(seen))
+
+
+def test_templates_read_without_jinja_say_what_jinja_says():
+    shipped = _shipped_templates()
+    cases = [(t, False) for t in SIMPLE + NOT_SIMPLE]
+    cases += [(t, True) for t in SIMPLE_EXPRESSIONS + NOT_SIMPLE_EXPRESSIONS] + shipped
+    for text, expression in cases:
+        fast = render._simple_references(text, expression)
+        if fast is not None:
+            assert fast == _jinja_references(text, expression), text
+    assert all(render._simple_references(t, False) is not None for t in SIMPLE)
+    assert all(render._simple_references(t, True) is not None for t in SIMPLE_EXPRESSIONS)
+    assert all(render._simple_references(t, False) is None for t in NOT_SIMPLE)
+    assert all(render._simple_references(t, True) is None for t in NOT_SIMPLE_EXPRESSIONS)
+    # Most of what the shipped runbooks hold needs no Jinja to be read.
+    assert sum(render._simple_references(*c) is not None for c in shipped) > len(shipped) / 2

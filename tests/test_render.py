@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Annotated, ClassVar
 
 import pytest
@@ -215,7 +216,8 @@ def _shipped_templates() -> list[tuple[str, bool]]:
         seen.append((text, expression))
         return real(text, expression)
 
-    ws = Workspace.discover()
+    repo = Path(__file__).resolve().parent.parent
+    ws = Workspace.discover(repo / "runbooks", repo / "inventory" / "homelab.yaml", cwd=repo)
     original = render.template_references
     render.template_references = spy
     try:

@@ -5,7 +5,7 @@ one handshake a host and the same 10 commands) and exactly one SSH login per hos
 in sshd's own log: the plan's connection is the run's), at least 5x faster than pyinfra and than
 one channel per command, at least 8x faster than Ansible's fastest variant. opskit against the
 1-command `floor` is shown beside it, as a reference: the 9 more commands are work the hosts do
-for any tool (`floor/10` is itself 1.06-1.14x of `floor` here), not a cost of opskit's.
+for any tool (`floor/10` took 0.98-1.23x of `floor` here), not a cost of opskit's.
 
 Method. Real OpenSSH sshd (tests/sshd.py: 15 loopback addresses per sshd process, one port, a
 throwaway host key and an authorized client key) serves the `--hosts` addresses 127.0.0.101 and

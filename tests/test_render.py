@@ -206,7 +206,9 @@ def _jinja_references(text: str, expression: bool) -> tuple[object, object]:
     return frozenset(names), frozenset(attrs)
 
 
-def _shipped_templates() -> list[tuple[str, bool]]:
+def _shipped_templates(monkeypatch) -> list[tuple[str, bool]]:
+    """Every (template, expression?) validating the shipped files reads, once each."""
+    from opskit.validate import check_files, files_to_check
     from opskit.workspace import Workspace
 
     seen: list[tuple[str, bool]] = []
@@ -218,19 +220,14 @@ def _shipped_templates() -> list[tuple[str, bool]]:
 
     repo = Path(__file__).resolve().parent.parent
     ws = Workspace.discover(repo / "runbooks", repo / "inventory" / "homelab.yaml", cwd=repo)
-    original = render.template_references
-    render.template_references = spy
-    try:
-        from opskit.validate import check_files, files_to_check
-
+    with monkeypatch.context() as patched:
+        patched.setattr(render, "template_references", spy)
         assert all(c.ok for c in check_files(ws, files_to_check(ws, [])))
-    finally:
-        render.template_references = original
     return list(dict.fromkeys(seen))
 
 
-def test_templates_read_without_jinja_say_what_jinja_says():
-    shipped = _shipped_templates()
+def test_templates_read_without_jinja_say_what_jinja_says(monkeypatch):
+    shipped = _shipped_templates(monkeypatch)
     cases = [(t, False) for t in SIMPLE + NOT_SIMPLE]
     cases += [(t, True) for t in SIMPLE_EXPRESSIONS + NOT_SIMPLE_EXPRESSIONS] + shipped
     for text, expression in cases:

@@ -261,6 +261,37 @@ def test_catalog_holds_the_registered_kinds() -> None:
         )
 
 
+def test_a_plugin_neither_shadows_a_shipped_kind_nor_costs_a_scan_to_find_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from importlib.metadata import EntryPoint
+
+    from opskit import actions
+
+    shipped = {ep.name for ep in entry_points(group=actions.ENTRY_POINT_GROUP)}
+    assert set(actions._own_entry_points()) == shipped
+    hijack = EntryPoint("check.http", "evil.module:Check", actions.ENTRY_POINT_GROUP)
+    plugin = EntryPoint("site.kind", "site_kinds:Kind", actions.ENTRY_POINT_GROUP)
+    scans: list[str] = []
+
+    def scanned(group: str) -> list[EntryPoint]:
+        scans.append(group)
+        return [hijack, plugin]
+
+    monkeypatch.setattr("importlib.metadata.entry_points", scanned)
+    actions._entry_points.cache_clear()
+    try:
+        assert actions.get("check.http") is HttpCheck
+        assert "wait" in actions.catalog()
+        assert scans == []  # a shipped kind is found in opskit's own metadata
+        assert actions._entry_point("site.kind") is plugin
+        assert actions._entry_point("check.http").value == "opskit.actions.checks:HttpCheck"
+        assert set(actions.catalog()) == shipped | {"site.kind"}
+        assert scans == [actions.ENTRY_POINT_GROUP]
+    finally:
+        actions._entry_points.cache_clear()
+
+
 # --- check.http -------------------------------------------------------------------------------
 
 

@@ -260,6 +260,7 @@ INTERNAL_EXCEPTIONS = {
     "opskit.schedule.CalendarError",  # a ValueError: its callers make a located LoadError
     "opskit.render.TooLarge",
     "opskit.render.TemplateProblem",
+    "opskit.template_scan._GiveUp",  # caught in its references(): the template goes to Jinja
     "opskit.loader._TooBig",
     "opskit.loader._Recursive",
     "opskit.clients.pyinfra_connector.BridgeCancelled",  # a BaseException: a cancelled step

@@ -370,53 +370,12 @@ def template_references(
 ) -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
     """`references` of a template's text, each text parsed once per process (runbooks repeat
     the same expressions from step to step)."""
-    simple = _simple_references(text, expression)
+    from .template_scan import references as read_without_jinja
+
+    simple = read_without_jinja(text, expression)
     if simple is not None:
         return simple
     names, attrs = references(parse(text, expression=expression))
-    return frozenset(names), frozenset(attrs)
-
-
-_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-# `a`, `a.b.c`, `a.b | f | g`: a dotted name and filters without arguments, nothing else.
-_SIMPLE_EXPR = re.compile(rf"\s*({_NAME})(?:\.({_NAME}))?(?:\.{_NAME})*((?:\s*\|\s*{_NAME})*)\s*")
-_EXPRESSIONS = re.compile(r"\{\{(.*?)\}\}", re.S)
-# Names Jinja reads as something else than a variable at the start of an expression.
-_NOT_VARIABLES = frozenset(
-    {"true", "false", "none", "True", "False", "None", "and", "or", "not", "in", "is", "if"}
-    | {"else", "recursive", "self"}
-)
-
-
-def _simple_references(
-    text: str, expression: bool
-) -> tuple[frozenset[str], frozenset[tuple[str, str]]] | None:
-    """What `references(parse(text))` gives, read without Jinja, for the templates most steps
-    hold: `{{ params.x }}`, `{{ target.address | upper }}` in plain text, or such an expression.
-    None for anything else (statements, comments, operators, calls, filter arguments, a filter
-    Jinja lacks: its own parse and compile say what they say of it)."""
-    if expression:
-        parts = [text]
-    else:
-        if "{%" in text or "{#" in text:
-            return None
-        pieces = _EXPRESSIONS.split(text)
-        if any("{{" in literal for literal in pieces[0::2]):
-            return None
-        parts = pieces[1::2]
-    names: set[str] = set()
-    attrs: set[tuple[str, str]] = set()
-    filters: set[str] = set()
-    for part in parts:
-        found = _SIMPLE_EXPR.fullmatch(part)
-        if found is None or found[1] in _NOT_VARIABLES:
-            return None
-        names.add(found[1])
-        if found[2]:
-            attrs.add((found[1], found[2]))
-        filters.update(f.strip() for f in found[3].split("|")[1:])
-    if filters and not filters <= environment().filters.keys():
-        return None
     return frozenset(names), frozenset(attrs)
 
 

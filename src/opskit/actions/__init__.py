@@ -22,15 +22,35 @@ ENTRY_POINT_GROUP = "opskit.actions"
 
 
 @cache
+def _own_entry_points() -> dict[str, EntryPoint]:
+    """opskit's own kinds, read from its metadata alone: no scan of every installed package."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        found = distribution("opskit").entry_points
+    except PackageNotFoundError:
+        return {}
+    return {ep.name: ep for ep in found if ep.group == ENTRY_POINT_GROUP}
+
+
+@cache
 def _entry_points() -> dict[str, EntryPoint]:
+    """Every installed package's kinds; opskit's own win over a plugin's of the same name."""
     from importlib.metadata import entry_points
 
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return {**found, **_own_entry_points()}
+
+
+def _entry_point(name: str) -> EntryPoint | None:
+    return _own_entry_points().get(name) or _entry_points().get(name)
 
 
 @cache
 def _load(name: str) -> type[Action[Any]]:
-    ep = _entry_points()[name]
+    ep = _entry_point(name)
+    if ep is None:
+        raise KeyError(name)
     try:
         cls: type[Action[Any]] = ep.load()
     except Exception as exc:  # a broken plugin must not take opskit down
@@ -46,7 +66,7 @@ class Catalog(Mapping[str, type[Action[Any]]]):
     def __getitem__(self, name: str) -> type[Action[Any]]:
         if name in _added:
             return _added[name]
-        if name in _entry_points():
+        if _entry_point(name) is not None:
             return _load(name)
         raise KeyError(name)
 
@@ -57,7 +77,7 @@ class Catalog(Mapping[str, type[Action[Any]]]):
         return len(set(_entry_points()) | set(_added))
 
     def __contains__(self, name: object) -> bool:
-        return name in _added or name in _entry_points()
+        return name in _added or (isinstance(name, str) and _entry_point(name) is not None)
 
 
 def catalog() -> Catalog:

@@ -17,7 +17,7 @@ hold and on cases at its edges.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 References = tuple[frozenset[str], frozenset[tuple[str, str]]]
 
@@ -81,6 +81,7 @@ class _Reader:
         self.pos = 0
         self.names: set[str] = set()
         self.attrs: set[tuple[str, str]] = set()
+        self.name_uses = 0
 
     # the stream
     def peek(self, ahead: int = 0) -> tuple[str, str]:
@@ -115,21 +116,34 @@ class _Reader:
         if self.peek()[0] != "end":
             raise _GiveUp
 
+    # Jinja's code generator folds constants in place, and an `or`, `and` or `if` decided by
+    # one drops its other side from the tree (`true or params.x`, `1 == 2 == params.x`): whose
+    # attributes it then does not read. Such templates are left to it.
+    def constant(self, parse: Callable[[], object]) -> bool:
+        before = self.name_uses
+        parse()
+        return self.name_uses == before
+
     def condexpr(self) -> None:
         self.or_()
         while self.skip_keyword("if"):
-            self.or_()
+            if self.constant(self.or_):
+                raise _GiveUp
             if self.skip_keyword("else"):
                 self.condexpr()
 
     def or_(self) -> None:
-        self.and_()
+        left_constant = self.constant(self.and_)
         while self.skip_keyword("or"):
+            if left_constant:
+                raise _GiveUp
             self.and_()
 
     def and_(self) -> None:
-        self.not_()
+        left_constant = self.constant(self.not_)
         while self.skip_keyword("and"):
+            if left_constant:
+                raise _GiveUp
             self.not_()
 
     def not_(self) -> None:
@@ -139,7 +153,8 @@ class _Reader:
             self.compare()
 
     def compare(self) -> None:
-        self.binary(0)
+        first_constant = self.constant(lambda: self.binary(0))
+        operators = 0
         while True:
             if self.peek()[0] in _COMPARE or self.is_keyword("in"):
                 self.pos += 1
@@ -147,6 +162,9 @@ class _Reader:
                 self.pos += 2
             else:
                 return
+            operators += 1
+            if operators > 1 and first_constant:
+                raise _GiveUp
             self.binary(0)
 
     # math1 (+ -), concat (~), math2 (* / // %), pow (**): each a level tighter than the last
@@ -178,6 +196,7 @@ class _Reader:
                 raise _GiveUp
             if value not in _CONSTANTS:
                 self.names.add(value)
+                self.name_uses += 1
                 if self.peek()[0] == ".":
                     self.attrs.add((value, self.peek(1)[1]))
         elif kind == "string":
@@ -189,6 +208,10 @@ class _Reader:
             if self.peek()[0] == ".":
                 raise _GiveUp  # `(a).b` is Jinja's Getattr of the name a: left to it
         elif kind != "integer":
+            raise _GiveUp
+        if self.peek()[0] == "." and (kind != "name" or value in _CONSTANTS):
+            # Jinja folds `'s'.x` at compile time, to an undefined that fails where it is
+            # tested (`or`, `not`, `if`): left to it.
             raise _GiveUp
         self.postfix()
 

@@ -75,10 +75,16 @@ always:
 """
 
 
+def _take_terminal(interrupts_ignored: bool) -> None:
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    if interrupts_ignored:  # as a shell without job control starts `opskit ... &`
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Terminal:
     """`opskit ARGS` with a pty as its controlling terminal; everything it writes, kept."""
 
-    def __init__(self, root: Path, *args: str) -> None:
+    def __init__(self, root: Path, *args: str, interrupts_ignored: bool = False) -> None:
         self.master, slave = os.openpty()
         # A wide terminal: the live view must not wrap the lines the tests look for.
         fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 250, 0, 0))
@@ -92,7 +98,7 @@ class Terminal:
             stdout=slave,
             stderr=slave,
             start_new_session=True,  # a session of its own, with this pty as its terminal
-            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+            preexec_fn=lambda: _take_terminal(interrupts_ignored),
         )
         os.close(slave)
         self.seen = b""
@@ -269,16 +275,17 @@ def test_a_second_interrupt_cancels_at_once(project, how):
     assert history[0]["status"] == "interrupted"
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "ctrl-c twice", "sigterm"])
+@pytest.mark.parametrize("how", ["ctrl-c", "ctrl-c twice", "sigterm", "sigterm, sigint ignored"])
 @pytest.mark.parametrize("command", ["plan", "run"])
 def test_an_interrupt_while_planning(project, command, how):
-    """The probes are cancelled: one word, exit 130, nothing journaled (nothing ran)."""
-    term = Terminal(project, command, "probing")
+    """The probes are cancelled: one word, exit 130, nothing journaled (nothing ran). Started
+    with SIGINT ignored, opskit still stops on SIGTERM."""
+    term = Terminal(project, command, "probing", interrupts_ignored="ignored" in how)
     try:
         for host in ("h0", "h1"):
             _wait_for(project / "work" / f"probing-{host}", term)
         term.read(0.3)
-        if how == "sigterm":
+        if how.startswith("sigterm"):
             term.proc.send_signal(signal.SIGTERM)
         else:
             term.ctrl_c()

@@ -147,6 +147,10 @@ def _ignore_interrupts() -> None:
 
 
 def _as_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started with SIGINT ignored (a shell script's `opskit ... &`): the terminal's Ctrl-C
+        # stays ignored, as its starter meant, but SIGTERM still stops opskit.
+        raise KeyboardInterrupt
     signal.raise_signal(signal.SIGINT)
 
 

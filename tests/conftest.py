@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -12,6 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The suite's children get default signal dispositions however it was started: a shell script's
+# `make test &` ignores SIGINT and nohup ignores SIGHUP, and ignored signals are inherited by
+# every process the tests start (opskit's Ctrl-C tests, the lab's reloads by SIGHUP).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -133,18 +133,17 @@ class _Reader:
                 self.condexpr()
 
     def or_(self) -> None:
-        left_constant = self.constant(self.and_)
-        while self.skip_keyword("or"):
-            if left_constant:
-                raise _GiveUp
-            self.and_()
+        self.logical("or", self.and_)
 
     def and_(self) -> None:
-        left_constant = self.constant(self.not_)
-        while self.skip_keyword("and"):
+        self.logical("and", self.not_)
+
+    def logical(self, word: str, operand: Callable[[], None]) -> None:
+        left_constant = self.constant(operand)
+        while self.skip_keyword(word):
             if left_constant:
                 raise _GiveUp
-            self.not_()
+            operand()
 
     def not_(self) -> None:
         if self.skip_keyword("not"):

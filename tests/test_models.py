@@ -178,6 +178,27 @@ def test_unknown_inventory_keys_name_the_closest():
         Inventory.model_validate(bad)
 
 
+def test_each_model_knows_its_own_keys_however_often_asked():
+    from typing import ClassVar
+
+    from opskit.model.common import StrictModel
+
+    class Base(StrictModel):
+        a: int = 0
+
+    class Child(Base):
+        b: int = 0
+        _extra_keys: ClassVar[frozenset[str]] = frozenset({"x"})
+
+    for _ in range(2):  # the second time from what the first one worked out
+        assert Base.known_keys() == ["a"] and Child.known_keys() == ["a", "b", "x"]
+        assert Base.model_validate({"a": 1}).a == 1 and Child.model_validate({"b": 2}).b == 2
+        with pytest.raises(ValidationError, match="unknown key 'b'"):
+            Base.model_validate({"b": 2})  # the child's field is not the parent's
+        with pytest.raises(ValidationError, match="did you mean 'b'"):
+            Child.model_validate({"bb": 2})
+
+
 def test_inventory_auth_pairs_and_tls():
     with pytest.raises(ValidationError, match="go together"):
         Inventory.model_validate(

@@ -466,13 +466,15 @@ def render_value(value: Any, context: Mapping[str, Any], *, shell: bool = False)
     return value
 
 
-def marked_fields(args_model: type[BaseModel], marker: type) -> set[str]:
-    """Names (and aliases) of an Args model's fields carrying a marker (Shell, SecretArg)."""
-    return {
+@cache
+def marked_fields(args_model: type[BaseModel], marker: type) -> frozenset[str]:
+    """Names (and aliases) of an Args model's fields carrying a marker (Shell, SecretArg).
+    Once per model: a model's fields are fixed when its class is made."""
+    return frozenset(
         field.alias or name
         for name, field in args_model.model_fields.items()
         if any(isinstance(m, marker) for m in field.metadata)
-    }
+    )
 
 
 def render_args(

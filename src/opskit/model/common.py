@@ -42,16 +42,25 @@ class StrictModel(BaseModel):
 
     @classmethod
     def known_keys(cls) -> list[str]:
-        keys = set(cls._extra_keys)
-        for name, field in cls.model_fields.items():
-            keys.add(field.alias or name)
-        return sorted(keys)
+        return sorted(cls.key_set())
+
+    @classmethod
+    def key_set(cls) -> frozenset[str]:
+        """Every key the model accepts: its fields (by alias) and its extra keys. Computed once
+        per class: it is asked on every validation, thousands of times in a long run."""
+        found = _KEY_SETS.get(cls)
+        if found is None:
+            keys = set(cls._extra_keys)
+            for name, field in cls.model_fields.items():
+                keys.add(field.alias or name)
+            found = _KEY_SETS[cls] = frozenset(keys)
+        return found
 
     @model_validator(mode="before")
     @classmethod
     def _reject_unknown_keys(cls, data: Any) -> Any:
         if isinstance(data, Mapping):
-            known = cls.known_keys()
+            known = cls.key_set()
             for key in data:
                 if not isinstance(key, str):
                     raise user_error(
@@ -62,6 +71,10 @@ class StrictModel(BaseModel):
                         "unknown_key", f"unknown key {key!r}{did_you_mean(key, known)}", key=key
                     )
         return data
+
+
+# A model's fields are fixed when its class is made; keyed by the class itself, not inherited.
+_KEY_SETS: dict[type[StrictModel], frozenset[str]] = {}
 
 
 # --- durations -------------------------------------------------------------------------------

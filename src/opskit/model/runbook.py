@@ -156,7 +156,7 @@ class Step(StrictModel):
         actions: set[str] = set((info.context or {}).get("actions", ()))
         if "action" in data:
             # The explicit form, `action: KIND` with `args: {...}`, as a dumped step has.
-            known = cls.known_keys()
+            known = cls.key_set()
             for key in data:
                 if not isinstance(key, str) or key not in known:
                     raise user_error(

@@ -89,6 +89,37 @@ def test_a_command_past_its_timeout_ends_its_shell_which_is_reopened(sshd, tmp_p
     run(go())
 
 
+def test_a_connection_lost_mid_command_is_an_answer_lost_not_a_failure(sshd, tmp_path):
+    """The session's sshd dies while a command runs (`kill -9 $PPID` from the command: in a
+    subshell $PPID is that of the persistent shell, the sshd serving the connection): the
+    command was sent and its end never read, so whether it ran is unknown. A probe's lost
+    answer is a plain SSH error: a probe changes nothing. Both hosts are reached again after."""
+    from opskit.clients.connections import Door
+    from opskit.clients.ssh import HostShell
+    from opskit.errors import OutcomeUnknown, SSHAnswerLost
+
+    async def go():
+        pool = pool_for(sshd, tmp_path)
+        host = ep(sshd, HOSTS[0])
+        try:
+            with pytest.raises(SSHAnswerLost, match=r"host-11 .*lost while .*kill -9") as lost:
+                await pool.run(host, "echo begun; kill -9 $PPID; sleep 5")
+            assert isinstance(lost.value, OutcomeUnknown)
+            assert "may have run to its end" in str(lost.value)
+            assert (await pool.run(host, "echo again")).stdout == "again\n"
+            with pytest.raises(SSHAnswerLost, match="lost while"):  # on a channel of its own
+                await pool.run(host, "kill -9 $PPID; sleep 5", stdin="x")
+            shell = HostShell(pool, host, Door(read_only=True))
+            with pytest.raises(SSHError, match="lost while") as probe:
+                await shell.run("kill -9 $PPID; sleep 5", probe=True)
+            assert not isinstance(probe.value, OutcomeUnknown)
+            assert (await pool.run(host, "echo still")).stdout == "still\n"
+        finally:
+            await pool.aclose()
+
+    run(go())
+
+
 def test_output_is_passed_on_line_by_line_exactly(sshd, tmp_path):
     """What `output` gets is the command's output cut at its newlines, whatever the chunks:
     nothing of the end marker, an empty line kept, a last line without a newline passed on."""

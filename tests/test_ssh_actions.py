@@ -177,3 +177,47 @@ def test_each_host_gets_a_log_of_its_output(project):
     log = project.root / "state" / "logs" / result.run_id / "h2.log"
     text = log.read_text()
     assert "say: succeeded" in text and "to-out h2" in text and "-- stderr\nto-err" in text
+
+
+def test_a_step_whose_connection_drops_is_unknown_and_not_run_again(project):
+    """The sshd serving h0 dies while its command runs (`kill -9 $PPID`, see test_ssh): the
+    command was sent, its end never read. A change is journaled unknown and not retried, though
+    it allows retries; a check (read-only) whose answer was lost is a failure, retried; the
+    target stops there, the other hosts go on."""
+    project.runbook(
+        """
+        name: rb
+        targets: tag:web
+        steps:
+          - id: look
+            check.command:
+              cmd: >-
+                echo look >> WORK/{{ target.name }}.looked;
+                test {{ target.name }} != h1 || kill -9 $PPID
+            retries: 1
+            interval: 0s
+          - id: change
+            ssh.run:
+              cmd: >-
+                echo ran >> WORK/{{ target.name }}.ran;
+                test {{ target.name }} != h0 || kill -9 $PPID
+            retries: 2
+            interval: 0s
+          - id: after
+            ssh.run: {cmd: "touch WORK/{{ target.name }}.after"}
+        """
+    )
+    _, result = project.run()
+    assert result.exit_code == 1
+    steps = project.steps(result.run_id)
+    work = project.work
+    assert steps[("h0", "change")].status == "unknown"
+    assert "lost while" in steps[("h0", "change")].error
+    assert "resume probes it again" in steps[("h0", "change")].error
+    assert (work / "h0.ran").read_text() == "ran\n"  # sent once: never retried blindly
+    assert not (work / "h0.after").exists()
+    assert steps[("h1", "look")].status == "failed"
+    assert (work / "h1.looked").read_text() == "look\n" * 2  # a read is retried
+    assert not (work / "h1.ran").exists()
+    assert steps[("h2", "after")].status == "succeeded"
+    assert (work / "h2.ran").read_text() == "ran\n"

@@ -18,13 +18,15 @@
     │   └── OutcomeUnknown           exit 1    a change was sent, its answer lost: did it happen?
     │       ├── ProxmoxAnswerLost    exit 1      a Proxmox request (also a ProxmoxError)
     │       ├── TaskOutcomeUnknown   exit 1      a Proxmox task that could not be followed
-    │       └── HubAnswerLost        exit 1      a Beszel hub request (also a HubError)
+    │       ├── HubAnswerLost        exit 1      a Beszel hub request (also a HubError)
+    │       └── SSHAnswerLost        exit 1      a command whose connection dropped (an SSHError)
     ├── ReadOnlyRefused              exit 1    planning asked a client to change something
     ├── SecretsPending               exit 1    a step needs a secret not resolved while planning
     ├── ConnectFailed                exit 1    nothing answered at HOST:PORT (refused, timed out)
     ├── TLSError                     exit 1    a certificate is not the one trusted
     ├── SSHError                     exit 1    SSH to a host failed (one line naming the host)
-    │   └── HostKeyError             exit 1    unknown or changed host key
+    │   ├── HostKeyError             exit 1    unknown or changed host key
+    │   └── SSHAnswerLost            exit 1    (above)
     ├── HostStateError               exit 1    a host-state (pyinfra) step failed
     ├── ProxmoxError                 exit 1    the Proxmox API answered with an error
     │   ├── ProxmoxUnreachable       exit 1    the request never reached Proxmox
@@ -234,6 +236,11 @@ class SSHError(OpskitError):
 
 class HostKeyError(SSHError):
     pass
+
+
+class SSHAnswerLost(SSHError, OutcomeUnknown):
+    """A command was sent to a host and its connection was lost before the command's end was
+    read: it may have run to its end, part of the way, or been killed with its session."""
 
 
 # --- Proxmox -------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HostKeyError, SSHError
+from ..errors import HostKeyError, SSHAnswerLost, SSHError
 from .host_keys import HostKeys
 
 if TYPE_CHECKING:
@@ -223,6 +223,18 @@ async def _read_until(
             lines.line_ends()  # `end` begins with a newline: what is before it is a line
 
 
+def _answer_lost(endpoint: Endpoint, command: str, exc: BaseException) -> SSHAnswerLost:
+    """The command was sent, and the connection or its shell ended before its end was read."""
+    if isinstance(exc, asyncio.IncompleteReadError):
+        why = "its shell's output ended"
+    else:
+        why = str(exc) or type(exc).__name__
+    return SSHAnswerLost(
+        f"{endpoint.where()}: the connection was lost while {_short(command)} ran, before its"
+        f" end was read ({why}): it may have run to its end, part of the way, or not at all"
+    )
+
+
 def _held(pending: bytearray, end: bytes) -> int:
     """How many bytes at the end of `pending` may be the start of `end` (held back until more
     arrive); everything before them is output."""
@@ -409,6 +421,8 @@ class SSHPool:
     ) -> CommandResult:
         """Run a shell command: through the host's persistent shell, or on a channel of its
         own when it needs stdin or a terminal. `output` gets its lines as they arrive."""
+        import asyncssh
+
         session = await self.session(endpoint)
         if stdin is not None or pty:
             return await self._own_channel(session, command, timeout, stdin, pty, output)
@@ -422,11 +436,15 @@ class SSHPool:
                 raise SSHError(
                     f"{endpoint.where()}: command timed out after {timeout:g}s: {_short(command)}"
                 ) from None
-            except (asyncio.IncompleteReadError, OSError, ValueError) as exc:
+            except (asyncio.IncompleteReadError, OSError, ValueError, asyncssh.Error) as exc:
                 session.shell.close()
-                raise SSHError(
-                    f"{endpoint.where()}: the shell ended while running {_short(command)}: {exc}"
-                ) from None
+                if isinstance(exc, BrokenPipeError | asyncssh.ChannelOpenError):
+                    # refused before a byte of it left: nothing ran
+                    raise SSHError(
+                        f"{endpoint.where()}: the shell ended before {_short(command)} was sent:"
+                        f" {exc}"
+                    ) from None
+                raise _answer_lost(endpoint, command, exc) from None
             except asyncio.CancelledError:
                 session.shell.close()  # its output is unread: the next command gets a fresh shell
                 raise
@@ -470,8 +488,13 @@ class SSHPool:
             raise SSHError(
                 f"{where}: command timed out after {timeout:g}s: {_short(command)}"
             ) from None
-        except asyncssh.Error as exc:
+        except asyncssh.ChannelOpenError as exc:  # refused before the command was sent
             raise SSHError(f"{session.endpoint.where()}: {exc}") from None
+        except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
+            raise _answer_lost(session.endpoint, command, exc) from None
+        if done.exit_status is None and done.exit_signal is None:
+            # the channel closed without saying how the command ended: its connection was lost
+            raise _answer_lost(session.endpoint, command, EOFError("no exit status"))
         out = _bytes(done.stdout)
         err = _bytes(done.stderr)
         return CommandResult(
@@ -579,6 +602,10 @@ class HostShell:
                 pty=pty,
                 output=None if probe else self.output,
             )
+        except SSHAnswerLost as exc:
+            if probe:  # a probe changes nothing: its lost answer is only a failure
+                raise SSHError(str(exc)) from None
+            raise
         finally:
             if not probe:  # and after: a read that overlapped it may have seen either world
                 self.pool.changed(self.endpoint)

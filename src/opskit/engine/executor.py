@@ -775,6 +775,8 @@ class Execution:
             error = "interrupted: the grace period ran out"
             return Outcome(ok=False, summary=error, error=error), INTERRUPTED
         except OutcomeUnknown as exc:
+            if item.risk is Risk.READ:  # it changes nothing: a failure, retried as one
+                return Outcome(ok=False, summary=str(exc), error=str(exc)), FAILED
             error = f"outcome unknown: {exc}; resume probes it again"
             return Outcome(ok=False, summary=error, error=error), UNKNOWN
         except OpskitError as exc:

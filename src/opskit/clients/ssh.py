@@ -438,8 +438,7 @@ class SSHPool:
                 ) from None
             except (asyncio.IncompleteReadError, OSError, ValueError, asyncssh.Error) as exc:
                 session.shell.close()
-                if isinstance(exc, BrokenPipeError | asyncssh.ChannelOpenError):
-                    # refused before a byte of it left: nothing ran
+                if isinstance(exc, BrokenPipeError):  # refused before a byte of it left
                     raise SSHError(
                         f"{endpoint.where()}: the shell ended before {_short(command)} was sent:"
                         f" {exc}"

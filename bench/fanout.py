@@ -54,6 +54,19 @@ every target is met, 1 when one is missed, 2 when a tool fails.
     python bench/fanout.py --json                   the same figures as JSON
     python bench/fanout.py --profile                also `opskit run` once under cProfile
     python bench/fanout.py --split-cores            the sshds on CPU 0, every client on the rest
+    python bench/fanout.py --login-rc               the hosts read root's ~/.bashrc for commands
+
+The login shell. sshd runs every command through the login user's shell, and Debian's bash then
+reads ~/.bashrc, even for `sh -c ...`. On this machine root's runs `pyenv init`: about 100
+processes and 0.1 s of CPU for every session channel, and more when many start at once (they
+contend for pyenv's lock), which made the same floor/10 take 14-20 s from one run to the next.
+That would bill every tool for this machine's dotfiles rather than for its own work: it made the
+floor four times slower than its commands and sshd's logins, which hid most of opskit's own cost
+in a ratio over it, and it billed pyinfra, Ansible and one channel per command ten times a host.
+So the sshds run with `SetEnv SHLVL=1` (bash then counts itself nested and reads no ~/.bashrc),
+through a wrapper script (`no_rc_wrapper`), and the benchmark checks it over SSH before it
+starts; a freshly installed Debian or Ubuntu target does as little there. --login-rc leaves it
+out, for the figures with this machine's dotfiles.
 
 Layouts. By default the 50 sshds and the client share every CPU, so each CPU-second a client
 spends is one the sshds' logins do not get: a client's own CPU counts against it twice. On a
@@ -69,6 +82,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -663,6 +677,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the sshds on CPU 0, the clients on the other CPUs (hosts apart from the client)",
     )
+    parser.add_argument(
+        "--login-rc",
+        action="store_true",
+        help="let bash read the login user's ~/.bashrc for commands over SSH (this machine's"
+        " dotfiles on every session channel)",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1 or args.ansible_command_runs < 1 or args.warmup < 0 or args.top < 1:
         parser.error("--runs, --ansible-command-runs and --top must be at least 1")
@@ -672,14 +692,58 @@ def main(argv: list[str] | None = None) -> int:
     hosts = [f"127.0.0.{n}" for n in range(FIRST_HOST, FIRST_HOST + args.hosts)]
     with scratch_dir("fanout-", args.keep, "/tmp") as root:  # short: ControlPath sockets
         sshd = Sshd(root / "sshd", hosts, log=root / "sshd.log")  # counts the logins
+        sshd_module = sys.modules[Sshd.__module__]  # tests/sshd.py starts sshd as its SSHD
+        program = sshd_module.SSHD
         try:
+            if not args.login_rc:
+                sshd_module.SSHD = no_rc_wrapper(root, program)
             sshd.start()
             lab = make_lab(root, sshd)
             if args.split_cores:
                 split_cores(lab)
             return bench_all(args, lab)
         finally:
+            sshd_module.SSHD = program
             sshd.stop()
+
+
+def no_rc_wrapper(root: Path, program: str) -> str:
+    """A script that starts sshd (`program`) with `SetEnv SHLVL=1`, for tests/sshd.py to run:
+    the login user's ~/.bashrc is not read for commands (see the module's docstring)."""
+    wrapper = root / "sshd-no-rc"
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(program)} -o SetEnv=SHLVL=1 "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def check_login_shell(lab: Lab, login_rc: bool) -> None:
+    """That bash under sshd counts itself a top-level shell (reads ~/.bashrc) or not, as asked."""
+    argv = [
+        "ssh",
+        "-F",
+        str(lab.ssh_config),
+        "-o",
+        "BatchMode=yes",
+        "-p",
+        str(lab.port),
+        f"root@{lab.hosts[0]}",
+        'echo "$SHLVL"',
+    ]
+    done = subprocess.run(
+        argv,
+        env=lab.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    wanted = "1" if login_rc else "2"
+    if done.returncode != 0 or done.stdout.strip() != wanted:
+        fail(
+            f"a command over SSH sees SHLVL {done.stdout.strip() or '?'}, not {wanted}"
+            f" (exit {done.returncode}): {done.stderr.strip()[-300:]}"
+        )
 
 
 def split_cores(lab: Lab) -> None:
@@ -694,6 +758,7 @@ def split_cores(lab: Lab) -> None:
 
 
 def bench_all(args: argparse.Namespace, lab: Lab) -> int:
+    check_login_shell(lab, args.login_rc)
     slow = 1 if args.quick else args.runs
     floor = asyncssh_peer(
         lab, "floor", "asyncssh: connect, run 1 command", [FLOOR_COMMAND], args.runs
@@ -733,7 +798,8 @@ def bench_all(args: argparse.Namespace, lab: Lab) -> int:
     setup = (
         f"{len(lab.hosts)} loopback sshd hosts x {len(COMMANDS)} commands"
         f" ({len(lab.sshd_pids)} sshd processes, port {lab.port}), concurrency {CONCURRENCY},"
-        f" {os.cpu_count()} CPUs ({layout}), {sys.executable}"
+        f" {os.cpu_count()} CPUs ({layout}), ~/.bashrc of commands over SSH:"
+        f" {'read' if args.login_rc else 'skipped'}, {sys.executable}"
     )
     if args.json:
         report: dict[str, Any] = {
@@ -743,6 +809,7 @@ def bench_all(args: argparse.Namespace, lab: Lab) -> int:
             "floor_command": FLOOR_COMMAND,
             "cpus": os.cpu_count(),
             "split_cores": args.split_cores,
+            "login_rc": args.login_rc,
             "results": [
                 {
                     "name": p.name,

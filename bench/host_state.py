@@ -51,7 +51,7 @@ reads ~/.bashrc, even for `sh -c ...`. On this machine root's runs `pyenv init` 
 rather than the tool (pyinfra and Ansible open one per command, opskit one shell per host). So
 the sshd runs with `SetEnv SHLVL=1` (bash then counts itself nested and reads no ~/.bashrc):
 tests/sshd.py has no option for it, so its SSHD is pointed at a wrapper script adding
-`-o SetEnv=SHLVL=1`. --login-rc leaves it out, as bench/fanout.py does.
+`-o SetEnv=SHLVL=1` (bench/fanout.py does the same). --login-rc leaves it out.
 
 The table gives per case the median, min and max wall time, opskit's speed-up over each peer (its
 median / opskit's: above 1, opskit is faster) and two CPU figures in seconds (medians): `client`
@@ -76,11 +76,9 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import shutil
 import stat
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -110,10 +108,12 @@ from _common import (
 # sys.path for tests/sshd.py.
 from fanout import (
     Lab,
+    check_login_shell,
     exit_masters,
     host_name,
     machine_cpu,
     make_lab,
+    no_rc_wrapper,
     pyinfra_host_data,
     settle,
     write_ansible_setup,
@@ -646,45 +646,6 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             sshd_module.SSHD = program
             sshd.stop()
-
-
-def no_rc_wrapper(root: Path, program: str) -> str:
-    """A script that starts sshd (`program`) with `SetEnv SHLVL=1`, for tests/sshd.py to run:
-    the login user's ~/.bashrc is not read for commands (see the module's docstring)."""
-    wrapper = root / "sshd-no-rc"
-    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(program)} -o SetEnv=SHLVL=1 "$@"\n')
-    wrapper.chmod(0o755)
-    return str(wrapper)
-
-
-def check_login_shell(lab: Lab, login_rc: bool) -> None:
-    """That bash under sshd counts itself a top-level shell (reads ~/.bashrc) or not, as asked."""
-    argv = [
-        "ssh",
-        "-F",
-        str(lab.ssh_config),
-        "-o",
-        "BatchMode=yes",
-        "-p",
-        str(lab.port),
-        f"root@{lab.hosts[0]}",
-        'echo "$SHLVL"',
-    ]
-    done = subprocess.run(
-        argv,
-        env=lab.env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    wanted = "1" if login_rc else "2"
-    if done.returncode != 0 or done.stdout.strip() != wanted:
-        fail(
-            f"a command over SSH sees SHLVL {done.stdout.strip() or '?'}, not {wanted}"
-            f" (exit {done.returncode}): {done.stderr.strip()[-300:]}"
-        )
 
 
 def bench_all(args: argparse.Namespace, lab: Lab) -> int:

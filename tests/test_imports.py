@@ -72,6 +72,21 @@ def test_validate_does_not_import_clients():
     assert not offending, f"`opskit validate` imports {', '.join(offending)}"
 
 
+def test_validate_lists_no_installed_packages_kinds():
+    """Every kind the shipped runbooks use is opskit's own, looked up in opskit's metadata: no
+    scan of every installed package's entry points (the list a misspelt kind's hint needs)."""
+    report, out = _fresh_modules(
+        "from opskit.cli import run\n"
+        "from opskit import actions\n"
+        "result['rc'] = run(['validate'])\n"
+        "result['scans'] = actions._entry_points.cache_info().misses\n"
+        "result['own'] = actions._own_entry_points.cache_info().misses",
+    )
+    assert report["rc"] == 0, f"`opskit validate` returned {report['rc']}:\n{out}"
+    assert report["own"] == 1  # opskit's kinds: read once
+    assert report["scans"] == 0
+
+
 def test_explain_imports_no_client():
     """Explaining every kind imports every kind's module: none may import a client (or rich,
     when the output is not a terminal) to be explained."""

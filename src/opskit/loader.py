@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -418,12 +418,14 @@ def _hint(word: str, choices: Iterable[str]) -> str:
 
 
 def load_runbook(
-    path: str | Path, actions: Iterable[str], text: str | None = None
+    path: str | Path, actions: Collection[str], text: str | None = None
 ) -> tuple[Runbook, SourceMap]:
     """The runbook's structure: schema, action keys, step ids. Cross-references are checked
-    by `opskit.workspace`, which knows the inventory and the actions' arguments."""
+    by `opskit.workspace`, which knows the inventory and the actions' arguments. `actions` is
+    asked whether it holds each kind used (a Catalog then lists no installed package's kinds
+    unless a name is unknown)."""
     data, source = read_yaml(path, text)
-    runbook = validate(Runbook, data, source, context={"actions": set(actions)})
+    runbook = validate(Runbook, data, source, context={"actions": actions})
     problems: list[Problem] = []
     ids: dict[str, tuple[str, int]] = {}
     for section, i, step in runbook.all_steps():

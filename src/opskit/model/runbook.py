@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -153,7 +153,9 @@ class Step(StrictModel):
     def _reject_unknown_keys(cls, data: Any, info: ValidationInfo) -> Any:
         if not isinstance(data, Mapping):
             return data
-        actions: set[str] = set((info.context or {}).get("actions", ()))
+        # The kinds' names: a Catalog (a kind is looked up, not every package's listed) or any
+        # collection of names; None checks no kind.
+        actions: Collection[str] | None = (info.context or {}).get("actions")
         if "action" in data:
             # The explicit form, `action: KIND` with `args: {...}`, as a dumped step has.
             known = cls.key_set()
@@ -165,7 +167,7 @@ class Step(StrictModel):
                         key=key,
                     )
             kind = data["action"]
-            if actions and (not isinstance(kind, str) or kind not in actions):
+            if actions is not None and (not isinstance(kind, str) or kind not in actions):
                 raise user_error(
                     "unknown_action",
                     f"unknown action kind {kind!r}{_kind_hint(str(kind), actions)}",
@@ -186,7 +188,7 @@ class Step(StrictModel):
             raise user_error(
                 "no_action", "step has no action: add one key naming its kind, e.g. 'check.http:'"
             )
-        if actions:
+        if actions is not None:
             chosen = [k for k in extras if k in actions]
             stray = [k for k in extras if k not in actions]
             if len(chosen) > 1:

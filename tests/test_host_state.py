@@ -934,3 +934,52 @@ print("ready")
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert (done.returncode, done.stdout.strip()) == (0, "ready"), done.stderr[-2000:]
+
+
+def test_a_host_step_whose_connection_drops_is_unknown_and_not_run_again(project, tmp_path):
+    """The sshd session serving h0 dies while pyinfra's `mkdir` runs there (a stand-in `mkdir`
+    first on the hosts' PATH makes the directory, then kills its sshd ancestor): the command was
+    sent and its end never read. The host.directory step is journaled unknown, not failed, and
+    not run again though it allows retries; the target stops there, the other hosts go on."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "mkdir"
+    tool.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {tmp_path}/mkdir.calls\n'
+        '/bin/mkdir "$@" || exit\n'
+        'case "$*" in *h0-dir*) ;; *) exit 0;; esac\n'
+        "p=$$\n"
+        'while [ "$p" -gt 1 ]; do\n'
+        "  p=$(cut -d' ' -f4 /proc/$p/stat)\n"
+        '  case "$(cat /proc/$p/comm)" in sshd*) kill -9 "$p"; sleep 5; exit 0;; esac\n'
+        "done\n"
+        "exit 3\n"  # no sshd above: the test's premise is wrong
+    )
+    tool.chmod(0o755)
+    project.host_env = {"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    project.runbook(
+        """
+        name: rb
+        targets: [h0, h1]
+        steps:
+          - id: dir
+            host.directory: {path: "WORK/{{ target.name }}-dir", mode: "0750"}
+            retries: 2
+            interval: 0s
+          - id: after
+            ssh.run: {cmd: "touch WORK/{{ target.name }}.after"}
+        """
+    )
+    _, result = project.run()
+    assert result.exit_code == 1
+    steps = project.steps(result.run_id)
+    assert steps[("h0", "dir")].status == "unknown", steps[("h0", "dir")].error
+    assert "lost while" in steps[("h0", "dir")].error
+    assert (project.work / "h0-dir").is_dir()  # it ran: only its answer was lost
+    calls = (tmp_path / "mkdir.calls").read_text().splitlines()
+    assert sum("h0-dir" in c for c in calls) == 1  # sent once: never retried blindly
+    assert not (project.work / "h0.after").exists()
+    assert steps[("h1", "dir")].status == "succeeded"
+    assert steps[("h1", "after")].status == "succeeded"
+    assert (project.work / "h1-dir").stat().st_mode & 0o777 == 0o750

@@ -120,6 +120,67 @@ def test_a_connection_lost_mid_command_is_an_answer_lost_not_a_failure(sshd, tmp
     run(go())
 
 
+def test_a_file_whose_connection_drops_at_its_rename_is_an_answer_lost(sshd, tmp_path, monkeypatch):
+    """An upload writes a temporary file, then renames it over the path. The connection drops
+    (the client aborts it) right after the rename is sent: whether the file was replaced is
+    unknown (SSHAnswerLost). Dropped before the rename, the path is untouched: a plain
+    SSHError, safe to retry. The host is reached again after each."""
+    import asyncssh
+
+    from opskit.clients.connections import Door
+    from opskit.clients.ssh import HostShell
+    from opskit.errors import OutcomeUnknown, SSHAnswerLost
+
+    dropped: list[str] = []
+    connections: list[asyncssh.SSHClientConnection] = []  # the one to drop
+
+    def dropping(name: str):
+        original = getattr(asyncssh.SFTPClient, name)
+
+        async def step(self, *args, **kwargs):
+            if not dropped:
+                dropped.append(name)
+                sent = asyncio.ensure_future(original(self, *args, **kwargs))
+                await asyncio.sleep(0)  # the request is written
+                connections[-1].abort()
+                return await sent
+            return await original(self, *args, **kwargs)
+
+        monkeypatch.setattr(asyncssh.SFTPClient, name, step)
+
+    target = tmp_path / "file.txt"
+    target.write_text("old\n")
+
+    async def go():
+        pool = pool_for(sshd, tmp_path)
+        host = ep(sshd, HOSTS[0])
+        shell = HostShell(pool, host, Door(read_only=False))
+        try:
+            connections.append((await pool.session(host)).conn)
+            dropping("posix_rename")
+            with pytest.raises(
+                SSHAnswerLost, match=r"lost while .*file.txt was being replaced"
+            ) as lost:
+                await shell.put(b"new\n", str(target), 0o644)
+            assert isinstance(lost.value, OutcomeUnknown)
+            assert dropped == ["posix_rename"]
+            dropped.clear()
+            connections.append((await pool.session(host)).conn)  # a new connection
+            dropping("chmod")
+            with pytest.raises(SSHError, match="cannot write") as before:
+                await shell.put(b"newer\n", str(target), 0o644)
+            assert not isinstance(before.value, OutcomeUnknown)
+            assert dropped == ["chmod"]
+            assert target.read_text() in ("old\n", "new\n")  # not "newer": never renamed
+            await shell.put(b"last\n", str(target), 0o640)  # reached again
+            assert target.read_text() == "last\n"
+            assert target.stat().st_mode & 0o777 == 0o640
+        finally:
+            await pool.aclose()
+
+    run(go())
+
+
 def test_output_is_passed_on_line_by_line_exactly(sshd, tmp_path):
     """What `output` gets is the command's output cut at its newlines, whatever the chunks:
     nothing of the end marker, an empty line kept, a last line without a newline passed on."""

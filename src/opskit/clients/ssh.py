@@ -223,6 +223,15 @@ async def _read_until(
             lines.line_ends()  # `end` begins with a newline: what is before it is a line
 
 
+def _lost(exc: BaseException) -> bool:
+    """Whether `exc` says the connection or the channel went away (not an answer)."""
+    import asyncssh
+
+    return isinstance(
+        exc, (asyncssh.SFTPConnectionLost, asyncssh.DisconnectError, ConnectionError, EOFError)
+    )
+
+
 def _answer_lost(endpoint: Endpoint, command: str, exc: BaseException) -> SSHAnswerLost:
     """The command was sent, and the connection or its shell ended before its end was read."""
     if isinstance(exc, asyncio.IncompleteReadError):
@@ -633,6 +642,7 @@ class HostShell:
         self.pool.changed(self.endpoint)
         temporary = f"{path}.opskit-{secrets.token_hex(4)}"
         started = time.monotonic()
+        renaming = False
         try:
             if session.sftp is None:
                 session.sftp = await session.conn.start_sftp_client()
@@ -643,8 +653,17 @@ class HostShell:
             async with session.sftp.open(temporary, "wb", private) as handle:
                 await handle.write(data)
             await session.sftp.chmod(temporary, mode)
+            renaming = True
             await session.sftp.posix_rename(temporary, path)
         except (asyncssh.Error, OSError) as exc:
+            # Until the rename, `path` is untouched whatever happened. A rename whose answer was
+            # lost with the connection may have replaced it, or not (refused unsent: no loss).
+            if renaming and not isinstance(exc, asyncssh.SFTPNoConnection) and _lost(exc):
+                raise SSHAnswerLost(
+                    f"{self.endpoint.where()}: the connection was lost while {path} was being"
+                    f" replaced, before the answer was read ({exc}): it may hold its new"
+                    " content or its old one"
+                ) from None
             raise SSHError(f"{self.endpoint.where()}: cannot write {path}: {exc}") from None
         finally:
             self.pool.changed(self.endpoint)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,28 @@ class Project:
 
 def kinds(plan: Any) -> list[list[str]]:
     return [[s.change.kind.value for s in t.steps] for t in plan.targets]
+
+
+def drop_after_sending(monkeypatch: Any, method: str, when: Callable[[str], bool]) -> list[str]:
+    """The first call of asyncssh's `SFTPClient.<method>` whose first path `when` accepts
+    sends its request, then the client's connection is dropped before the answer is read (a
+    connection lost at that moment). Returns the paths of the calls so dropped."""
+    import asyncio
+
+    import asyncssh
+
+    original = getattr(asyncssh.SFTPClient, method)
+    dropped: list[str] = []
+
+    async def sent_then_dropped(self: Any, path: Any, *args: Any, **kwargs: Any) -> Any:
+        if dropped or not when(str(path)):
+            return await original(self, path, *args, **kwargs)
+        dropped.append(str(path))
+        answer = asyncio.ensure_future(original(self, path, *args, **kwargs))
+        await asyncio.sleep(0)  # the request is written
+        # the SFTP session's channel names its connection (asyncssh keeps no public link)
+        self._handler._writer.channel.get_extra_info("connection").abort()
+        return await answer
+
+    monkeypatch.setattr(asyncssh.SFTPClient, method, sent_then_dropped)
+    return dropped

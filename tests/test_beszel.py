@@ -704,6 +704,31 @@ def test_agent_installs_a_verified_binary_and_its_plan_shows_the_rest(sshd, host
     assert gone.summary == "remove the Beszel agent (binary, unit file)"
 
 
+def test_agent_whose_answer_is_lost_mid_install_is_unknown_not_failed(
+    sshd, host, hub_key, monkeypatch
+):
+    """A command or upload of the install that lost its answer (SSHAnswerLost) leaves the
+    host's state unknown: apply raises it for the engine to journal `unknown`, rather than
+    return a failed outcome that a retry would act on; a plain failure stays an outcome."""
+    from opskit.errors import OutcomeUnknown, SSHAnswerLost, StepError
+
+    tgt, _, paths = host
+    action = make(Agent, agent_args(hub_key[1], paths))
+
+    def converge_raising(exc: Exception) -> Any:
+        async def converge(*args: Any) -> None:
+            raise exc
+
+        return converge
+
+    monkeypatch.setattr(Agent, "_converge", converge_raising(SSHAnswerLost("h1: lost")))
+    with pytest.raises(OutcomeUnknown, match="h1: lost"):
+        on_host(sshd, tgt, False, action.apply)
+    monkeypatch.setattr(Agent, "_converge", converge_raising(StepError("h1: refused")))
+    failed = on_host(sshd, tgt, False, action.apply)
+    assert not failed.ok and failed.error == "h1: refused"
+
+
 def test_agent_token_file_is_private_from_the_start(sshd, host, hub_key):
     tgt, _, paths = host
     token = "0eb2e974-3d7d-4ff0-bfe5-d357dd30c794"

@@ -30,7 +30,7 @@ import fakes
 from opskit.report.plan import render_plan
 from opskit.workspace import Workspace
 from sshd import Sshd
-from sshproject import Project, kinds
+from sshproject import Project, drop_after_sending, kinds
 
 HOSTS = [f"127.0.0.{n}" for n in range(81, 85)]
 HTTP_ADDR = "127.0.0.85"
@@ -983,3 +983,32 @@ def test_a_host_step_whose_connection_drops_is_unknown_and_not_run_again(project
     assert steps[("h1", "dir")].status == "succeeded"
     assert steps[("h1", "after")].status == "succeeded"
     assert (project.work / "h1-dir").stat().st_mode & 0o777 == 0o750
+
+
+def test_a_host_file_whose_connection_drops_at_its_rename_is_unknown(project, monkeypatch):
+    """host.file uploads to a temporary file and renames it over the path; the connection
+    drops right after h0's rename is sent. Whether h0's file was replaced is unknown: the step
+    is journaled unknown and not run again, though it allows retries; h1 goes on."""
+    dropped = drop_after_sending(monkeypatch, "posix_rename", lambda path: "/h0.conf." in path)
+    project.runbook(
+        """
+        name: rb
+        targets: [h0, h1]
+        steps:
+          - id: conf
+            host.file: {path: "WORK/{{ target.name }}.conf", content: "new\\n"}
+            retries: 2
+            interval: 0s
+          - id: after
+            ssh.run: {cmd: "touch WORK/{{ target.name }}.after"}
+        """
+    )
+    _, result = project.run()
+    assert result.exit_code == 1
+    steps = project.steps(result.run_id)
+    assert steps[("h0", "conf")].status == "unknown", steps[("h0", "conf")].error
+    assert "was being replaced" in steps[("h0", "conf")].error
+    assert len(dropped) == 1  # sent once: never retried blindly
+    assert not (project.work / "h0.after").exists()
+    assert steps[("h1", "after")].status == "succeeded"
+    assert (project.work / "h1.conf").read_text() == "new\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sshd import Sshd
-from sshproject import Project, kinds
+from sshproject import Project, drop_after_sending, kinds
 
 HOSTS = [f"127.0.0.{n}" for n in range(41, 44)]
 
@@ -221,3 +221,36 @@ def test_a_step_whose_connection_drops_is_unknown_and_not_run_again(project):
     assert not (work / "h1.ran").exists()
     assert steps[("h2", "after")].status == "succeeded"
     assert (work / "h2.ran").read_text() == "ran\n"
+
+
+def test_an_upload_whose_connection_drops_at_its_rename_is_unknown(project, monkeypatch):
+    """ssh.upload writes a temporary file and renames it over `dest`; the connection drops
+    right after h0's rename is sent: journaled unknown, not retried, h0 stops there. Dropped
+    before the rename (h1's chmod of its temporary file), `dest` is untouched: failed, and
+    retried (it allows it), which then succeeds."""
+    renamed = drop_after_sending(monkeypatch, "posix_rename", lambda path: "/h0.txt." in path)
+    chmodded = drop_after_sending(monkeypatch, "chmod", lambda path: "/h1.txt." in path)
+    project.runbook(
+        """
+        name: rb
+        targets: tag:web
+        steps:
+          - id: up
+            ssh.upload: {dest: "WORK/{{ target.name }}.txt", content: "up\\n"}
+            retries: 2
+            interval: 0s
+          - id: after
+            ssh.run: {cmd: "touch WORK/{{ target.name }}.after"}
+        """
+    )
+    _, result = project.run()
+    assert result.exit_code == 1
+    steps = project.steps(result.run_id)
+    assert steps[("h0", "up")].status == "unknown", steps[("h0", "up")].error
+    assert "resume probes it again" in steps[("h0", "up")].error
+    assert len(renamed) == 1 and len(chmodded) == 1
+    assert not (project.work / "h0.after").exists()
+    assert steps[("h1", "up")].status == "succeeded"  # the retry
+    assert steps[("h1", "up")].attempts == 2
+    assert (project.work / "h1.txt").read_text() == "up\n"
+    assert steps[("h2", "after")].status == "succeeded"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..errors import OpskitError, SecretsPending, StepError
+from ..errors import OpskitError, OutcomeUnknown, SecretsPending, StepError
 from ..model import Change, ChangeKind, Duration, Outcome, Risk
 from ..model.inventory import TLS
 from ..render import SECRET
@@ -436,6 +436,8 @@ if [ -f "$u" ]; then echo unit=yes; cat "$u"; else echo unit=no; fi"""
         outputs: dict[str, Any] = {"version": want.version, "arch": want.arch, "done": done}
         try:
             await self._converge(ctx, shell, state, want, done, outputs)
+        except OutcomeUnknown:
+            raise  # a lost answer: whether its change was made is unknown (resume probes)
         except StepError as exc:
             error = str(exc)
             return Outcome(
@@ -562,6 +564,8 @@ else rm -f "$stage"; exit 25; fi"""
             await remove_directory(shell, a.install_dir, become=a.become)
             if state.user:
                 await remove_user(shell, a.user, become=a.become)
+        except OutcomeUnknown:
+            raise
         except StepError as exc:
             return Outcome(ok=False, changed=True, summary=str(exc), error=str(exc))
         return Outcome(ok=True, changed=True, summary=change.summary)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from ..errors import OpskitError, StepError
+from ..errors import OpskitError, OutcomeUnknown, StepError
 from ..model import Change, ChangeKind, Duration, Outcome, Risk
 from ..render import SECRET, SHELL
 from .base import Action, ActionArgs, ActionContext, Check
@@ -321,6 +321,8 @@ class Upload(Action[UploadArgs]):
             await put_file(
                 ctx.shell(), a.dest, data, mode=int(a.mode, 8), owner=a.owner, group=a.group
             )
+        except OutcomeUnknown:
+            raise  # the file may have been replaced: journaled unknown, probed again
         except StepError as exc:
             return Outcome(ok=False, changed=True, summary=f"wrote {a.dest}", error=str(exc))
         digest = hashlib.sha256(data).hexdigest()

@@ -67,7 +67,7 @@ from pyinfra.connectors.util import (
 )
 from typing_extensions import Unpack, override
 
-from ..errors import HostStateError, StepError
+from ..errors import HostStateError, OutcomeUnknown, StepError
 from .connections import short
 from .pyinfra_known import _MISSING, KnownFacts, _known_facts
 from .ssh import CommandResult, HostShell
@@ -331,6 +331,8 @@ class OpskitConnector(BaseConnector):
         become = any(arguments.get(k) for k in ("_sudo", "_su_user", "_doas", "_dzdo"))
         try:
             link.put(data, remote_filename, become=become)
+        except OutcomeUnknown:
+            raise  # the file may have been replaced: the step's outcome is unknown, not failed
         except StepError as exc:
             link.failures.append(str(exc))
             return False

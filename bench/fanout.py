@@ -67,10 +67,10 @@ contend for pyenv's lock), which made the same floor/10 take 14-20 s from one ru
 That would bill every tool for this machine's dotfiles rather than for its own work: it made the
 floor four times slower than its commands and sshd's logins, which hid most of opskit's own cost
 in a ratio over it, and it billed pyinfra, Ansible and one channel per command ten times a host.
-So the sshds run with `SetEnv SHLVL=1` (bash then counts itself nested and reads no ~/.bashrc),
-through a wrapper script (`no_rc_wrapper`), and the benchmark checks it over SSH before it
-starts; a freshly installed Debian or Ubuntu target does as little there. --login-rc leaves it
-out, for the figures with this machine's dotfiles.
+So the sshds run with `SetEnv SHLVL=1` (tests/sshd.py's default: bash then counts itself
+nested and reads no ~/.bashrc), and the benchmark checks it over SSH before it starts; a freshly
+installed Debian or Ubuntu target does as little there. --login-rc leaves it out, for the
+figures with this machine's dotfiles.
 
 Layouts. By default the 50 sshds and the client share every CPU, so each CPU-second a client
 spends is one the sshds' logins do not get: a client's own CPU counts against it twice. On a
@@ -86,7 +86,6 @@ import argparse
 import json
 import os
 import re
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -706,29 +705,16 @@ def main(argv: list[str] | None = None) -> int:
 
     hosts = [f"127.0.0.{n}" for n in range(FIRST_HOST, FIRST_HOST + args.hosts)]
     with scratch_dir("fanout-", args.keep, "/tmp") as root:  # short: ControlPath sockets
-        sshd = Sshd(root / "sshd", hosts, log=root / "sshd.log")  # counts the logins
-        sshd_module = sys.modules[Sshd.__module__]  # tests/sshd.py starts sshd as its SSHD
-        program = sshd_module.SSHD
+        # the logins counted in sshd's log; ~/.bashrc read for commands only with --login-rc
+        sshd = Sshd(root / "sshd", hosts, log=root / "sshd.log", login_rc=args.login_rc)
         try:
-            if not args.login_rc:
-                sshd_module.SSHD = no_rc_wrapper(root, program)
             sshd.start()
             lab = make_lab(root, sshd)
             if args.split_cores:
                 split_cores(lab)
             return bench_all(args, lab)
         finally:
-            sshd_module.SSHD = program
             sshd.stop()
-
-
-def no_rc_wrapper(root: Path, program: str) -> str:
-    """A script that starts sshd (`program`) with `SetEnv SHLVL=1`, for tests/sshd.py to run:
-    the login user's ~/.bashrc is not read for commands (see the module's docstring)."""
-    wrapper = root / "sshd-no-rc"
-    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(program)} -o SetEnv=SHLVL=1 "$@"\n')
-    wrapper.chmod(0o755)
-    return str(wrapper)
 
 
 def check_login_shell(lab: Lab, login_rc: bool) -> None:

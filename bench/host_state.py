@@ -49,9 +49,8 @@ The login shell. sshd runs every command through the login user's shell, and Deb
 reads ~/.bashrc, even for `sh -c ...`. On this machine root's runs `pyenv init` (about 0.3 s and
 0.1 s of CPU a time): that would bill a tool for every channel it opens, this machine's dotfiles
 rather than the tool (pyinfra and Ansible open one per command, opskit one shell per host). So
-the sshd runs with `SetEnv SHLVL=1` (bash then counts itself nested and reads no ~/.bashrc):
-tests/sshd.py has no option for it, so its SSHD is pointed at a wrapper script adding
-`-o SetEnv=SHLVL=1` (bench/fanout.py does the same). --login-rc leaves it out.
+the sshd runs with `SetEnv SHLVL=1` (tests/sshd.py's default: bash then counts itself nested
+and reads no ~/.bashrc), as bench/fanout.py's do. --login-rc leaves it out.
 
 The table gives per case the median, min and max wall time, opskit's speed-up over each peer (its
 median / opskit's: above 1, opskit is faster) and two CPU figures in seconds (medians): `client`
@@ -113,7 +112,6 @@ from fanout import (
     host_name,
     machine_cpu,
     make_lab,
-    no_rc_wrapper,
     pyinfra_host_data,
     settle,
     write_ansible_setup,
@@ -632,19 +630,14 @@ def main(argv: list[str] | None = None) -> int:
 
     hosts = [f"127.0.0.{n}" for n in range(FIRST_HOST, FIRST_HOST + args.hosts)]
     with scratch_dir("hoststate-lab-", args.keep, "/tmp") as root:  # short: ControlPath sockets
-        sshd = Sshd(root / "sshd", hosts)
-        sshd_module = sys.modules[Sshd.__module__]  # tests/sshd.py starts sshd as its SSHD
-        program = sshd_module.SSHD
+        sshd = Sshd(root / "sshd", hosts, login_rc=args.login_rc)
         try:
-            if not args.login_rc:
-                sshd_module.SSHD = no_rc_wrapper(root, program)
             sshd.start()
             lab = make_lab(root, sshd)
             for name in _SCRUBBED_ENV:
                 lab.env.pop(name, None)
             return bench_all(args, lab)
         finally:
-            sshd_module.SSHD = program
             sshd.stop()
 
 

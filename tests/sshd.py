@@ -44,8 +44,15 @@ class Sshd:
         host_key: Path | None = None,
         client_pub: str | None = None,
         log: Path | None = None,
+        login_rc: bool = False,
     ) -> None:
         self.root = root
+        # sshd runs every command through the login shell, and Debian's bash then reads
+        # ~/.bashrc (even for `sh -c ...`): on a development machine that may be anything (on
+        # ours root's runs `pyenv init`, 0.1 s of CPU and 100 processes a session channel). So
+        # sshd sets SHLVL=1 and bash, counting itself nested, reads none, as on a fresh Debian
+        # host, whose ~/.bashrc does as little. login_rc: read it, as the machine has it.
+        self.login_rc = login_rc
         # sshd's logs (LogLevel VERBOSE), one per process (LOG.N), where `logins()` counts
         # the SSH handshakes; with a log, each address gets an sshd process of its own, so
         # that each handshake is known to be that address's (sshd logs the client's port,
@@ -92,6 +99,7 @@ class Sshd:
                 "MaxSessions 100\nMaxStartups 1000\n"
                 f"LogLevel {'ERROR' if self.log is None else 'VERBOSE'}\n"
                 "Subsystem sftp internal-sftp\nAcceptEnv LANG LC_*\n"
+                + ("" if self.login_rc else "SetEnv SHLVL=1\n")
             )
             logging = ["-e"]
             if self.log is not None:

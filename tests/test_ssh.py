@@ -10,6 +10,7 @@ import pytest
 from opskit.clients.host_keys import HostKeys
 from opskit.clients.ssh import Endpoint, HostKeyError, SSHError, SSHPool, sudo
 from sshd import Sshd, keygen
+from sshproject import drop_after_sending
 
 HOSTS = [f"127.0.0.{n}" for n in range(11, 15)]
 
@@ -125,28 +126,9 @@ def test_a_file_whose_connection_drops_at_its_rename_is_an_answer_lost(sshd, tmp
     (the client aborts it) right after the rename is sent: whether the file was replaced is
     unknown (SSHAnswerLost). Dropped before the rename, the path is untouched: a plain
     SSHError, safe to retry. The host is reached again after each."""
-    import asyncssh
-
     from opskit.clients.connections import Door
     from opskit.clients.ssh import HostShell
     from opskit.errors import OutcomeUnknown, SSHAnswerLost
-
-    dropped: list[str] = []
-    connections: list[asyncssh.SSHClientConnection] = []  # the one to drop
-
-    def dropping(name: str):
-        original = getattr(asyncssh.SFTPClient, name)
-
-        async def step(self, *args, **kwargs):
-            if not dropped:
-                dropped.append(name)
-                sent = asyncio.ensure_future(original(self, *args, **kwargs))
-                await asyncio.sleep(0)  # the request is written
-                connections[-1].abort()
-                return await sent
-            return await original(self, *args, **kwargs)
-
-        monkeypatch.setattr(asyncssh.SFTPClient, name, step)
 
     target = tmp_path / "file.txt"
     target.write_text("old\n")
@@ -156,21 +138,18 @@ def test_a_file_whose_connection_drops_at_its_rename_is_an_answer_lost(sshd, tmp
         host = ep(sshd, HOSTS[0])
         shell = HostShell(pool, host, Door(read_only=False))
         try:
-            connections.append((await pool.session(host)).conn)
-            dropping("posix_rename")
+            renamed = drop_after_sending(monkeypatch, "posix_rename", lambda path: True)
             with pytest.raises(
                 SSHAnswerLost, match=r"lost while .*file.txt was being replaced"
             ) as lost:
                 await shell.put(b"new\n", str(target), 0o644)
             assert isinstance(lost.value, OutcomeUnknown)
-            assert dropped == ["posix_rename"]
-            dropped.clear()
-            connections.append((await pool.session(host)).conn)  # a new connection
-            dropping("chmod")
+            assert len(renamed) == 1
+            chmodded = drop_after_sending(monkeypatch, "chmod", lambda path: True)
             with pytest.raises(SSHError, match="cannot write") as before:
                 await shell.put(b"newer\n", str(target), 0o644)
             assert not isinstance(before.value, OutcomeUnknown)
-            assert dropped == ["chmod"]
+            assert len(chmodded) == 1
             assert target.read_text() in ("old\n", "new\n")  # not "newer": never renamed
             await shell.put(b"last\n", str(target), 0o640)  # reached again
             assert target.read_text() == "last\n"

@@ -5,13 +5,25 @@ and the pure parts of snapshot retention and apt's answers."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
 import fakes
 from opskit import actions
-from opskit.actions.patch import _INST, changed_packages, versions
+from opskit.actions.patch import (
+    _BUSY,
+    _INST,
+    _WAIT_IDLE,
+    WAITING,
+    _sections,
+    changed_packages,
+    running,
+    versions,
+)
 from opskit.actions.proxmox_snapshots import KEEP_MARK, SnapshotArgs, beyond, own_snapshots
 from opskit.effects import HOST, POWER
 from opskit.model import Risk
@@ -364,3 +376,45 @@ def test_apt_answers_read_as_what_changed():
         {"package": "a", "from": "1.0", "to": "1.1"},
         {"package": "d", "from": None, "to": "3.0"},
     ]
+
+
+def test_a_package_manager_running_is_found_and_waited_for(tmp_path: Path) -> None:
+    """The host's look for apt and dpkg, run by the machine's own sh: a process named dpkg (a
+    `sleep` under that name) is found, waited for until it is gone (a zombie, unreaped, is
+    gone), or named when it outlasts the wait."""
+    fake = tmp_path / "dpkg"
+    fake.symlink_to(shutil.which("sleep") or "/bin/sleep")
+
+    def sh(script: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+
+    def wait(seconds: int) -> subprocess.CompletedProcess[str]:
+        return sh(_WAIT_IDLE.format(seconds=seconds, busy=_BUSY, waiting=WAITING))
+
+    long = subprocess.Popen([str(fake), "60"])
+    try:
+        listed = sh(_BUSY)
+        assert listed.returncode == 0 and listed.stderr == ""
+        assert f"{long.pid} dpkg" in listed.stdout.splitlines()
+        assert f"dpkg (pid {long.pid})" in running(listed.stdout)
+        outlasted = wait(1)
+        assert outlasted.returncode == 75, outlasted
+        head, found = _sections(outlasted.stdout, ("busy",))
+        assert head.startswith(WAITING) and f"{long.pid} dpkg" in found["busy"].splitlines()
+    finally:
+        long.kill()
+        long.wait()
+    short = subprocess.Popen([str(fake), "1.5"])
+    try:
+        waited = wait(30)
+        assert waited.returncode == 0, waited
+        assert short.poll() is not None  # it ended before the wait did
+        assert f"{short.pid} dpkg" in waited.stdout.splitlines()
+    finally:
+        short.kill()
+        short.wait()
+    assert running("90 apt-get\n126 dpkg\nnot a line\n") == "apt-get (pid 90), dpkg (pid 126)"
+    assert _sections("sim\n== held\nh1\n== audit\nbroken\n", ("held", "busy", "audit")) == (
+        "sim\n",
+        {"held": "h1\n", "busy": "", "audit": "broken\n"},
+    )

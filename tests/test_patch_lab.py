@@ -1,7 +1,8 @@
 """The weekly patch, rehearsed in the lab as the README shows it: `make demo`'s lab (`opskit lab
 demo`: the agents, ProxmoxMCP-Plus, every health check green), then `runbooks/patch-guests.yaml`
 dry, with a failing package on one guest (rolled back, the rollout stopped), for real on every
-guest (upgraded, rebooted where required), again (nothing to upgrade), and snapshot retention.
+guest (upgraded, rebooted where required), again (nothing to upgrade), killed while a guest's
+dpkg configures and resumed, and snapshot retention.
 
 One lab for the module, every command through the real `opskit` and OpenSSH from the lab's
 controller, as root.
@@ -11,13 +12,17 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from labkit import Lab, make_lab, require_root
+from opskit.lab.apt import SLOW_CONFIGURE
 from test_beszel_lab import layers
 from test_lab_rehearse import on, pve, write_runbook
+from test_resume_lab import kill_mid_run
 
 pytestmark = pytest.mark.integration
 
@@ -186,6 +191,55 @@ def test_patch_upgrades_every_guest_reboots_those_that_require_it_and_ends_green
         steps = {s["id"]: s["change"] for s in target["steps"]}
         assert steps["upgrade"]["kind"] == "none", (target["target"], steps["upgrade"])
         assert steps["reboot"]["kind"] == "none", (target["target"], steps["reboot"])
+
+
+def test_a_patch_killed_while_dpkg_configures_resumes_after_dpkg_and_reboots_then(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The run is killed while the guest's dpkg configures (a slow patch, which has already
+    asked for a reboot): the guest's apt-get goes on without it. The resume waits for that
+    dpkg before it upgrades, so the reboot comes after the packages are configured, not in
+    the middle of them; and the killed run's Uptime Kuma window is closed."""
+    status = "dpkg-query -W -f '${Status}\\n' opskit-lab-demo"
+    # media a week on: a new version to take, and a patch that takes 20 s to configure.
+    on(lab, "media", "apt-get -q update >/dev/null")
+    on(
+        lab,
+        "media",
+        "DEBIAN_FRONTEND=noninteractive apt-get -q -y --allow-downgrades install"
+        " opskit-lab-demo=1.0 >/dev/null && rm -f /var/run/reboot-required*",
+    )
+    on(lab, "media", f"mkdir -p {Path(SLOW_CONFIGURE).parent} && echo 20 > {SLOW_CONFIGURE}")
+    try:
+        booted = boot_ids(lab, ["media"])["media"]
+        kuma_before = len(kuma_changes(lab))
+
+        def configuring(steps: dict[tuple[str, str], str]) -> bool:
+            if steps.get(("media", "upgrade")) != "started":
+                return False
+            return on(lab, "media", status) == "install ok half-configured\n"
+
+        run_id, printed = kill_mid_run(
+            lab, tmp_path, signal.SIGKILL, configuring,
+            "run", "patch-guests", "--lab", "--yes", "--limit", "media",
+        )  # fmt: skip
+        # The killed run's apt-get goes on without it, the reboot it asked for not yet done.
+        assert on(lab, "media", status) == "install ok half-configured\n", printed
+        assert on(lab, "media", "test -e /var/run/reboot-required && echo asked") == "asked\n"
+
+        done = lab.opskit("resume", run_id, "--lab", "--yes")
+        text = done.stdout + done.stderr
+        assert done.returncode == 0, text
+        assert re.search(r"\[media\] upgrade: ok .* waited for .*dpkg \(pid \d+\)", text), text
+        # Rebooted after dpkg was done: configured, nothing half-done, a new boot.
+        assert on(lab, "media", status) == "install ok installed\n"
+        assert on(lab, "media", "dpkg --audit; echo audited") == "audited\n"
+        assert boot_ids(lab, ["media"])["media"] != booted
+        assert on(lab, "media", "test -e /var/run/reboot-required || echo none") == "none\n"
+        changed = kuma_changes(lab)[kuma_before:]
+        assert changed[0] == "addMaintenance" and changed[-1] == "deleteMaintenance", changed
+    finally:
+        on(lab, "media", f"rm -f {SLOW_CONFIGURE}")
 
 
 RETAIN = """

@@ -194,6 +194,29 @@ def test_output_is_passed_on_line_by_line_exactly(sshd, tmp_path):
     run(go())
 
 
+def test_a_hostshells_lines_reach_its_output_unless_a_probe_or_quiet(sshd, tmp_path):
+    """A step's commands stream their lines; a probe's and a quiet one's (a listing the step
+    reads) do not, and still answer in full."""
+    from opskit.clients.connections import Door
+    from opskit.clients.ssh import HostShell
+
+    async def go():
+        pool = pool_for(sshd, tmp_path)
+        seen: list[tuple[str, str]] = []
+        shell = HostShell(
+            pool, ep(sshd, HOSTS[0]), Door(read_only=False), output=lambda *line: seen.append(line)
+        )
+        try:
+            assert (await shell.run("echo said")).stdout == "said\n"
+            assert (await shell.run("echo read", probe=True)).stdout == "read\n"
+            assert (await shell.run("echo listed; echo e >&2", quiet=True)).stdout == "listed\n"
+            assert seen == [("stdout", "said")]
+        finally:
+            await pool.aclose()
+
+    run(go())
+
+
 def test_a_connection_that_ended_is_opened_again(sshd, tmp_path):
     async def go():
         pool = pool_for(sshd, tmp_path)

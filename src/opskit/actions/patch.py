@@ -33,11 +33,38 @@ apt-get $o update >"$d/out" 2>&1 || {{ cat "$d/out" >&2; exit 3; }}
 apt-get $o -s {verb}
 echo "== held"
 apt-mark showhold
+echo "== busy"
+{busy}
+echo "== audit"
+dpkg --audit 2>&1 | awk '/^ [^ ]/ {{print $1}}'
 """
 _UPGRADE = """export DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a
+if [ -n "$(dpkg --audit 2>/dev/null)" ]; then
+  echo "dpkg left packages half-done: dpkg --configure -a"
+  dpkg --force-confdef --force-confold --configure -a || exit
+fi
 apt-get -q -o DPkg::Lock::Timeout=300 update && \\
 apt-get -q -y -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef \\
   -o Dpkg::Options::=--force-confold {verb}
+"""
+# The package managers running on the host, a line each: PID NAME. An upgrade or a reboot while
+# one runs would race it or cut it short (an earlier run's apt-get goes on when the connection that
+# started it is gone). Read from /proc (zombies left out): any user may, and no tool is needed.
+_BUSY = """for p in /proc/[0-9]*; do
+  { read -r c < "$p/comm" && read -r st < "$p/stat"; } 2>/dev/null || continue
+  case "${st##*) }" in Z*) continue;; esac
+  case "$c" in apt|apt-get|aptitude|dpkg|unattended-upgr) echo "${p#/proc/} $c";; esac
+done"""
+# Until none runs, at most {seconds} s: exit 0, else 75 with those still running (== busy).
+_WAIT_IDLE = """n=0
+while :; do
+  busy=$({busy})
+  [ -z "$busy" ] && exit 0
+  [ "$n" -eq 0 ] && printf '%s\n%s\n' "{waiting}" "$busy"
+  [ "$n" -ge {seconds} ] && {{ printf '== busy\n%s\n' "$busy"; exit 75; }}
+  sleep 1
+  n=$((n + 1))
+done
 """
 _VERSIONS = "dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\\n'"
 _INST = re.compile(r"^Inst (\S+) (?:\[([^\]]+)\] )?\((\S+)", re.M)
@@ -47,6 +74,45 @@ def _sudo(command: str, become: bool) -> str:
     from ..clients.ssh import sudo
 
     return sudo(command) if become else command
+
+
+def _sections(text: str, names: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """A script's output cut at its `== NAME` lines: what comes before, and each section."""
+    found = dict.fromkeys(names, "")
+    head, rest = text, ""
+    for name in reversed(names):
+        head, mark, rest = head.rpartition(f"== {name}\n")
+        if not mark:
+            head = rest
+            continue
+        found[name] = rest
+    return head, found
+
+
+def running(text: str) -> str:
+    """_BUSY's lines as a person reads them: "apt-get (pid 812), dpkg (pid 830)"."""
+    found = []
+    for line in text.splitlines():
+        pid, _, name = line.strip().partition(" ")
+        if pid.isdigit() and name:
+            found.append((int(pid), name))
+    return ", ".join(f"{name} (pid {pid})" for pid, name in sorted(found))
+
+
+WAITING = "waiting for the package manager running on the host:"
+
+
+async def wait_idle(ctx: ActionContext, seconds: float) -> tuple[str, str]:
+    """Once no package manager runs on the host, at most `seconds` (the wait is said in the
+    step's output): (what was waited for, what still runs), each "" when none."""
+    script = _WAIT_IDLE.format(seconds=max(1, int(seconds)), busy=_BUSY, waiting=WAITING)
+    result = await ctx.shell().run(script, timeout=seconds + 30)
+    head, found = _sections(result.stdout, ("busy",))
+    waited = running(head.partition(WAITING)[2])
+    if result.rc == 0:
+        return waited, ""
+    still = running(found["busy"]) if result.rc == 75 else ""
+    return waited, still or f"the look for a running package manager failed (exit {result.rc})"
 
 
 def versions(text: str) -> dict[str, str]:
@@ -78,12 +144,18 @@ def shown(changes: list[dict[str, Any]], limit: int = 8) -> str:
 class UpgradeArgs(ActionArgs):
     dist: bool = Field(False, description="dist-upgrade (may install and remove packages)")
     become: bool = Field(False, description="run through sudo (-n: never prompt)")
-    timeout: Duration = Field(1800.0, description="how long the update and upgrade may take")
+    timeout: Duration = Field(
+        1800.0,
+        description="how long the update and upgrade may take (and, before them, a package"
+        " manager already running on the host)",
+    )
 
 
 class AptUpgrade(Action[UpgradeArgs]):
     """apt-get update and upgrade, unattended (no questions, the installed config files kept),
-    held packages left as they are; what changed is its output.
+    held packages left as they are; what changed is its output. It waits first for a package
+    manager already running on the host (an earlier run's upgrade, which goes on when the run
+    is killed; unattended-upgrades), and finishes what dpkg left half-done (dpkg --configure -a).
 
     The plan fetches the package lists into a temporary directory and asks apt what an upgrade
     would install: the host's own lists, caches and packages are not touched."""
@@ -115,7 +187,7 @@ class AptUpgrade(Action[UpgradeArgs]):
         return f"apt-get {self.verb}"
 
     async def probe(self, ctx: ActionContext) -> Change:
-        script = _SIMULATE.format(verb=self.verb)
+        script = _SIMULATE.format(verb=self.verb, busy=_BUSY)
         result = await ctx.shell().run(
             _sudo(script, self.args.become), probe=True, timeout=self.args.timeout
         )
@@ -123,16 +195,24 @@ class AptUpgrade(Action[UpgradeArgs]):
             what = "apt-get update" if result.rc == 3 else "apt-get -s"
             tail = (result.stderr or result.stdout).strip()[-400:]
             raise OpskitError(f"{what} failed (exit {result.rc}): {tail}")
-        simulated, _, held_text = result.stdout.partition("== held")
-        held = held_text.split()
+        simulated, sections = _sections(result.stdout, ("held", "busy", "audit"))
+        held = sections["held"].split()
+        busy = running(sections["busy"])
+        undone = sections["audit"].split()
         to_do = [{"package": m[1], "from": m[2], "to": m[3]} for m in _INST.finditer(simulated)]
         kept = f" ({len(held)} held: {', '.join(held[:5])})" if held else ""
-        if not to_do:
+        first = []
+        if busy:
+            first.append(f"wait for {busy}, running on the host")
+        if undone:
+            first.append(f"finish what dpkg left half-done ({', '.join(undone[:5])})")
+        if not to_do and not first:
             return Change.none(f"nothing to upgrade{kept}")
+        plural = "s" if len(to_do) != 1 else ""
+        upgrade = f"upgrade {len(to_do)} package{plural}: {shown(to_do)}" if to_do else "upgrade"
         return Change(
             kind=ChangeKind.UPDATE,
-            summary=f"upgrade {len(to_do)} package{'s' if len(to_do) != 1 else ''}:"
-            f" {shown(to_do)}{kept}",
+            summary=", ".join([*first, upgrade]) + kept,
             before={c["package"]: c["from"] for c in to_do},
             after={c["package"]: c["to"] for c in to_do},
         )
@@ -140,11 +220,19 @@ class AptUpgrade(Action[UpgradeArgs]):
     async def apply(self, ctx: ActionContext) -> Outcome:
         a = self.args
         shell = ctx.shell()
-        before = versions((await shell.run(_VERSIONS, timeout=60)).stdout)
-        held = (await shell.run("apt-mark showhold", timeout=60)).stdout.split()
+        waited, busy = await wait_idle(ctx, a.timeout)
+        if busy:
+            return Outcome(
+                ok=False,
+                summary="not upgraded: the host's package manager is busy",
+                error=f"{busy} still running on the host after {format_duration(a.timeout)}:"
+                " an upgrade now would race it (nothing was changed)",
+            )
+        before = versions((await shell.run(_VERSIONS, probe=True, timeout=60)).stdout)
+        held = (await shell.run("apt-mark showhold", probe=True, timeout=60)).stdout.split()
         command = _sudo(_UPGRADE.format(verb=self.verb), a.become)
         result = await shell.run(command, timeout=a.timeout)
-        after = versions((await shell.run(_VERSIONS, timeout=60)).stdout)
+        after = versions((await shell.run(_VERSIONS, quiet=True, timeout=60)).stdout)
         required = (await shell.run(f"test -e {REBOOT_REQUIRED}", timeout=30)).rc == 0
         upgraded = changed_packages(before, after)
         outputs = {
@@ -156,6 +244,8 @@ class AptUpgrade(Action[UpgradeArgs]):
             "stderr": result.stderr[:OUTPUT_CAP],
         }
         what = f"upgraded {shown(upgraded)}" if upgraded else "nothing upgraded"
+        if waited:
+            what = f"waited for {waited} to finish; {what}"
         if held:
             what += f"; held: {', '.join(held[:5])}"
         if required:
@@ -176,13 +266,18 @@ class RebootArgs(GuestArgs):
     only_if_required: bool = Field(
         True, description=f"reboot only when {REBOOT_REQUIRED} exists (as Debian's packages say)"
     )
-    wait: Duration = Field(600.0, description="how long the guest may take to come back")
+    wait: Duration = Field(
+        600.0,
+        description="how long the guest may take to come back (and, before the reboot, a"
+        " package manager running on it)",
+    )
     interval: Duration = Field(2.0, description="between looks while it comes back")
 
 
 class GuestReboot(Action[RebootArgs]):
     """Reboot a guest through Proxmox, only when it needs it (or always), and wait until it is
-    back: SSH answers and the boot ID is another than before, so it cannot pass early."""
+    back: SSH answers and the boot ID is another than before, so it cannot pass early. A
+    package manager running on the guest is waited for first: a reboot would cut it short."""
 
     name: ClassVar[str] = "guest.reboot"
     risk: ClassVar[Risk] = Risk.DESTRUCTIVE
@@ -229,6 +324,15 @@ class GuestReboot(Action[RebootArgs]):
                 ok=True,
                 summary="no reboot required",
                 outputs={"rebooted": False, "boot_id": before, "boot_id_before": before},
+            )
+        _, busy = await wait_idle(ctx, a.wait)
+        if busy:
+            return Outcome(
+                ok=False,
+                summary="not rebooted: the guest's package manager is busy",
+                outputs={"rebooted": False, "boot_id": before, "boot_id_before": before},
+                error=f"{busy} still running on the guest after {format_duration(a.wait)}:"
+                " a reboot now would cut it short",
             )
         done = await Reboot(a).apply(ctx)
         if not done.ok:

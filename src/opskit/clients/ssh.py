@@ -591,8 +591,10 @@ class HostShell:
         stdin: str | bytes | None = None,
         pty: bool = False,
         shown: str | None = None,
+        quiet: bool = False,
     ) -> CommandResult:
-        """Run a command; `shown` is how messages and logs show it (pyinfra's masked form)."""
+        """Run a command; `shown` is how messages and logs show it (pyinfra's masked form).
+        `quiet`: its lines are not streamed (a listing the step reads, not one for people)."""
         from .connections import Sent
 
         name = self.endpoint.name
@@ -608,7 +610,7 @@ class HostShell:
                 timeout=timeout,
                 stdin=stdin,
                 pty=pty,
-                output=None if probe else self.output,
+                output=None if probe or quiet else self.output,
             )
         except SSHAnswerLost as exc:
             if probe:  # a probe changes nothing: its lost answer is only a failure

@@ -17,6 +17,9 @@ point at its suite only. The offers:
     upgrade   opskit-lab-demo 1.1, whose postinst touches /var/run/reboot-required (default)
     broken    that, and opskit-lab-broken 1.1, whose postinst fails: a patch that fails
     none      nothing newer than what is installed
+
+A host whose SLOW_CONFIGURE file holds a number of seconds configures opskit-lab-demo 1.1 that
+slowly, after asking for the reboot: a patch to interrupt half-way.
 """
 
 from __future__ import annotations
@@ -72,14 +75,26 @@ class Package:
         return sorted(found)
 
 
+# A host's slow patch: opskit-lab-demo 1.1 takes this many seconds to configure, printing a line
+# a second, when this file on the host holds a number.
+SLOW_CONFIGURE = "/etc/opskit-lab/configure-seconds"
 REBOOT_REQUIRED = """#!/bin/sh
 # As Debian's packages that need a reboot do (update-notifier-common's notify-reboot-required).
 set -e
 if [ "$1" = configure ]; then
     touch /var/run/reboot-required
     echo opskit-lab-demo >> /var/run/reboot-required.pkgs
+    # then, on a slow host, the rest of the configuring (as a kernel's hooks ask for the reboot
+    # while other packages still configure)
+    n=$(cat {slow} 2>/dev/null || echo 0)
+    i=0
+    while [ "$i" -lt "$n" ]; do
+        i=$((i + 1))
+        echo "opskit-lab-demo: configuring, $i of $n s"
+        sleep 1
+    done
 fi
-"""
+""".replace("{slow}", SLOW_CONFIGURE)
 FAILS = """#!/bin/sh
 echo "opskit-lab-broken: configuring fails on purpose (the lab's failed patch)" >&2
 exit 1

@@ -351,16 +351,21 @@ def test_preflight_failure_changes_nothing(env):
     assert env.world.calls("apply") == []
 
 
-def test_timeout_fails_the_step(env):
+def test_a_change_past_its_timeout_is_unknown_not_retried(env):
+    """Cut short by its timeout, a change may have happened, or may still be happening (a
+    Proxmox task, a request in flight: only an SSH command is stopped, see test_ssh_actions):
+    the step is unknown, not retried blindly, and resume probes it again."""
     env.project.runbook(
         "slow",
         "name: slow\ntargets: [ai]\nsteps:\n  - id: s\n    test.resource: {name: s, sleep: 5}\n"
-        "    timeout: 200ms\n",
+        "    timeout: 200ms\n    retries: 2\n    interval: 0s\n",
     )
     started = time.monotonic()
     result = env.run("run", "slow")
     assert result.code == 1 and time.monotonic() - started < 4
-    assert "timed out after 200ms" in result.out
+    assert "timed out after 200ms; what it started may still be going on" in result.out
+    assert "resume probes it again" in result.out
+    assert env.world.calls("apply") == ["ai/s"]  # once, though it allows retries
 
 
 def test_when_uses_registered_outputs_at_run_time(env):

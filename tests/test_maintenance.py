@@ -19,16 +19,20 @@ from opskit.actions.patch import (
     _INST,
     _WAIT_IDLE,
     WAITING,
+    AptUpgrade,
+    UpgradeArgs,
     _sections,
     changed_packages,
     running,
     versions,
 )
 from opskit.actions.proxmox_snapshots import KEEP_MARK, SnapshotArgs, beyond, own_snapshots
+from opskit.clients.ssh import CommandResult
 from opskit.effects import HOST, POWER
 from opskit.model import Risk
 from opskit.runcontext import NotRun, strftime
 from test_engine import Env
+from test_explain import FakeShell, context
 
 
 class PowerResource(fakes.Resource):
@@ -418,3 +422,37 @@ def test_a_package_manager_running_is_found_and_waited_for(tmp_path: Path) -> No
         "sim\n",
         {"held": "h1\n", "busy": "", "audit": "broken\n"},
     )
+
+
+@pytest.mark.parametrize(
+    ("busy", "audit", "simulated", "summary"),
+    [
+        ("", "", "", "nothing to upgrade"),
+        ("", "", "Inst a [1.0] (1.1 s [all])\n", "upgrade 1 package: a 1.0 -> 1.1"),
+        (
+            "830 dpkg\n812 apt-get\n",
+            "a\n",
+            "",
+            "wait for apt-get (pid 812), dpkg (pid 830), running on the host; then upgrade",
+        ),
+        (
+            "",
+            "a\nb\n",
+            "Inst c [1] (2 s [all])\n",
+            "finish what dpkg left half-done (a, b); then upgrade 1 package: c 1 -> 2",
+        ),
+    ],
+    ids=["idle", "to-upgrade", "busy", "half-done"],
+)
+def test_an_upgrades_plan_says_what_it_waits_for_and_finishes_first(
+    busy: str, audit: str, simulated: str, summary: str
+) -> None:
+    """The plan's look at the host: a package manager running is waited for (what it is doing
+    shows as half-done, and is not called so); what dpkg left half-done is finished first."""
+    import asyncio
+
+    out = f"{simulated}== held\n== busy\n{busy}== audit\n{audit}"
+    shell = FakeShell(lambda command, count: CommandResult(0, out, "", 0.01))
+    change = asyncio.run(AptUpgrade(UpgradeArgs()).probe(context(shell=shell)))
+    assert change.summary == summary
+    assert change.kind == ("none" if summary.startswith("nothing") else "update")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -75,19 +76,42 @@ def test_commands_share_one_persistent_shell(sshd, tmp_path):
     run(go())
 
 
-def test_a_command_past_its_timeout_ends_its_shell_which_is_reopened(sshd, tmp_path):
+def test_a_command_past_its_timeout_is_stopped_and_its_shell_reopened(sshd, tmp_path):
+    """Past its timeout, what the command started is stopped on the host (one that ignores TERM
+    too): it never gets to its next line, the failure says so, and the next command gets a fresh
+    shell. A command on a channel of its own is not stopped: it may still be running."""
+    from opskit.clients.ssh import Cut
+    from opskit.errors import OutcomeUnknown, SSHAnswerLost
+
+    late = tmp_path / "late"
+
     async def go():
         pool = pool_for(sshd, tmp_path)
         host = ep(sshd, HOSTS[0])
+        cut: list[Cut] = []
         try:
-            with pytest.raises(SSHError, match=r"host-11 .*timed out after 0.5s: 'sleep 30'"):
-                await pool.run(host, "sleep 30", timeout=0.5)
+            assert (await pool.run(host, "echo first")).stdout == "first\n"
+            with pytest.raises(
+                SSHError, match=r"host-11 .*timed out after 0.5s and was stopped: "
+            ) as e:
+                await pool.run(host, f"sleep 2 & sleep 2; touch {late}", timeout=0.5, cut=cut)
+            assert not isinstance(e.value, OutcomeUnknown)
+            deaf = f"trap '' TERM; sh -c 'trap \"\" TERM; sleep 30'; touch {late}"
+            with pytest.raises(SSHError, match="and was stopped"):
+                await pool.run(host, deaf, timeout=0.5, cut=cut)
+            assert [c.stopped for c in cut] == [True, True], cut
+            assert cut[0].why.endswith("processes stopped"), cut
             assert (await pool.run(host, "echo again")).stdout == "again\n"
-            assert pool.channels_opened == 2
+            # shell, stop, shell, stop, shell
+            assert pool.channels_opened == 5
+            with pytest.raises(SSHAnswerLost, match="may still be running there"):
+                await pool.run(host, "sleep 30", timeout=0.5, stdin="x")
         finally:
             await pool.aclose()
 
     run(go())
+    time.sleep(2.5)
+    assert not late.exists()
 
 
 def test_a_connection_lost_mid_command_is_an_answer_lost_not_a_failure(sshd, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from sshd import Sshd
@@ -221,6 +223,55 @@ def test_a_step_whose_connection_drops_is_unknown_and_not_run_again(project):
     assert not (work / "h1.ran").exists()
     assert steps[("h2", "after")].status == "succeeded"
     assert (work / "h2.ran").read_text() == "ran\n"
+
+
+def test_a_step_past_its_timeout_is_stopped_on_the_host_before_it_is_retried(project):
+    """A step's `timeout` cut its command short: the command is stopped on the host (it never
+    reaches its next line), so the retry runs alone, not beside it; the step fails saying so.
+    The command's own `timeout` does the same. A check past its timeout is a failure, retried."""
+    project.runbook(
+        """
+        name: rb
+        targets: h0
+        steps:
+          - id: slow
+            ssh.run:
+              cmd: >-
+                echo began >> WORK/slow.log; sleep 3; echo ended >> WORK/slow.log
+            timeout: 1s
+            retries: 1
+            interval: 0s
+            on_failure: continue
+          - id: own
+            ssh.run:
+              cmd: "sleep 3; touch WORK/own.ended"
+              timeout: 1s
+            on_failure: continue
+          - id: look
+            check.command: {cmd: "echo looked >> WORK/look.log; sleep 3"}
+            timeout: 1s
+            retries: 1
+            interval: 0s
+            on_failure: continue
+          - id: after
+            ssh.run: {cmd: "touch WORK/after"}
+        """
+    )
+    _, result = project.run()
+    assert result.exit_code == 1
+    steps = project.steps(result.run_id)
+    look = steps[("h0", "look")]
+    assert look.status == "failed" and look.attempts == 2, look  # a read: retried as a failure
+    assert (project.work / "look.log").read_text() == "looked\n" * 2
+    slow = steps[("h0", "slow")]
+    assert slow.status == "failed" and slow.attempts == 2, slow
+    assert "timed out after 1s; its command was stopped on the host" in slow.error
+    assert steps[("h0", "own")].status == "failed"
+    assert "timed out after 1s and was stopped" in steps[("h0", "own")].error
+    assert steps[("h0", "after")].status == "succeeded"
+    time.sleep(3)  # had either run on, it would have ended by now
+    assert (project.work / "slow.log").read_text() == "began\n" * 2
+    assert not (project.work / "own.ended").exists()
 
 
 def test_an_upload_whose_connection_drops_at_its_rename_is_unknown(project, monkeypatch):

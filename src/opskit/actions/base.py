@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..clients.connections import Connections
     from ..clients.hub import HubClient
     from ..clients.proxmox import ProxmoxClient
-    from ..clients.ssh import HostShell
+    from ..clients.ssh import Cut, HostShell
     from ..clients.uptime_kuma import UptimeKumaClient
     from ..engine.run_scope import RunScope
 
@@ -49,6 +49,8 @@ class ActionContext:
     output: Callable[[str, str], None] | None = None
     # The run being executed (None while planning): what a step must undo when it ends.
     run: RunScope | None = None
+    # The commands on its target cut short while it ran (its timeout), each stopped or not.
+    cut: list[Cut] = field(default_factory=list)
 
     def _connections(self, what: str) -> Connections:
         if self.connections is None:
@@ -71,6 +73,7 @@ class ActionContext:
             Endpoint.of(self.target),
             connections.door(self.read_only),
             output=self.output,
+            cut=self.cut,
         )
 
     def hub(

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from ..errors import OpskitError
+from ..errors import OpskitError, SSHAnswerLost, SSHError
 from ..model import Change, ChangeKind, Duration, Outcome, Risk
 from ..model.common import format_duration
 from .base import Action, ActionArgs, ActionContext
@@ -56,14 +56,15 @@ _BUSY = """for p in /proc/[0-9]*; do
   case "$c" in apt|apt-get|aptitude|dpkg|unattended-upgr) echo "${p#/proc/} $c";; esac
 done"""
 # Until none runs, at most {seconds} s: exit 0, else 75 with those still running (== busy).
-_WAIT_IDLE = """n=0
+_WAIT_IDLE = """end=$(($(date +%s) + {seconds}))
+first=1
 while :; do
   busy=$({busy})
   [ -z "$busy" ] && exit 0
-  [ "$n" -eq 0 ] && printf '%s\n%s\n' "{waiting}" "$busy"
-  [ "$n" -ge {seconds} ] && {{ printf '== busy\n%s\n' "$busy"; exit 75; }}
+  [ -n "$first" ] && printf '%s\n%s\n' "{waiting}" "$busy"
+  first=
+  [ "$(date +%s)" -ge "$end" ] && {{ printf '== busy\n%s\n' "$busy"; exit 75; }}
   sleep 1
-  n=$((n + 1))
 done
 """
 _VERSIONS = "dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\\n'"
@@ -106,7 +107,10 @@ async def wait_idle(ctx: ActionContext, seconds: float) -> tuple[str, str]:
     """Once no package manager runs on the host, at most `seconds` (the wait is said in the
     step's output): (what was waited for, what still runs), each "" when none."""
     script = _WAIT_IDLE.format(seconds=max(1, int(seconds)), busy=_BUSY, waiting=WAITING)
-    result = await ctx.shell().run(script, timeout=seconds + 30)
+    try:
+        result = await ctx.shell().run(script, timeout=seconds + 60)
+    except SSHAnswerLost as exc:  # a look, streamed for people: its lost answer changed nothing
+        raise SSHError(str(exc)) from None
     head, found = _sections(result.stdout, ("busy",))
     waited = running(head.partition(WAITING)[2])
     if result.rc == 0:
@@ -201,18 +205,18 @@ class AptUpgrade(Action[UpgradeArgs]):
         undone = sections["audit"].split()
         to_do = [{"package": m[1], "from": m[2], "to": m[3]} for m in _INST.finditer(simulated)]
         kept = f" ({len(held)} held: {', '.join(held[:5])})" if held else ""
-        first = []
-        if busy:
-            first.append(f"wait for {busy}, running on the host")
-        if undone:
-            first.append(f"finish what dpkg left half-done ({', '.join(undone[:5])})")
+        first = ""
+        if busy:  # what dpkg is doing now shows as half-done: it is not left so
+            first = f"wait for {busy}, running on the host; then "
+        elif undone:
+            first = f"finish what dpkg left half-done ({', '.join(undone[:5])}); then "
         if not to_do and not first:
             return Change.none(f"nothing to upgrade{kept}")
         plural = "s" if len(to_do) != 1 else ""
         upgrade = f"upgrade {len(to_do)} package{plural}: {shown(to_do)}" if to_do else "upgrade"
         return Change(
             kind=ChangeKind.UPDATE,
-            summary=", ".join([*first, upgrade]) + kept,
+            summary=f"{first}{upgrade}{kept}",
             before={c["package"]: c["from"] for c in to_do},
             after={c["package"]: c["to"] for c in to_do},
         )

@@ -110,6 +110,7 @@ class HostLink:
         # arrive together, in one rename. None: an existing file's mode, 0600 for a new one.
         self.upload_mode: int | None = None
         self._inflight: concurrent.futures.Future[Any] | None = None
+        self._task: asyncio.Task[Any] | None = None  # the last call, on the loop
         self._facts = _known_facts(shell)
 
     @property
@@ -129,7 +130,12 @@ class HostLink:
         if self.cancelled.is_set():
             coro.close()
             raise BridgeCancelled
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+        async def tracked() -> T:
+            self._task = asyncio.current_task()
+            return await coro
+
+        future = asyncio.run_coroutine_threadsafe(tracked(), self.loop)
         self._inflight = future
         try:
             while True:
@@ -149,6 +155,13 @@ class HostLink:
         inflight = self._inflight
         if inflight is not None:
             inflight.cancel()
+
+    async def settled(self) -> None:
+        """From the loop, after cancel(): the call in flight has ended (a command it was
+        running stopped on the host, or found not stoppable), at most 30 s."""
+        task = self._task
+        if task is not None and not task.done():
+            await asyncio.wait([task], timeout=30)
 
     def connect(self) -> None:
         self.call(self.shell.pool.session(self.shell.endpoint))
@@ -650,7 +663,8 @@ async def run_pyinfra(
 ) -> T:
     """Run `work` against the target of `shell` in a worker thread, its pyinfra commands going
     through `shell`'s pool on this loop. `host_data` sets pyinfra global arguments for every
-    command (`_sudo`, `_env`). Cancelling this coroutine stops the work at its next command."""
+    command (`_sudo`, `_env`). Cancelling this coroutine stops the work at its next command, and
+    the command in flight on the host."""
     loop = asyncio.get_running_loop()
     link = HostLink(shell, loop)
     future = loop.run_in_executor(_workers(), _in_thread, link, work, dict(host_data or {}))
@@ -658,6 +672,7 @@ async def run_pyinfra(
         return await future
     except asyncio.CancelledError:
         link.cancel()
+        await link.settled()  # so that the step knows whether its command was stopped
         raise
 
 

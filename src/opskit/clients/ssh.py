@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import os
+import re
 import secrets
 import shlex
 import socket
@@ -44,6 +45,70 @@ CIPHERS_FIRST = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
 # A command's output as it arrives, one line at a time: output(stream, line), stream being
 # "stdout" or "stderr", the line without its newline.
 Output = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A command cut short (its timeout, or its step's): whether it was stopped on the host
+    (every process it started seen gone) and what was found."""
+
+    command: str
+    stopped: bool
+    why: str
+
+
+# How a command cut short is stopped, from a channel of its own: every process under the host's
+# persistent shell (the shell included, which is replaced anyway) is frozen, so that none forks
+# away, and looked for again until no new one appears; then TERM, KILL after 2 s, and "stopped"
+# only when /proc shows each one gone. Needs Linux's /proc; another user's process (sudo) stays.
+_STOP = r"""root={pid}
+[ -r /proc/$root/stat ] || {{ echo "no /proc/$root"; exit 3; }}
+under() {{
+  list=$(for s in /proc/[0-9]*/stat; do
+    {{ read -r l < "$s"; }} 2>/dev/null || continue
+    p=${{s#/proc/}}
+    set -- ${{l##*) }}
+    echo "${{p%/stat}}:$2"
+  done)
+  found=" $root "
+  grew=1
+  while [ -n "$grew" ]; do
+    grew=
+    for pair in $list; do
+      case "$found" in *" ${{pair#*:}} "*)
+        case "$found" in *" ${{pair%:*}} "*) ;; *) found="$found${{pair%:*}} "; grew=1;; esac;;
+      esac
+    done
+  done
+  echo $found | tr ' ' '
+' | sort -n | tr '
+' ' '
+}}
+alive() {{
+  for p in $all; do
+    {{ read -r l < /proc/$p/stat; }} 2>/dev/null || continue
+    case "${{l##*) }}" in Z*) ;; *) printf '%s ' "$p";; esac
+  done
+}}
+all=$(under)
+kill -STOP $all 2>/dev/null
+for i in 1 2 3 4 5; do
+  more=$(under)
+  [ "$more" = "$all" ] && break
+  all=$more
+  kill -STOP $all 2>/dev/null
+done
+kill -TERM $all 2>/dev/null
+kill -CONT $all 2>/dev/null
+n=0
+while [ -n "$(alive)" ] && [ $n -lt 20 ]; do sleep 0.1; n=$((n + 1)); done
+left=$(alive)
+if [ -n "$left" ]; then kill -KILL $left 2>/dev/null; sleep 0.3; left=$(alive); fi
+count=$(echo $all | wc -w)
+[ -z "$left" ] && {{ echo "$count processes stopped"; exit 0; }}
+echo "still running: pid $left"
+exit 4
+"""
 
 
 @dataclass(frozen=True)
@@ -96,12 +161,17 @@ class CommandResult:
 
 
 class Shell:
-    """One `sh` on one channel; commands run one at a time, each in a subshell."""
+    """One `sh` on one channel; commands run one at a time, each in a subshell. The shell says
+    its PID first (read with the first command's answer: no round trip of its own), so that a
+    command cut short can be stopped."""
 
     def __init__(self, process: asyncssh.SSHClientProcess[bytes]) -> None:
         self.process = process
         self.lock = asyncio.Lock()
         self.dead = False
+        self.pid: int | None = None
+        self.greeting: bytes | None = f"OPSKIT-{secrets.token_hex(12)}-SHELL ".encode()
+        process.stdin.write(b"printf '%s%d\\n' '" + self.greeting + b'\' "$$"\n')
 
     async def run(
         self, command: str, timeout: float | None, output: Output | None = None
@@ -117,6 +187,12 @@ class Shell:
         # CancelledError unretrieved ("_GatheringFuture exception was never retrieved" at Ctrl-C).
         lines = _Lines.pair(output)
         async with asyncio.timeout(timeout):
+            if self.greeting is not None:  # what a login script printed before it is dropped
+                said = re.compile(re.escape(self.greeting) + rb"(\d*)\n")
+                line = await self.process.stdout.readuntil(said, len(self.greeting) + 24)
+                found = said.search(line)
+                self.greeting = None
+                self.pid = int(found[1]) if found and found[1] else None
             (out, out_cut, rest), (err, err_cut, _) = await asyncio.gather(
                 _read_until(self.process.stdout, f"\n{marker} ".encode(), b"\n", lines[0]),
                 _read_until(self.process.stderr, f"\n{marker}\n".encode(), b"", lines[1]),
@@ -427,9 +503,14 @@ class SSHPool:
         stdin: str | bytes | None = None,
         pty: bool = False,
         output: Output | None = None,
+        cut: list[Cut] | None = None,
     ) -> CommandResult:
         """Run a shell command: through the host's persistent shell, or on a channel of its
-        own when it needs stdin or a terminal. `output` gets its lines as they arrive."""
+        own when it needs stdin or a terminal. `output` gets its lines as they arrive.
+
+        Cut short by its timeout, or cancelled (its step's timeout, Ctrl-C), a command on the
+        persistent shell is stopped on the host, and `cut` is told whether it was. Past its
+        timeout it is an SSHError when stopped, else SSHAnswerLost (it may still be running)."""
         import asyncssh
 
         session = await self.session(endpoint)
@@ -438,12 +519,16 @@ class SSHPool:
         async with session.lock:
             if session.shell is None or session.shell.dead:
                 session.shell = await self._open_shell(session)
+            shell = session.shell
             try:
-                return await session.shell.run(command, timeout, output)
+                return await shell.run(command, timeout, output)
             except TimeoutError:
-                session.shell.close()  # the next command gets a fresh shell
-                raise SSHError(
-                    f"{endpoint.where()}: command timed out after {timeout:g}s: {_short(command)}"
+                stop = await self._stop(session, shell, command, cut)
+                where = f"{endpoint.where()}: command timed out after {timeout:g}s"
+                if stop.stopped:
+                    raise SSHError(f"{where} and was stopped: {_short(command)}") from None
+                raise SSHAnswerLost(
+                    f"{where} and may still be running there ({stop.why}): {_short(command)}"
                 ) from None
             except (asyncio.IncompleteReadError, OSError, ValueError, asyncssh.Error) as exc:
                 session.shell.close()
@@ -453,9 +538,37 @@ class SSHPool:
                         f" {exc}"
                     ) from None
                 raise _answer_lost(endpoint, command, exc) from None
-            except asyncio.CancelledError:
-                session.shell.close()  # its output is unread: the next command gets a fresh shell
+            except asyncio.CancelledError:  # its output is unread: the next gets a fresh shell
+                await self._stop(session, shell, command, cut)
                 raise
+
+    async def _stop(
+        self, session: Session, shell: Shell, command: str, cut: list[Cut] | None
+    ) -> Cut:
+        """Stop what `command` started under `shell` (from a channel of its own), then close the
+        shell: the next command gets a fresh one. Told to `cut`."""
+        import asyncssh
+
+        why = "its shell's PID is not known"
+        stopped = False
+        try:
+            if shell.pid is not None:
+                self.channels_opened += 1
+                script = "sh -c " + shlex.quote(_STOP.format(pid=shell.pid))
+                try:
+                    done = await asyncio.wait_for(session.conn.run(script, check=False), 20)
+                    said = str(done.stdout or "").strip().splitlines()
+                    why = said[-1] if said else f"exit {done.exit_status}"
+                    stopped = done.exit_status == 0
+                except (TimeoutError, asyncssh.Error, OSError) as exc:
+                    why = f"the look at its processes failed: {exc or type(exc).__name__}"
+        finally:  # also when cancelled again meanwhile: its output stays unread
+            shell.close()
+        record = Cut(_short(command), stopped, why)
+        if cut is not None:
+            cut.append(record)
+        log.info("SSH %s: %s cut short: %s", session.endpoint.name, record.command, why)
+        return record
 
     async def _open_shell(self, session: Session) -> Shell:
         import asyncssh
@@ -491,10 +604,11 @@ class SSHPool:
                 else _streamed(session.conn, command, data, term_type, output),
                 timeout,
             )
-        except TimeoutError:
+        except TimeoutError:  # its channel is closed; what it started is not looked for
             where = session.endpoint.where()
-            raise SSHError(
-                f"{where}: command timed out after {timeout:g}s: {_short(command)}"
+            raise SSHAnswerLost(
+                f"{where}: command timed out after {timeout:g}s and may still be running there"
+                f" (on a channel of its own, it is not stopped): {_short(command)}"
             ) from None
         except asyncssh.ChannelOpenError as exc:  # refused before the command was sent
             raise SSHError(f"{session.endpoint.where()}: {exc}") from None
@@ -570,13 +684,20 @@ async def _drained(stream: asyncssh.SSHReader[bytes], lines: _Lines) -> bytes:
 class HostShell:
     """One target over SSH, as actions see it: every command and file passes the door first
     (while planning it lets through only commands marked as probes, and no file). Given an
-    `output`, the lines of every command that is not a probe reach it as they arrive."""
+    `output`, the lines of every command that is not a probe reach it as they arrive; `cut`
+    hears of each command cut short, and whether it was stopped on the host."""
 
     def __init__(
-        self, pool: SSHPool, endpoint: Endpoint, door: Door, output: Output | None = None
+        self,
+        pool: SSHPool,
+        endpoint: Endpoint,
+        door: Door,
+        output: Output | None = None,
+        cut: list[Cut] | None = None,
     ) -> None:
         self.pool, self.endpoint, self.door = pool, endpoint, door
         self.output = output
+        self.cut = cut  # told of each command cut short (its step's timeout looks)
 
     @property
     def read_only(self) -> bool:
@@ -611,6 +732,7 @@ class HostShell:
                 stdin=stdin,
                 pty=pty,
                 output=None if probe or quiet else self.output,
+                cut=self.cut,
             )
         except SSHAnswerLost as exc:
             if probe:  # a probe changes nothing: its lost answer is only a failure

@@ -767,12 +767,23 @@ class Execution:
             outcome = await task
         except TimeoutError:
             error = f"timed out after {format_duration(step.timeout or 0)}"
-            return Outcome(ok=False, summary=error, error=error), FAILED
+            if item.risk is Risk.READ:  # it changes nothing: a failure, retried as one
+                return Outcome(ok=False, summary=error, error=error), FAILED
+            if ctx.cut and all(c.stopped for c in ctx.cut):  # retrying cannot race it
+                error += f"; its command was stopped on the host ({ctx.cut[-1].why})"
+                return Outcome(ok=False, summary=error, error=error), FAILED
+            error += f"; {_left_running(ctx)}; resume probes it again"
+            return Outcome(ok=False, summary=error, error=error), UNKNOWN
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise  # the whole run is being cancelled
             error = "interrupted: the grace period ran out"
+            if item.risk is not Risk.READ:
+                if ctx.cut and all(c.stopped for c in ctx.cut):
+                    error += "; its command was stopped on the host"
+                else:
+                    error += f"; {_left_running(ctx)}"
             return Outcome(ok=False, summary=error, error=error), INTERRUPTED
         except OutcomeUnknown as exc:
             if item.risk is Risk.READ:  # it changes nothing: a failure, retried as one
@@ -789,3 +800,12 @@ class Execution:
             if item.instance.risk is not Risk.READ and self.connections is not None:
                 self.connections.changed(tr.target)  # what its host answered may not hold
         return outcome, (SUCCEEDED if outcome.ok else FAILED)
+
+
+def _left_running(ctx: ActionContext) -> str:
+    """What a changing step cut short may have left behind, in its error's words."""
+    unstopped = [c for c in ctx.cut if not c.stopped]
+    if unstopped:
+        last = unstopped[-1]
+        return f"{last.command} may still be running on the host ({last.why})"
+    return "what it started may still be going on"

@@ -80,9 +80,7 @@ under() {{
       esac
     done
   done
-  echo $found | tr ' ' '
-' | sort -n | tr '
-' ' '
+  echo $found | tr ' ' '\n' | sort -n | tr '\n' ' '
 }}
 alive() {{
   for p in $all; do
@@ -105,7 +103,7 @@ while [ -n "$(alive)" ] && [ $n -lt 20 ]; do sleep 0.1; n=$((n + 1)); done
 left=$(alive)
 if [ -n "$left" ]; then kill -KILL $left 2>/dev/null; sleep 0.3; left=$(alive); fi
 count=$(echo $all | wc -w)
-[ -z "$left" ] && {{ echo "$count processes stopped"; exit 0; }}
+[ -z "$left" ] && {{ echo "$count processes gone"; exit 0; }}
 echo "still running: pid $left"
 exit 4
 """
@@ -556,7 +554,7 @@ class SSHPool:
                 self.channels_opened += 1
                 script = "sh -c " + shlex.quote(_STOP.format(pid=shell.pid))
                 try:
-                    done = await asyncio.wait_for(session.conn.run(script, check=False), 20)
+                    done = await asyncio.wait_for(session.conn.run(script, check=False), 10)
                     said = str(done.stdout or "").strip().splitlines()
                     why = said[-1] if said else f"exit {done.exit_status}"
                     stopped = done.exit_status == 0

@@ -770,7 +770,7 @@ class Execution:
             if item.risk is Risk.READ:  # it changes nothing: a failure, retried as one
                 return Outcome(ok=False, summary=error, error=error), FAILED
             if ctx.cut and all(c.stopped for c in ctx.cut):  # retrying cannot race it
-                error += f"; its command was stopped on the host ({ctx.cut[-1].why})"
+                error += f"; its command was stopped on the host, {ctx.cut[-1].why}"
                 return Outcome(ok=False, summary=error, error=error), FAILED
             error += f"; {_left_running(ctx)}; resume probes it again"
             return Outcome(ok=False, summary=error, error=error), UNKNOWN

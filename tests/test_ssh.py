@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def test_commands_share_one_persistent_shell(sshd, tmp_path):
 def test_a_command_past_its_timeout_is_stopped_and_its_shell_reopened(sshd, tmp_path):
     """Past its timeout, what the command started is stopped on the host (one that ignores TERM
     too): it never gets to its next line, the failure says so, and the next command gets a fresh
-    shell. A command on a channel of its own is not stopped: it may still be running."""
+    shell. A command on a channel of its own is not stopped: it may still be running; nor one
+    running a package manager, left to finish."""
     from opskit.clients.ssh import Cut
     from opskit.errors import OutcomeUnknown, SSHAnswerLost
 
@@ -106,12 +108,18 @@ def test_a_command_past_its_timeout_is_stopped_and_its_shell_reopened(sshd, tmp_
             assert pool.channels_opened == 5
             with pytest.raises(SSHAnswerLost, match="may still be running there"):
                 await pool.run(host, "sleep 30", timeout=0.5, stdin="x")
+            # a package manager under it is left to finish: nothing of it is touched
+            dpkg = tmp_path / "dpkg"
+            dpkg.symlink_to(shutil.which("sleep") or "/bin/sleep")
+            with pytest.raises(SSHAnswerLost, match=r"left to finish: dpkg \(pid \d+\)"):
+                await pool.run(host, f"{dpkg} 3; touch {late}.dpkg", timeout=0.5)
         finally:
             await pool.aclose()
 
     run(go())
-    time.sleep(2.5)
+    time.sleep(3)
     assert not late.exists()
+    assert Path(f"{late}.dpkg").exists()  # it ran to its end
 
 
 def test_a_connection_lost_mid_command_is_an_answer_lost_not_a_failure(sshd, tmp_path):

@@ -61,6 +61,8 @@ class Cut:
 # persistent shell (the shell included, which is replaced anyway) is frozen, so that none forks
 # away, and looked for again until no new one appears; then TERM, KILL after 2 s, and "stopped"
 # only when /proc shows each one gone. Needs Linux's /proc; another user's process (sudo) stays.
+# A package manager among them is left to finish (dpkg cut mid-install breaks packages): none is
+# touched, and the command may still be running.
 _STOP = r"""root={pid}
 [ -r /proc/$root/stat ] || {{ echo "no /proc/$root"; exit 3; }}
 under() {{
@@ -89,6 +91,12 @@ alive() {{
   done
 }}
 all=$(under)
+for p in $all; do
+  {{ read -r c < /proc/$p/comm; }} 2>/dev/null || continue
+  case "$c" in apt|apt-get|aptitude|dpkg|unattended-upgr)
+    echo "left to finish: $c (pid $p) would be cut short mid-install"; exit 5;;
+  esac
+done
 kill -STOP $all 2>/dev/null
 for i in 1 2 3 4 5; do
   more=$(under)

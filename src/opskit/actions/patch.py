@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from ..clients.hostprocs import PACKAGE_MANAGERS
 from ..errors import OpskitError, SSHAnswerLost, SSHError
 from ..model import Change, ChangeKind, Duration, Outcome, Risk
 from ..model.common import format_duration
@@ -53,8 +54,8 @@ apt-get -q -y -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef \\
 _BUSY = """for p in /proc/[0-9]*; do
   { read -r c < "$p/comm" && read -r st < "$p/stat"; } 2>/dev/null || continue
   case "${st##*) }" in Z*) continue;; esac
-  case "$c" in apt|apt-get|aptitude|dpkg|unattended-upgr) echo "${p#/proc/} $c";; esac
-done"""
+  case "$c" in PACKAGE_MANAGERS) echo "${p#/proc/} $c";; esac
+done""".replace("PACKAGE_MANAGERS", PACKAGE_MANAGERS)
 # Until none runs, at most {seconds} s: exit 0, else 75 with those still running (== busy).
 _WAIT_IDLE = """end=$(($(date +%s) + {seconds}))
 first=1

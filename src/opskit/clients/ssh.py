@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import HostKeyError, SSHAnswerLost, SSHError
 from .host_keys import HostKeys
+from .hostprocs import PACKAGE_MANAGERS
 
 if TYPE_CHECKING:
     import asyncssh
@@ -93,7 +94,7 @@ alive() {{
 all=$(under)
 for p in $all; do
   {{ read -r c < /proc/$p/comm; }} 2>/dev/null || continue
-  case "$c" in apt|apt-get|aptitude|dpkg|unattended-upgr)
+  case "$c" in {package_managers})
     echo "left to finish: $c (pid $p) would be cut short mid-install"; exit 5;;
   esac
 done
@@ -560,7 +561,8 @@ class SSHPool:
         try:
             if shell.pid is not None:
                 self.channels_opened += 1
-                script = "sh -c " + shlex.quote(_STOP.format(pid=shell.pid))
+                stop = _STOP.format(pid=shell.pid, package_managers=PACKAGE_MANAGERS)
+                script = "sh -c " + shlex.quote(stop)
                 try:
                     done = await asyncio.wait_for(session.conn.run(script, check=False), 10)
                     said = str(done.stdout or "").strip().splitlines()

@@ -769,10 +769,11 @@ class Execution:
             error = f"timed out after {format_duration(step.timeout or 0)}"
             if item.risk is Risk.READ:  # it changes nothing: a failure, retried as one
                 return Outcome(ok=False, summary=error, error=error), FAILED
-            if ctx.cut and all(c.stopped for c in ctx.cut):  # retrying cannot race it
-                error += f"; its command was stopped on the host, {ctx.cut[-1].why}"
+            stopped, left = _after_cut(ctx)
+            if stopped:  # retrying cannot race it
+                error += f"; {left}"
                 return Outcome(ok=False, summary=error, error=error), FAILED
-            error += f"; {_left_running(ctx)}; resume probes it again"
+            error += f"; {left}; resume probes it again"
             return Outcome(ok=False, summary=error, error=error), UNKNOWN
         except asyncio.CancelledError:
             current = asyncio.current_task()
@@ -780,10 +781,7 @@ class Execution:
                 raise  # the whole run is being cancelled
             error = "interrupted: the grace period ran out"
             if item.risk is not Risk.READ:
-                if ctx.cut and all(c.stopped for c in ctx.cut):
-                    error += "; its command was stopped on the host"
-                else:
-                    error += f"; {_left_running(ctx)}"
+                error += f"; {_after_cut(ctx)[1]}"
             return Outcome(ok=False, summary=error, error=error), INTERRUPTED
         except OutcomeUnknown as exc:
             if item.risk is Risk.READ:  # it changes nothing: a failure, retried as one
@@ -802,10 +800,13 @@ class Execution:
         return outcome, (SUCCEEDED if outcome.ok else FAILED)
 
 
-def _left_running(ctx: ActionContext) -> str:
-    """What a changing step cut short may have left behind, in its error's words."""
+def _after_cut(ctx: ActionContext) -> tuple[bool, str]:
+    """A changing step cut short: whether all it had running was stopped, and what it left
+    behind, in its error's words."""
+    if ctx.cut and all(c.stopped for c in ctx.cut):
+        return True, f"its command was stopped on the host, {ctx.cut[-1].why}"
     unstopped = [c for c in ctx.cut if not c.stopped]
     if unstopped:
         last = unstopped[-1]
-        return f"{last.command} may still be running on the host ({last.why})"
-    return "what it started may still be going on"
+        return False, f"{last.command} may still be running on the host ({last.why})"
+    return False, "what it started may still be going on"

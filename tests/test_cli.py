@@ -189,6 +189,13 @@ def test_validate_json(opskit):
     }
 
 
+def test_validate_of_a_directory_with_nothing_to_check_says_so(opskit, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a runbook")
+    done = opskit("validate", str(tmp_path))
+    assert done.code == 2, done.out
+    assert f"{tmp_path}:1:1: a directory with no .yaml or .yml file" in done.out + done.err
+
+
 def _yaml(path: Path):
     return json.loads(json.dumps(YAML(typ="safe", pure=True).load(path.read_text())))
 

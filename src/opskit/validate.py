@@ -25,15 +25,16 @@ class FileCheck:
 
 
 def files_to_check(ws: Workspace, paths: Iterable[Path]) -> list[Path]:
-    """The files named (a directory: its YAML files); none named: the inventory and every
-    runbook."""
+    """The files named (a directory: its YAML files, or itself when it has none, to be said
+    so); none named: the inventory and every runbook."""
     paths = list(paths)
     if not paths:
         return [ws.inventory_path, *ws.runbook_paths()]
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            files.extend(sorted(x for x in p.iterdir() if x.suffix in (".yaml", ".yml")))
+            found = sorted(x for x in p.iterdir() if x.suffix in (".yaml", ".yml"))
+            files.extend(found or [p])
         else:
             files.append(p)
     return files
@@ -57,7 +58,9 @@ def check_files(ws: Workspace, files: Iterable[Path]) -> list[FileCheck]:
     checks = []
     for path in files:
         check = FileCheck(path)
-        if path.resolve() == inventory_file or path.parent.name == "inventory":
+        if path.is_dir():  # named, and holding nothing to check: not a silent success
+            check.problems = [Problem(str(path), 1, 1, "a directory with no .yaml or .yml file")]
+        elif path.resolve() == inventory_file or path.parent.name == "inventory":
             try:
                 inv = ws.inventory if path.resolve() == inventory_file else load_inventory(path)[0]
                 check.summary = f"{len(inv.guests)} guests, {len(inv.hosts)} hosts"

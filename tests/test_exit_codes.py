@@ -62,7 +62,7 @@ def readme_table() -> dict[int, str]:
 
 def test_readme_table_code_and_help_list_the_same_codes(opskit):
     table = readme_table()
-    assert table == EXIT_CODES and set(table) == {0, 1, 2, 3, 4, 5, 6, 70, 130}
+    assert table == EXIT_CODES and set(table) == {0, 1, 2, 3, 4, 5, 6, 70, 74, 130}
     shown = opskit("--help").out
     for code, meaning in EXIT_CODES.items():
         assert re.search(rf"^\s+{code}\s+{re.escape(meaning)}", shown, re.M), (code, shown)
@@ -70,7 +70,11 @@ def test_readme_table_code_and_help_list_the_same_codes(opskit):
 
 @pytest.mark.parametrize(
     ("command", "codes"),
-    [("run", {0, 1, 2, 3, 5, 6, 130}), ("plan", {0, 1, 2}), ("apply", {0, 1, 2, 3, 4, 5, 130})],
+    [
+        ("run", {0, 1, 2, 3, 5, 6, 74, 130}),
+        ("plan", {0, 1, 2, 74}),
+        ("apply", {0, 1, 2, 3, 4, 5, 74, 130}),
+    ],
 )
 def test_each_commands_help_names_its_exit_codes(opskit, command, codes):
     shown = " ".join(opskit(command, "--help").out.split())
@@ -147,6 +151,17 @@ def test_every_row_of_the_exit_code_table(env, monkeypatch):  # noqa: F811
     with monkeypatch.context() as patched:
         patched.setattr(session, "make_plan", broken)
         assert "internal error: RuntimeError: simulated bug" in expect(70, "run", "deploy")
+    # 74: a file of opskit's own not written: a plan file's missing directory, a state
+    # directory that is a file (tests/test_local_files.py fills a disk mid-run)
+    missing = env.project.root / "no-such-dir" / "plan.json"
+    out = expect(74, "plan", "deploy", "-o", str(missing))
+    assert f"cannot write the plan file {missing}: No such file or directory" in out
+    (env.project.root / "state-file").write_text("")
+    with monkeypatch.context() as patched:
+        patched.setenv("OPSKIT_STATE_DIR", str(env.project.root / "state-file"))
+        out = expect(74, "run", "deploy", "--limit", "homeassistant", "--yes")
+        assert "cannot write the journal" in out and "is a file" in out
+    assert not [c for c in env.world.calls("apply") if c.startswith("homeassistant/")]
     # 130: interrupted (SIGINT as Ctrl-C sends it)
     proc = env.spawn("run", "slow", "--grace", "0s")
     _wait_for(lambda: "ai/slow" in env.world.calls("apply"))

@@ -11,6 +11,9 @@
     ├── StalePlanError               exit 4    a saved plan no longer matches the world
     ├── LockError                    exit 5    a target is locked by another run
     ├── WindowClosed                 exit 6    a scheduled run outside its maintenance window
+    ├── LocalFileError               exit 74   opskit's own files could not be written here (the
+    │                                          state directory, journal, a plan file): disk full,
+    │                                          read-only, no permission, a missing directory
     ├── NothingToDo                  exit 0    not an error: the world already shows the plan
     ├── Interrupted                  exit 130  Ctrl-C, SIGTERM
     ├── StepError                    exit 1    a step failed on a target
@@ -71,6 +74,7 @@ EXIT_STALE = 4
 EXIT_LOCKED = 5
 EXIT_WINDOW = 6
 EXIT_INTERNAL = 70
+EXIT_LOCAL_FILE = 74  # sysexits' EX_IOERR
 EXIT_INTERRUPTED = 130
 # `plan --detailed-exitcode` found changes: exit 2 to the user, told apart from a usage error
 # (also 2) inside the process, where every other error becomes 1 (opskit.cli.run).
@@ -89,6 +93,9 @@ EXIT_CODES: dict[int, str] = {
     EXIT_LOCKED: "a target is locked by another run",
     EXIT_WINDOW: "a scheduled run (run --scheduled) outside its maintenance window: not started",
     EXIT_INTERNAL: "internal error (a bug in opskit; OPSKIT_DEBUG=1 shows the traceback)",
+    EXIT_LOCAL_FILE: "a file of opskit's own could not be written on this machine (the journal,"
+    " the state directory, a plan file): disk full, read-only, no permission; nothing started"
+    " after it",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM)",
 }
 
@@ -103,6 +110,7 @@ EXIT_STATUS: dict[int, str] = {
     EXIT_LOCKED: "locked",
     EXIT_WINDOW: "refused",
     EXIT_INTERNAL: "internal error",
+    EXIT_LOCAL_FILE: "write failed",
     EXIT_INTERRUPTED: "interrupted",
 }
 
@@ -168,6 +176,59 @@ class WindowClosed(OpskitError):
     """A scheduled run outside its maintenance window: it refused to start."""
 
     exit_code = EXIT_WINDOW
+
+
+class LocalFileError(OpskitError):
+    """A file of opskit's own on this machine could not be written (or its directory made):
+    the journal, the state directory, a lock, a plan or unit file. A full disk, a read-only
+    filesystem, a permission, a missing directory: said as the system said it, with the path."""
+
+    exit_code = EXIT_LOCAL_FILE
+
+    @classmethod
+    def of(cls, what: str, path: object, exc: BaseException, hint: str = "") -> LocalFileError:
+        """`cannot write the journal /x/journal.db: No space left on device`, from an OSError
+        or a sqlite3 error (whose own words say less: 'disk I/O error' on a full disk)."""
+        import errno
+        import os
+
+        where = Path(str(path))
+        number = exc.errno if isinstance(exc, OSError) else None
+        if isinstance(exc, OSError) and exc.strerror:
+            reason = exc.strerror
+            culprit = Path(str(exc.filename)) if exc.filename is not None else None
+            if number == errno.EEXIST and culprit is not None and not culprit.is_dir():
+                reason = f"Not a directory ({culprit} is a file)"  # mkdir under a file
+            elif number == errno.ENOENT and not where.parent.is_dir():
+                reason += f" (no directory {where.parent})"
+            elif culprit is not None and culprit != where:
+                reason += f" ({culprit})"
+        else:
+            text = str(exc)
+            reason = _SQLITE_REASONS.get(text, text or type(exc).__name__)
+        full = number in (errno.ENOSPC, errno.EDQUOT)
+        if not full and number is None:  # SQLite does not say why; the filesystem does
+            try:
+                stat = os.statvfs(where.parent)
+                full = stat.f_bavail == 0 or (stat.f_files > 0 and stat.f_favail == 0)
+            except OSError:
+                pass
+            if full:
+                reason = f"No space left on device (SQLite: {reason})"
+        if full:
+            hint = "free some space there" + (f", {hint}" if hint else "")
+        elif hint.startswith("or "):
+            hint = hint[3:]
+        return cls(f"cannot write {what} {where}: {reason}" + (f"; {hint}" if hint else ""))
+
+
+# What SQLite's own messages mean, in the words the system uses for the same.
+_SQLITE_REASONS = {
+    "database or disk is full": "database or disk is full",
+    "attempt to write a readonly database": "Read-only file system or no write permission",
+    "unable to open database file": "cannot open it (a missing directory, or no permission)",
+    "disk I/O error": "Input/output error",
+}
 
 
 class NothingToDo(OpskitError):

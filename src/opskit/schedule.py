@@ -469,11 +469,9 @@ def write_if_changed(path: Path, text: str, mode: int = 0o644) -> str:
         action = "updated"
     except FileNotFoundError:
         action = "written"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.chmod(tmp, mode)
-    tmp.replace(path)
+    from .localfile import write_atomic
+
+    write_atomic(path, text, what="the unit file", mode=mode, parents=True)
     return action
 
 

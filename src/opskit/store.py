@@ -7,12 +7,13 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from .errors import LocalFileError, UsageError
 
 SCHEMA_VERSION = 2  # 2: runs.scheduled (a timer started it); older journals are migrated
 OUTPUT_CAP = 16 * 1024
@@ -162,18 +163,35 @@ class Journal:
     """One SQLite database; every text written passes through `redact` first."""
 
     def __init__(self, path: Path, redact: Callable[[str], str] = lambda s: s) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.redact = redact
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL: a commit survives the process being killed (not a power cut).
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        self.db.executescript(_SCHEMA)
-        self._migrate()
-        # Records of finished steps wait here for the next commit (see step_started).
-        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        with self._writing():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(
+                path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a commit survives the process being killed (not a power cut).
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=30000")
+            self.db.executescript(_SCHEMA)
+            self._migrate()
+        # Records waiting for the next commit (see step_started): each with whether it is an
+        # attempt's start, which forget_starts() drops when that commit failed.
+        self._pending: list[tuple[str, tuple[Any, ...], bool]] = []
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A full disk, a read-only or missing directory: one LocalFileError naming the file."""
+        try:
+            yield
+        except (OSError, sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+            raise LocalFileError.of(
+                "the journal",
+                self.path,
+                exc,
+                "or set OPSKIT_STATE_DIR to another directory",
+            ) from exc
 
     def _migrate(self) -> None:
         """Bring a journal an older opskit wrote up to SCHEMA_VERSION, in place: columns are
@@ -199,20 +217,31 @@ class Journal:
         return cls(state_dir() / "journal.db", redact)
 
     def close(self) -> None:
-        self.flush()
-        self.db.close()
+        try:
+            self.flush()
+        except LocalFileError:
+            pass  # said by the run it failed (a record that waits for room is lost here)
+        finally:
+            self.db.close()
 
     def flush(self) -> None:
-        """Commit the records that wait (finished steps and attempts)."""
+        """Commit the records that wait (finished steps and attempts, starts). When the commit
+        fails they still wait, for the next one: nothing the run did is dropped."""
         if self._pending:
-            with self.db:
+            with self._writing(), self.db:
                 self.db.execute("BEGIN")
-                self._write_pending()
+                written = self._write_pending()
+            del self._pending[:written]
 
-    def _write_pending(self) -> None:
-        pending, self._pending = self._pending, []
-        for sql, args in pending:
+    def _write_pending(self) -> int:
+        for sql, args, _ in self._pending:
             self.db.execute(sql, args)
+        return len(self._pending)
+
+    def forget_starts(self) -> None:
+        """The commit of these starts failed, so their steps do not act: no later commit may
+        say they started."""
+        self._pending = [entry for entry in self._pending if not entry[2]]
 
     def _text(self, value: Any) -> str | None:
         if value is None:
@@ -241,7 +270,7 @@ class Journal:
         scheduled: bool = False,
     ) -> None:
         """The run and all its steps, pending, in one transaction."""
-        with self.db:
+        with self._writing(), self.db:
             self.db.execute("BEGIN")
             self.db.execute(
                 "INSERT INTO runs (id, runbook, runbook_path, runbook_sha, inventory_path,"
@@ -289,6 +318,7 @@ class Journal:
                 "UPDATE steps SET status = 'started', attempts = ?, started_at ="
                 " COALESCE(started_at, ?) WHERE run_id = ? AND target = ? AND step_id = ?",
                 (attempt, now, run_id, target, step_id),
+                True,
             )
         )
         self._pending.append(
@@ -297,6 +327,7 @@ class Journal:
                 " (run_id, target, step_id, attempt, status, started_at)"
                 " VALUES (?, ?, ?, ?, 'started', ?)",
                 (run_id, target, step_id, attempt, now),
+                True,
             )
         )
 
@@ -308,6 +339,7 @@ class Journal:
                 "UPDATE attempts SET status = ?, ended_at = ?, error = ?"
                 " WHERE run_id = ? AND target = ? AND step_id = ? AND attempt = ?",
                 (status, time.time(), self._text(error), run_id, target, step_id, attempt),
+                False,
             )
         )
 
@@ -339,15 +371,16 @@ class Journal:
                     target,
                     step_id,
                 ),
+                False,
             )
         )
 
     def finish_run(
         self, run_id: str, status: str, exit_code: int, message: str | None = None
     ) -> None:
-        with self.db:
+        with self._writing(), self.db:
             self.db.execute("BEGIN")
-            self._write_pending()
+            written = self._write_pending()
             # Steps a run leaves behind unfinished are said to be so, not left 'started'.
             self.db.execute(
                 "UPDATE steps SET status = ? WHERE run_id = ? AND status = 'started'",
@@ -361,6 +394,7 @@ class Journal:
                 "UPDATE runs SET status = ?, exit_code = ?, message = ?, ended_at = ? WHERE id = ?",
                 (status, exit_code, self._text(message), time.time(), run_id),
             )
+        del self._pending[:written]
 
     # ----- reading -----------------------------------------------------------------------
 

@@ -265,6 +265,6 @@ def sync(
 
 
 def write(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".sync-tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
+    from .localfile import write_atomic
+
+    write_atomic(path, text, what="the inventory")

@@ -169,7 +169,8 @@ def run(
 
     Exit codes: 0 done (or nothing to do), 1 a step failed or the plan has blockers, 2 usage
     error, 3 a gate declined or nobody to ask, 5 a target locked, 6 outside its maintenance
-    window (--scheduled), 130 interrupted.
+    window (--scheduled), 74 the journal could not be written (a full disk: nothing started
+    after it), 130 interrupted.
     """
     from ..engine.session import Session
     from ..workspace import parse_param_args
@@ -292,8 +293,9 @@ def plan(
 ) -> None:
     """Plan RUNBOOK and print it for review; -o saves it for `opskit apply`.
 
-    Exit codes: 0 planned, 1 the plan has blockers (it could not be applied), 2 usage error;
-    with --detailed-exitcode: 0 no changes, 2 changes, 1 any error.
+    Exit codes: 0 planned, 1 the plan has blockers (it could not be applied), 2 usage error,
+    74 the plan file could not be written (it is left as it was); with --detailed-exitcode:
+    0 no changes, 2 changes, 1 any error.
     """
     from ..engine.session import make_plan
     from ..report.plan import nothing_to_do, render_plan
@@ -301,7 +303,9 @@ def plan(
 
     _, _, made = make_plan(_request(tofu=tofu), runbook, parse_param_args(params), limit)
     if out is not None:
-        out.write_text(render_plan(made, "json"), encoding="utf-8")
+        from ..localfile import write_atomic
+
+        write_atomic(out, render_plan(made, "json"), what="the plan file")
     echo(render_plan(made, fmt).rstrip("\n"))
     found = made.blockers()
     if found:
@@ -330,7 +334,7 @@ def apply(plan_file: Path, req: Request) -> None:
     Exit codes: 0 done (or already applied), 1 a step failed or blockers, 2 usage error, 3 a
     gate declined or not approved, 4 stale: the plan file, runbook, inventory, opskit or the
     world changed, or it is applied outside the place it was made (a lab's plan outside that
-    lab), 5 a target locked, 130 interrupted.
+    lab), 5 a target locked, 74 the journal could not be written, 130 interrupted.
     """
     from ..engine.session import Session, check_saved_plan, execute, read_plan
 

@@ -170,7 +170,8 @@ def install(
     EnvironmentFile that is created empty when missing and never given a value by opskit.
     Running it again with nothing changed changes nothing.
 
-    Exit codes: 0 done, 1 systemctl failed, 2 usage error (no schedule, units systemd refuses).
+    Exit codes: 0 done, 1 systemctl failed, 2 usage error (no schedule, units systemd refuses),
+    74 a unit file could not be written (no permission: root, or --user).
     """
     from ..schedule import create_env_file, systemd_running, write_if_changed
 

@@ -20,7 +20,9 @@ from ..errors import (
     EXIT_GATE,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
+    EXIT_LOCAL_FILE,
     EXIT_OK,
+    LocalFileError,
     OpskitError,
     OutcomeUnknown,
     RenderError,
@@ -156,8 +158,11 @@ class Execution:
         self.steps_by_id: dict[str, tuple[str, Step]] = {
             step.id: (section, step) for section, _, step in self.rb.all_steps()
         }
-        self.stopping = False  # first Ctrl-C: start nothing new
+        self.stopping = False  # nothing new starts (Ctrl-C, a gate's quit, the journal lost)
+        self.interrupted = False  # first Ctrl-C (SIGTERM, the window's end): its grace runs
         self.hard = False  # second Ctrl-C: cancel everything
+        # The journal could not record a step's start: the run stops, said once.
+        self.journal_lost: LocalFileError | None = None
         self.quit = False  # a gate was answered 'quit'
         self.window_closed = False  # the maintenance window closed mid-run
         self.preflight_failed = False
@@ -226,13 +231,16 @@ class Execution:
             # Ended by something else than its verdict (a bug, KeyboardInterrupt): the journal
             # says so rather than leave the run "running".
             stopped = isinstance(exc, KeyboardInterrupt | asyncio.CancelledError)
-            self.journal.finish_run(
-                self.run_id,
-                INTERRUPTED if stopped else FAILED,
-                EXIT_INTERRUPTED if stopped else EXIT_INTERNAL,
-                None if stopped else f"internal error: {type(exc).__name__}: {exc}",
-            )
+            with contextlib.suppress(LocalFileError):  # the error said is the one that ended it
+                self.journal.finish_run(
+                    self.run_id,
+                    INTERRUPTED if stopped else FAILED,
+                    EXIT_INTERRUPTED if stopped else EXIT_INTERNAL,
+                    None if stopped else f"internal error: {type(exc).__name__}: {exc}",
+                )
             raise
+        if self.journal_lost is not None:
+            self._end_journal_lost(self.journal_lost)
         status, code = self._verdict()
         message = None
         if self.preflight_failed:
@@ -270,6 +278,24 @@ class Execution:
             code,
             counts,
             {t.target.name: t.status for t in self.runs},
+        )
+
+    def _end_journal_lost(self, error: LocalFileError) -> None:
+        """The run stopped because the journal could not record a start: its end is written
+        if it can be by now, and the error says what the journal holds and what to do."""
+        message = f"run {self.run_id} stopped: {error}"
+        try:
+            self.journal.finish_run(self.run_id, INTERRUPTED, EXIT_LOCAL_FILE, message)
+        except LocalFileError:
+            held = (
+                "the journal could not record the run's end either (history shows it killed);"
+                " what ran since its last commit is in the output above"
+            )
+        else:
+            held = "the journal holds every step that ran, and which did not start"
+        raise LocalFileError(
+            f"{message}\n{held}. Once there is room: opskit resume {self.run_id} runs what is"
+            " left (a step the journal holds as started is probed first)."
         )
 
     async def _execute(self) -> None:
@@ -327,10 +353,12 @@ class Execution:
             future.set_result(None)
 
     async def _flush_journal(self) -> None:
-        """Finished steps wait for the next step's commit; never longer than this."""
+        """Finished steps wait for the next step's commit; never longer than this. A commit
+        that fails keeps them waiting for the next (the next start's stops the run)."""
         while True:
             await asyncio.sleep(JOURNAL_FLUSH)
-            self.journal.flush()
+            with contextlib.suppress(LocalFileError):
+                self.journal.flush()
 
     async def _guarded(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -391,12 +419,9 @@ class Execution:
     def interrupt(self) -> None:
         """First call: start nothing new, give running steps `grace` seconds, then run
         `always` steps. Second call: cancel everything now."""
-        if not self.stopping:
-            self.stopping = True
-            self.wakeup.set()
-            self.gates.interrupt()  # a question being asked: its step does not start
-            for task in list(self.probing):
-                task.cancel()  # read-only, and what it finds would not be acted on
+        if not self.interrupted:
+            self.interrupted = True
+            self._stop_starting()
             self.reporter.emit(
                 {
                     "event": "message",
@@ -412,6 +437,30 @@ class Execution:
             self.reporter.emit({"event": "message", "text": "cancelling everything now"})
             for task in list(self.target_tasks):
                 task.cancel()
+
+    def _stop_starting(self) -> None:
+        self.stopping = True
+        self.wakeup.set()
+        self.gates.interrupt()  # a question being asked: its step does not start
+        for task in list(self.probing):
+            task.cancel()  # read-only, and what it finds would not be acted on
+
+    def _journal_failed(self, error: LocalFileError) -> None:
+        """A commit of starts failed (a full disk, say): those steps do not act, and nothing
+        new starts, since no step may act before the journal holds its start. Steps already
+        running go on to their end (cutting them short would lose more than it saves);
+        always-steps start only if their start can be recorded by then."""
+        self.journal.forget_starts()
+        if self.journal_lost is None:
+            self.journal_lost = error
+            self.reporter.emit(
+                {
+                    "event": "message",
+                    "text": f"{error}\nstarting nothing new (no step acts before the journal"
+                    " records its start); running steps go on to their end",
+                }
+            )
+        self._stop_starting()
 
     def _window_closed(self) -> None:
         """The maintenance window closed: stop as Ctrl-C stops a run (nothing new starts,
@@ -680,7 +729,13 @@ class Execution:
         while True:
             attempt += 1
             self.journal.step_started(self.run_id, tr.target.name, item.id, attempt)
-            await self._commit()  # the start is on disk before the step acts
+            try:
+                await self._commit()  # the start is on disk before the step acts
+            except LocalFileError as exc:
+                self._journal_failed(exc)
+                if attempt == 1:
+                    return ItemResult(INTERRUPTED, {})  # not started: the journal says pending
+                break  # its earlier attempt's outcome is the step's
             if attempt == 1:
                 self.reporter.emit(
                     {

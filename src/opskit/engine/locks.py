@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..errors import LockError
+from ..errors import LocalFileError, LockError
 from ..store import process_alive
 
 
@@ -59,12 +59,16 @@ class TargetLocks:
 
     def acquire(self, targets: list[str], wait: float = 0.0) -> None:
         """Every target's lock (in sorted order, so two runs cannot deadlock), or LockError."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         _allow_open_files(len(set(targets)) + 256)
         deadline = time.monotonic() + wait
         try:
+            self.directory.mkdir(parents=True, exist_ok=True)
             for target in sorted(set(targets)):
                 self._acquire_one(target, deadline, wait)
+        except OSError as exc:
+            self.release()
+            where = getattr(exc, "filename", None) or self.directory
+            raise LocalFileError.of("a target's lock", where, exc) from exc
         except BaseException:
             self.release()
             raise

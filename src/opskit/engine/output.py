@@ -13,9 +13,9 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 from ..model import Outcome
+from ..report.logfile import LogFile
 from ..report.progress import Reporter
 from ..secrets import redactor
 
@@ -39,7 +39,7 @@ class StepOutput:
     def __init__(self, reporter: Reporter, host_logs: Path | None) -> None:
         self.reporter = reporter
         self.host_logs = host_logs
-        self._logs: dict[str, TextIO] = {}
+        self._logs: dict[str, LogFile] = {}
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._streamed: set[tuple[str, str]] = set()  # steps whose lines are in their log
         self._stream: dict[str, str] = {}  # the stream a target's log shows lines of now
@@ -118,18 +118,18 @@ class StepOutput:
             lines += [f"-- {stream}", text.rstrip("\n")]
         if outcome.error:
             lines.append(f"-- error: {outcome.error}")
-        log.write(redactor.redact("\n".join(lines)) + "\n")
-        log.flush()
+        log.write(redactor.redact("\n".join(lines)) + "\n", flush=True)
 
-    def _log(self, target: str) -> TextIO | None:
+    def _log(self, target: str) -> LogFile | None:
         if self.host_logs is None:
             return None
         log = self._logs.get(target)
         if log is None:
-            self.host_logs.mkdir(parents=True, exist_ok=True)
-            log = open(self.host_logs / f"{target}.log", "a", encoding="utf-8")  # noqa: SIM115
-            self._logs[target] = log
+            log = self._logs[target] = LogFile(self.host_logs / f"{target}.log", self._lost)
         return log
+
+    def _lost(self, text: str) -> None:
+        self.reporter.emit({"event": "message", "text": text})
 
     def close(self) -> None:
         for pending in self._pending.values():

@@ -12,13 +12,13 @@ resumed steps still need them) and closes them at its own end. A run still alive
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+from ..localfile import write_atomic
 
 if TYPE_CHECKING:
     from ..clients.connections import Connections
@@ -146,14 +146,8 @@ def _write(path: Path, entries: Mapping[str, Any]) -> None:
     if not entries:
         path.unlink(missing_ok=True)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
-        json.dump(entries, out, indent=1, sort_keys=True)
-        out.flush()
-        with contextlib.suppress(OSError):
-            os.fsync(out.fileno())
-    tmp.replace(path)
+    text = json.dumps(entries, indent=1, sort_keys=True)
+    write_atomic(path, text, what="the run's ledger of what it holds open", parents=True)
 
 
 def run_scope(

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from ..errors import EXIT_STATUS
 from ..secrets import redactor
 from . import counted
+from .logfile import LogFile
 
 STATUS_WORDS = {
     "succeeded": "ok",
@@ -92,10 +93,9 @@ class Reporter:
 
     def __init__(self, out: TextIO | None = None, log: Path | None = None) -> None:
         self.out = out or sys.stdout
-        self.log: TextIO | None = None
+        self.log: LogFile | None = None
         if log is not None:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            self.log = open(log, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            self.log = LogFile(log, lambda text: self.emit({"event": "message", "text": text}))
 
     def emit(self, event: dict[str, Any]) -> None:
         line = describe(event)
@@ -109,8 +109,7 @@ class Reporter:
     def _write_log(self, line: str) -> None:
         if self.log is not None:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-            self.log.write(redactor.redact(f"{stamp} {line}") + "\n")
-            self.log.flush()
+            self.log.write(redactor.redact(f"{stamp} {line}") + "\n", flush=True)
 
     @contextmanager
     def paused(self) -> Iterator[None]:

@@ -196,6 +196,16 @@ def test_validate_of_a_directory_with_nothing_to_check_says_so(opskit, tmp_path)
     assert f"{tmp_path}:1:1: a directory with no .yaml or .yml file" in done.out + done.err
 
 
+def test_a_runbook_typed_as_a_command_or_a_misspelt_command_says_what_was_meant(opskit):
+    done = opskit("health", "run")
+    assert done.code == 2
+    assert "health is a runbook; run it with `opskit run health`" in done.err
+    done = opskit("histroy")
+    assert done.code == 2 and "no command 'histroy'; did you mean 'history'?" in done.err
+    done = opskit("zzz")
+    assert done.code == 2 and "No such command 'zzz'" in done.err
+
+
 def _yaml(path: Path):
     return json.loads(json.dumps(YAML(typ="safe", pure=True).load(path.read_text())))
 

@@ -72,6 +72,40 @@ class LazyGroup(click.Group):
             return command
         return super().get_command(ctx, name)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError:
+            if args and not args[0].startswith("-") and _is_runbook(ctx, args[0]):
+                name = args[0]
+                raise click.UsageError(
+                    f"no command {name!r}: {name} is a runbook; run it with"
+                    f" `opskit run {name}` (or plan, show, validate it)",
+                    ctx=ctx,
+                ) from None
+            if args and not args[0].startswith("-"):
+                import difflib
+
+                close = difflib.get_close_matches(args[0], self.list_commands(ctx), n=1)
+                if close:
+                    raise click.UsageError(
+                        f"no command {args[0]!r}; did you mean {close[0]!r}?", ctx=ctx
+                    ) from None
+            raise
+
+
+def _is_runbook(ctx: click.Context, name: str) -> bool:
+    """Whether `name` is one of the runbooks found (for `opskit health run`'s hint)."""
+    from ..workspace import Workspace
+
+    try:
+        ws = Workspace.discover(ctx.params.get("runbooks_dir"), ctx.params.get("inventory_path"))
+        return name in {path.stem for path in ws.runbook_paths()}
+    except Exception:  # only a hint: whatever fails here, click's own message stands
+        return False
+
 
 @click.group(
     cls=LazyGroup,

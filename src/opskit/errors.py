@@ -184,6 +184,7 @@ class LocalFileError(OpskitError):
     filesystem, a permission, a missing directory: said as the system said it, with the path."""
 
     exit_code = EXIT_LOCAL_FILE
+    said: str | None = None  # the message without its hint (of() sets it)
 
     @classmethod
     def of(cls, what: str, path: object, exc: BaseException, hint: str = "") -> LocalFileError:
@@ -219,7 +220,15 @@ class LocalFileError(OpskitError):
             hint = "free some space there" + (f", {hint}" if hint else "")
         elif hint.startswith("or "):
             hint = hint[3:]
-        return cls(f"cannot write {what} {where}: {reason}" + (f"; {hint}" if hint else ""))
+        said = f"cannot write {what} {where}: {reason}"
+        error = cls(said + (f"; {hint}" if hint else ""))
+        error.said = said
+        return error
+
+    @property
+    def what_failed(self) -> str:
+        """The message without its hint (where to go instead, which a resume must not take)."""
+        return self.said or str(self)
 
 
 # What SQLite's own messages mean, in the words the system uses for the same.

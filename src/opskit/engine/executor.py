@@ -283,7 +283,7 @@ class Execution:
     def _end_journal_lost(self, error: LocalFileError) -> None:
         """The run stopped because the journal could not record a start: its end is written
         if it can be by now, and the error says what the journal holds and what to do."""
-        message = f"run {self.run_id} stopped: {error}"
+        message = f"run {self.run_id} stopped: {error.what_failed}"
         try:
             self.journal.finish_run(self.run_id, INTERRUPTED, EXIT_LOCAL_FILE, message)
         except LocalFileError:
@@ -456,8 +456,8 @@ class Execution:
             self.reporter.emit(
                 {
                     "event": "message",
-                    "text": f"{error}\nstarting nothing new (no step acts before the journal"
-                    " records its start); running steps go on to their end",
+                    "text": f"{error.what_failed}\nstarting nothing new (no step acts before"
+                    " the journal records its start); running steps go on to their end",
                 }
             )
         self._stop_starting()

@@ -166,3 +166,27 @@ def test_the_fast_paths_resolver_reads_as_ruamels_own():
         assert found[0] == found[1]
     data, _ = read_yaml("x.yaml", docs[0])
     assert data["a"] == "yes" and data["b"] == 15 and data["c"] == 17 and data["d"] is None
+
+
+def test_loading_ssh_prints_no_warning_of_asyncssh():
+    # cryptography 51 warns each time asyncssh names its DSA classes (at import, and when a key
+    # is sorted by type): five lines on stderr of every command that loads SSH. A key made,
+    # exported and read back, and a known_hosts entry matched, go through those paths.
+    code = (
+        "import opskit.clients.ssh, asyncssh\n"
+        "key = asyncssh.generate_private_key('ssh-ed25519')\n"
+        "again = asyncssh.import_private_key(key.export_private_key())\n"
+        "pub = asyncssh.import_public_key(again.export_public_key())\n"
+        "line = b'h0 ' + pub.export_public_key('openssh')\n"
+        "known = asyncssh.import_known_hosts(line.decode())\n"
+        "assert known.match('h0', '', None)[0], 'the key is not matched'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""

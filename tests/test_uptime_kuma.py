@@ -321,6 +321,43 @@ def test_a_window_left_by_sigkill_is_closed_by_resume_or_the_next_run(
     _closed(env)
 
 
+RESUMED = """
+name: patch
+targets: [docker, ai]
+steps:
+  - id: quiet
+    uptime_kuma.maintenance: {}
+  - id: work
+    test.resource: {name: work}
+  - id: seen
+    test.kuma_seen: {}
+"""
+
+
+def test_a_resume_puts_the_work_it_has_left_under_a_window_again(env: KumaEnv) -> None:
+    # The failed run closed its window when it ended, so ai's work, done again by the resume,
+    # would run watched if the resume skipped ai's quiet step as done. docker has nothing
+    # left: its monitors stay out of the resume's window.
+    env.project.runbook("patch", RESUMED)
+    env.world.fail("ai/work", 1)
+    failed = env.run("run", "patch", "--yes")
+    assert failed.code == 1, failed.out + failed.err
+    _closed(env)
+    assert set(env.seen()) == {"docker"}
+    run_id = json.loads(env.run("history", "--json").out)[0]["id"]
+    result = env.run("resume", run_id, "--yes")
+    assert result.code == 0, result.out + result.err
+    assert env.kuma.mutating().count("addMaintenance") == 2  # the run's, then the resume's
+    assert {"AI livez"} <= set(env.seen()["ai"]) <= kuma_lab.PATCHED
+    assert env.linked_last() == {"AI livez"}
+    resumed = json.loads(env.run("history", "--json").out)[0]["id"]
+    shown = json.loads(env.run("show-run", resumed, "--json").out)
+    steps = {(s["target"], s["step"]): s["status"] for s in shown["steps"]}
+    assert steps[("docker", "quiet")] == "skipped"
+    assert steps[("ai", "quiet")] == steps[("ai", "work")] == "succeeded"
+    _closed(env)
+
+
 # --- check.uptime_kuma --------------------------------------------------------------------
 
 CHECK = """

@@ -72,8 +72,9 @@ class Maintenance(Action[MaintenanceArgs]):
     The window is one per run (manual strategy, active at once); each target adds its monitors.
     It is closed (deleted) when the run ends, in success, failure or interrupt; a window left
     by a killed run is closed by `opskit resume` of that run, at its end, or by the next run,
-    at its start. Needs the inventory's `uptime_kuma:` (url, username, password as a secret
-    reference). While planning only read events are sent."""
+    at its start. A resume does this step again on each target it has work left on (a new
+    window, or the one it took over). Needs the inventory's `uptime_kuma:` (url, username,
+    password as a secret reference). While planning only read events are sent."""
 
     name: ClassVar[str] = KIND
     risk: ClassVar[Risk] = Risk.CHANGE

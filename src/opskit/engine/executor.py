@@ -49,7 +49,7 @@ from ..store import (
 from ..workspace import LoadedRunbook, RenderedStep, base_context, render_step
 from .gates import Gatekeeper
 from .output import StepOutput
-from .run_scope import RunScope, run_scope
+from .run_scope import RunScope, holds_for_run, run_scope
 
 MAX_RETRY_DELAY = 300.0
 JOURNAL_FLUSH = 0.5  # seconds a finished step's record may wait for a commit
@@ -654,7 +654,7 @@ class Execution:
     ) -> ItemResult:
         key = (tr.target.name, item.id)
         prior = self.options.resume.get(key)
-        if prior in DONE:
+        if prior in DONE and not self._holds_again(tr, item):
             outputs = dict(self.options.resume_outputs.get(key) or {})
             self._finish(tr, item.id, SKIPPED, summary=f"done in run {self.options.resumed_from}")
             return ItemResult(SKIPPED, outputs)
@@ -696,6 +696,20 @@ class Execution:
             if self._stopped(section):  # while it probed, asked or waited its turn: not started
                 return ItemResult(DECLINED if self.quit else INTERRUPTED, {})
             return await self._attempts(tr, section, step, item)
+
+    def _holds_again(self, tr: TargetRun, item: RenderedStep) -> bool:
+        """A resume does again a step that holds something for its run (a maintenance window),
+        on a target with work left: the run it resumes closed what it held when it ended (or, if
+        it was killed, the resume took it over and the step joins it), so skipping the step as
+        done would leave that work uncovered."""
+        if not holds_for_run(self.catalog.get(item.action)):
+            return False
+        resume, name = self.options.resume, tr.target.name
+        return any(
+            resume.get((name, p.id)) not in DONE
+            for p in tr.planned.values()
+            if p.section in ("steps", "verify")
+        )
 
     def _gate_waited(self) -> None:
         if self.connections is not None:

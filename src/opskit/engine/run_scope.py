@@ -150,6 +150,11 @@ def _write(path: Path, entries: Mapping[str, Any]) -> None:
     write_atomic(path, text, what="the run's ledger of what it holds open", parents=True)
 
 
+def holds_for_run(kind: object) -> bool:
+    """Whether a step kind holds what it opens for its run's length (the ledger closes it)."""
+    return isinstance(kind, type) and isinstance(kind, Closes)
+
+
 def run_scope(
     run_id: str,
     runbook: str,

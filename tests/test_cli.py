@@ -206,6 +206,37 @@ def test_a_runbook_typed_as_a_command_or_a_misspelt_command_says_what_was_meant(
     assert done.code == 2 and "No such command 'zzz'" in done.err
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["--yes", "run", "health"],
+            "--yes is an option of `opskit run`: it goes after the"
+            " command (opskit run health --yes)",
+        ),
+        (
+            ["--limit", "vm:110", "plan", "health", "--format", "md"],
+            "--limit is an option of"
+            " `opskit plan`: it goes after the command (opskit plan health --format md --limit"
+            " vm:110)",
+        ),
+        (["--json", "inventory", "list"], "--json is an option of `opskit inventory list`"),
+        (["-p", "a=b c", "show", "health"], "(opskit show health -p 'a=b c')"),
+    ],
+)
+def test_an_option_given_before_its_command_says_where_it_goes(opskit, args, said):
+    done = opskit(*args)
+    assert done.code == 2 and said in done.err, done.err
+    assert "Traceback" not in done.err
+
+
+def test_an_option_no_command_has_is_clicks_own_error(opskit):
+    done = opskit("--nosuch", "run", "health")
+    assert done.code == 2 and "No such option '--nosuch'" in done.err
+    done = opskit("--yes", "validate")  # validate has no --yes
+    assert done.code == 2 and "No such option '--yes'" in done.err
+
+
 def _yaml(path: Path):
     return json.loads(json.dumps(YAML(typ="safe", pure=True).load(path.read_text())))
 

@@ -72,6 +72,16 @@ class LazyGroup(click.Group):
             return command
         return super().get_command(ctx, name)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = list(args)  # the parser consumes its list
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            moved = _option_after_its_command(ctx, self, exc.option_name, given)
+            if moved is None:
+                raise
+            raise click.UsageError(moved, ctx=ctx) from None
+
     def resolve_command(
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
@@ -94,6 +104,43 @@ class LazyGroup(click.Group):
                         f"no command {args[0]!r}; did you mean {close[0]!r}?", ctx=ctx
                     ) from None
             raise
+
+
+def _option_after_its_command(
+    ctx: click.Context, group: click.Group, option: str, args: list[str]
+) -> str | None:
+    """For an option given before its command (`opskit --yes run health`), the message that
+    says where it goes, with the line as it should be; None if no command named has it."""
+    import shlex
+
+    command: click.Command | None = group
+    path: list[str] = []
+    for name in args:  # the command named, down through its groups (inventory list)
+        if not isinstance(command, click.Group):
+            break
+        if name.startswith("-") or name not in command.list_commands(ctx):
+            if path:
+                break
+            continue  # before the command: the misplaced option's value, perhaps
+        command, path = command.get_command(ctx, name), [*path, name]
+    if not path or command is None:
+        return None
+    param = next(
+        (
+            p
+            for p in command.params
+            if isinstance(p, click.Option) and option in (*p.opts, *p.secondary_opts)
+        ),
+        None,
+    )
+    if param is None:
+        return None
+    at = next(i for i, a in enumerate(args) if a == option or a.startswith(option + "="))
+    taken = 1 if param.is_flag or param.count or "=" in args[at] else 1 + param.nargs
+    given, rest = args[at : at + taken], args[:at] + args[at + taken :]
+    line = shlex.join(["opskit", *rest, *given])
+    where = " ".join(path)
+    return f"{option} is an option of `opskit {where}`: it goes after the command ({line})"
 
 
 def _is_runbook(ctx: click.Context, name: str) -> bool:

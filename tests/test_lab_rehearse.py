@@ -13,10 +13,12 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -561,13 +563,17 @@ def test_status_shows_the_lab_and_marks_exactly_the_host_that_stopped_answering(
 
 def test_the_status_page_in_a_browser(lab: Lab, tmp_path: Path) -> None:
     """Debian's headless Chromium, driven by Playwright inside the lab's controller: the page
-    shows every lab host and the last run."""
+    shows every lab host and the last run. It is served on this machine's loopback too, where
+    the operator's browser is (the command line bound it before entering the lab)."""
     from opskit.loader import load_inventory
 
     inventory, _ = load_inventory(lab.root / "inventory.yaml")
     last = json.loads(lab.opskit("history", "--lab", "--json").stdout)[0]["id"]
+    with socket.create_server(("127.0.0.1", 0)) as free:
+        port = free.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
     server = subprocess.Popen(
-        [sys.executable, "-m", "opskit", "status", "--lab", "--serve", "127.0.0.1:8470"],
+        [sys.executable, "-m", "opskit", "status", "--lab", "--serve", f"127.0.0.1:{port}"],
         cwd=REPO_ROOT,
         env=lab.env,
         stdout=subprocess.PIPE,
@@ -576,14 +582,19 @@ def test_the_status_page_in_a_browser(lab: Lab, tmp_path: Path) -> None:
     )
     try:
         assert server.stdout is not None
-        said = server.stdout.readline()  # printed once it is about to listen
-        assert "serving http://127.0.0.1:8470/" in said, said
+        said = server.stdout.readline()  # printed once it listens
+        assert f"serving {url} on this machine and inside the lab" in said, said
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(url + "status.json", timeout=30) as answer:  # from this machine's side
+            outside = json.loads(answer.read())
+        assert outside["lab"] == lab.name
+        assert [h["name"] for h in outside["hosts"]] == [h.name for h in inventory.all_hosts()]
         shot = tmp_path / "status-page.png"
         for _ in range(50):  # the port, then the page
             done = lab.inside(
                 sys.executable,
                 str(REPO_ROOT / "tests" / "status_browser.py"),
-                "http://127.0.0.1:8470/",
+                url,
                 str(shot),
                 timeout=120,
             )

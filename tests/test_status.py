@@ -312,6 +312,16 @@ def test_serving_off_loopback_needs_a_token_set_by_the_operator(
     assert bad.code == 2 and "not a port" in bad.err
 
 
+def test_serving_on_a_port_in_use_is_one_clear_error(project: Project, opskit: Any) -> None:
+    """Said before anything is served (no "serving" line), exit 2, not uvicorn's own line."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = opskit("status", "--serve", f"127.0.0.1:{port}", cwd=project.root)
+    assert result.code == 2, result.out + result.err
+    assert f"--serve 127.0.0.1:{port}: Address already in use" in result.err
+    assert "serving" not in result.out and "ERROR" not in result.err
+
+
 def test_proxmox_figures_from_fakepve(
     project: Project,
     opskit: Any,

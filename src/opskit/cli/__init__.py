@@ -285,8 +285,14 @@ def _run(argv: list[str] | None, lab_child: list[int]) -> tuple[int, str | None]
             from ..lab.enter import run_in_lab
 
             args = sys.argv[1:] if argv is None else argv
+            is_status = _subcommand(args) == "status"
             lab_child.append(
-                run_in_lab(args, replace=argv is None, broken_ok=_subcommand(args) == "status")
+                run_in_lab(
+                    args,
+                    replace=argv is None,
+                    broken_ok=is_status,
+                    serve=_served_address(args) if is_status else None,
+                )
             )
             return lab_child[0], None
         # Without standalone mode click returns ctx.exit()'s code instead of raising it.
@@ -350,6 +356,29 @@ def _wants_lab(argv: list[str]) -> bool:
         and not os.environ.get("OPSKIT_LAB_ACTIVE")
         and _subcommand(argv) not in STATE_COMMANDS
     )
+
+
+def _served_address(argv: list[str]) -> str | None:
+    """The address of `opskit status --serve [ADDR]`, as its own options parse it; None
+    without --serve (or where they do not parse: the command itself says why)."""
+    if not _option_given(argv, "--serve"):
+        return None
+    from .status import status
+
+    words = iter(enumerate(argv))
+    at = 0
+    for i, word in words:  # the command's words start after its name (as in _subcommand)
+        if word in ("--runbooks", "--inventory"):
+            next(words, None)
+        elif not word.startswith("-"):
+            at = i + 1
+            break
+    try:
+        ctx = status.make_context("status", argv[at:], resilient_parsing=True)
+    except click.ClickException:
+        return None
+    serve = ctx.params.get("serve")
+    return serve if isinstance(serve, str) else None
 
 
 def _subcommand(argv: list[str]) -> str | None:

@@ -11,9 +11,13 @@ from .core import Lab, lab_dir, lab_environment, require_root
 from .network import controller as controller_ns
 
 
-def run_in_lab(argv: list[str], *, replace: bool, broken_ok: bool = False) -> int:
+def run_in_lab(
+    argv: list[str], *, replace: bool, broken_ok: bool = False, serve: str | None = None
+) -> int:
     """Run `opskit ARGV` in the controller's namespace of the lab; `replace` execs it.
-    `broken_ok`: also in a lab with a host down (`status` is what says which)."""
+    `broken_ok`: also in a lab with a host down (`status` is what says which). `serve`: the
+    address of `status --serve`, bound here first, so the page is also served on this
+    machine's side (the browser's) and not only on the lab's loopback."""
     require_root()
     root = lab_dir()
     lab = Lab(root)
@@ -27,8 +31,22 @@ def run_in_lab(argv: list[str], *, replace: bool, broken_ok: bool = False) -> in
         )
     env = {**os.environ, **lab_environment(root)}
     command = ["ip", "netns", "exec", controller_ns(), sys.executable, "-m", "opskit", *argv]
+    kept: tuple[int, ...] = ()
+    if serve is not None:
+        from ..status.web import INHERITED_FD, listen, parse_address, required_token
+
+        host, port = parse_address(serve)
+        required_token(host, serve)  # refused here, before binding, as the command would
+        listener = listen(host, port, serve)
+        os.set_inheritable(listener.fileno(), True)
+        kept = (listener.fileno(),)
+        env[INHERITED_FD] = str(listener.fileno())
     if replace:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execvpe(command[0], command, env)
-    return subprocess.call(command, env=env)
+    try:
+        return subprocess.call(command, env=env, pass_fds=kept)
+    finally:
+        if serve is not None:
+            listener.close()

@@ -16,9 +16,11 @@ must be set (opskit makes none, so it prints none).
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import ipaddress
 import os
+import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +66,48 @@ def _port(text: str, whole: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise UsageError(f"--serve {whole!r}: not a port (use HOST:PORT, :PORT or PORT)")
     return int(text)
+
+
+# A socket the command line bound on this machine before it entered the lab (`--lab`), where
+# the page is served too: the operator's browser is out here, the lab's addresses inside.
+INHERITED_FD = "OPSKIT_SERVE_FD"
+
+
+def listen(host: str, port: int, address: str) -> socket.socket:
+    """A socket listening on HOST:PORT; one that cannot be had is a usage error (exit 2)."""
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise UsageError(f"--serve {address}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(where)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            why += " (another opskit status --serve, or another server: pick another port)"
+        raise UsageError(f"--serve {address}: {why}") from None
+    return sock
+
+
+def required_token(host: str, address: str) -> str | None:
+    """The token the page asks for off loopback (None on loopback); unset or too short, a
+    usage error before anything is bound."""
+    if is_loopback(host):
+        return None
+    token = os.environ.get("OPSKIT_STATUS_TOKEN") or None
+    if token is None or len(token) < 16:
+        raise UsageError(
+            f"--serve {address}: off loopback the page needs a token of 16 characters or"
+            " more in OPSKIT_STATUS_TOKEN (e.g. export OPSKIT_STATUS_TOKEN=$(openssl rand"
+            " -hex 16)); opskit prints no secret"
+        )
+    return token
 
 
 def is_loopback(host: str) -> bool:
@@ -285,15 +329,8 @@ def serve(
     import uvicorn
 
     host, port = parse_address(address)
-    token = None
-    if not is_loopback(host):
-        token = os.environ.get("OPSKIT_STATUS_TOKEN") or None
-        if token is None or len(token) < 16:
-            raise UsageError(
-                f"--serve {address}: off loopback the page needs a token of 16 characters or"
-                " more in OPSKIT_STATUS_TOKEN (e.g. export OPSKIT_STATUS_TOKEN=$(openssl rand"
-                " -hex 16)); opskit prints no secret"
-            )
+    token = required_token(host, address)
+    if token is not None:
         from ..secrets import redactor
 
         redactor.add("status_token", token)
@@ -301,12 +338,17 @@ def serve(
     page = Page(inventory, names, timeout, plan_dirs, token)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
+    sockets = [listen(host, port, address)]
+    where = ""
+    inherited = os.environ.pop(INHERITED_FD, "")
+    if inherited.isdigit():
+        sockets.append(socket.socket(fileno=int(inherited)))
+        where = " on this machine and inside the lab"
     login = " (open it once with ?token=$OPSKIT_STATUS_TOKEN)" if token else ""
-    click.echo(f"opskit status: serving {url}{login}  (read-only; Ctrl-C stops it)")
-    config = uvicorn.Config(
-        make_app(page), host=host, port=port, log_level="warning", access_log=False
-    )
+    click.echo(f"opskit status: serving {url}{where}{login}  (read-only; Ctrl-C stops it)")
+    config = uvicorn.Config(make_app(page), log_level="warning", access_log=False)
     try:
-        uvicorn.Server(config).run()
-    except OSError as exc:
-        raise UsageError(f"--serve {address}: {exc.strerror or exc}") from None
+        uvicorn.Server(config).run(sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -204,6 +204,25 @@ def test_plan_summary_counts_blockers_handlers_and_says_one_target(env):  # noqa
     assert "0 checks" in summary
 
 
+def test_blockers_on_some_targets_say_the_limit_that_runs_the_others(env):  # noqa: F811
+    env.project.runbook(
+        "partly",
+        "name: partly\ntargets: [ai, dev, docker]\nsteps:\n  - id: make\n"
+        "    test.resource:\n      name: x\n"
+        "      blocked: \"{{ 'ai is down' if target.name == 'ai' else '' }}\"\n",
+    )
+    done = env.run("run", "partly", "--yes")
+    assert done.code == 1 and "vm 110 (ai): step make: ai is down" in done.err, done.err
+    assert "2 other targets can run without it: --limit '!ai'" in done.err
+    done = env.run("run", "partly", "--yes", "--limit", "ai,dev")
+    assert "1 other target can run without it: --limit 'ai,dev,!ai'" in done.err
+    done = env.run("run", "partly", "--yes", "--limit", "!ai")  # as said: the others run
+    assert done.code == 0, done.out + done.err
+    assert sorted(env.world.calls("apply")) == ["dev/x", "docker/x"]
+    done = env.run("run", "partly", "--yes", "--limit", "ai")  # nothing else to run: no hint
+    assert done.code == 1 and "can run without" not in done.err
+
+
 # --- the one tree of errors ------------------------------------------------------------------
 
 

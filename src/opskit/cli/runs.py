@@ -118,6 +118,23 @@ limit_option = click.option(
 )
 
 
+def _without_blocked(plan: Plan, limit: str | None) -> str:
+    """How to run the targets that have no blocker, when there are some: the --limit that
+    leaves out those that do (a host down at 3 a.m. need not hold the others back)."""
+    import shlex
+
+    blocked = [t.target for t in plan.targets if any(s.change.blockers for s in t.steps)]
+    others = len(plan.targets) - len(blocked)
+    if not blocked or not others:
+        return ""
+    selector = ",".join([*([limit] if limit else []), *(f"!{name}" for name in blocked)])
+    return (
+        f"\n{counted(others, 'other target')} can run without "
+        + ("it" if len(blocked) == 1 else "them")
+        + f": --limit {shlex.quote(selector)}"
+    )
+
+
 def _show_plan(req: Request, plan: Plan) -> None:
     from ..report.plan import render_plan
 
@@ -225,6 +242,7 @@ def _run(
         raise StepError(
             f"the plan has blockers; {said}: {counted(len(found), 'blocker')}:\n  "
             + "\n  ".join(found)
+            + _without_blocked(plan, limit)
         )
     if dry_run:
         if req.events is None:

@@ -235,6 +235,8 @@ def test_an_option_no_command_has_is_clicks_own_error(opskit):
     assert done.code == 2 and "No such option '--nosuch'" in done.err
     done = opskit("--yes", "validate")  # validate has no --yes
     assert done.code == 2 and "No such option '--yes'" in done.err
+    done = opskit("-yv", "run", "health")  # -y inside a cluster of short flags
+    assert done.code == 2 and "No such option '-y'" in done.err, done.err
 
 
 def _yaml(path: Path):

@@ -135,8 +135,11 @@ def _option_after_its_command(
     )
     if param is None:
         return None
-    at = next(i for i, a in enumerate(args) if a == option or a.startswith(option + "="))
-    taken = 1 if param.is_flag or param.count or "=" in args[at] else 1 + param.nargs
+    at = next((i for i, a in enumerate(args) if a == option or a.startswith(option + "=")), None)
+    if at is None:  # given inside a cluster of short flags (-yv): click's own message
+        return None
+    optional = getattr(param, "_flag_needs_value", False)  # --serve [ADDR]: its value may follow
+    taken = 1 if param.is_flag or param.count or optional or "=" in args[at] else 1 + param.nargs
     given, rest = args[at : at + taken], args[:at] + args[at + taken :]
     line = shlex.join(["opskit", *rest, *given])
     where = " ".join(path)

@@ -341,9 +341,12 @@ def serve(
     sockets = [listen(host, port, address)]
     where = ""
     inherited = os.environ.pop(INHERITED_FD, "")
-    if inherited.isdigit():
-        sockets.append(socket.socket(fileno=int(inherited)))
-        where = " on this machine and inside the lab"
+    if inherited.isdigit() and os.environ.get("OPSKIT_LAB_ACTIVE"):
+        try:
+            sockets.append(socket.socket(fileno=int(inherited)))
+            where = " on this machine and inside the lab"
+        except OSError:  # not a socket handed down by `--lab`: served inside only
+            pass
     login = " (open it once with ?token=$OPSKIT_STATUS_TOKEN)" if token else ""
     click.echo(f"opskit status: serving {url}{where}{login}  (read-only; Ctrl-C stops it)")
     config = uvicorn.Config(make_app(page), log_level="warning", access_log=False)

@@ -78,6 +78,11 @@ def _inside_lab(ctx: click.Context, param: click.Parameter, value: bool) -> None
         raise click.UsageError("--lab works from the opskit command line (see `opskit lab up`)")
 
 
+LIMIT_HELP = (
+    "Only these targets (vm:ID, NAME, tag:X, ...; !SEL leaves those out, e.g."
+    " 'tag:monitored,!docker')."
+)
+
 lab_option = click.option(
     "--lab",
     is_flag=True,

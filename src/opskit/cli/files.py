@@ -9,7 +9,7 @@ import click
 
 from ..errors import EXIT_USAGE, LoadError
 from ..workspace import shown_path
-from .common import json_option, workspace, workspace_options
+from .common import LIMIT_HELP, json_option, workspace, workspace_options
 from .output import echo, emit_json, table
 
 
@@ -115,7 +115,7 @@ def _selector(value: str | list[str]) -> str:
 @click.command()
 @click.argument("runbook")
 @click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE", help="Set a param.")
-@click.option("--limit", metavar="SELECTOR", help="Only these targets (vm:ID, NAME, tag:X, ...).")
+@click.option("--limit", metavar="SELECTOR", help=LIMIT_HELP)
 @json_option
 @workspace_options
 @click.pass_context

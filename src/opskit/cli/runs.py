@@ -11,7 +11,7 @@ import click
 
 from ..errors import EXIT_OK, EXIT_PLAN_CHANGES, StepError
 from ..report import counted
-from .common import json_option, lab_option, workspace, workspace_options
+from .common import LIMIT_HELP, json_option, lab_option, workspace, workspace_options
 from .output import echo
 
 if TYPE_CHECKING:
@@ -113,9 +113,7 @@ def _exit(result: RunResult) -> None:
 param_option = click.option(
     "-p", "--param", "params", multiple=True, metavar="NAME=VALUE", help="Set a param."
 )
-limit_option = click.option(
-    "--limit", metavar="SELECTOR", help="Only these targets (vm:ID, NAME, tag:X, ...)."
-)
+limit_option = click.option("--limit", metavar="SELECTOR", help=LIMIT_HELP)
 
 
 def _without_blocked(plan: Plan, limit: str | None) -> str:

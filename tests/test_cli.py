@@ -211,14 +211,13 @@ def test_a_runbook_typed_as_a_command_or_a_misspelt_command_says_what_was_meant(
     [
         (
             ["--yes", "run", "health"],
-            "--yes is an option of `opskit run`: it goes after the"
-            " command (opskit run health --yes)",
+            "--yes is an option of `opskit run`: it goes after the command"
+            " (opskit run health --yes)",
         ),
         (
             ["--limit", "vm:110", "plan", "health", "--format", "md"],
-            "--limit is an option of"
-            " `opskit plan`: it goes after the command (opskit plan health --format md --limit"
-            " vm:110)",
+            "--limit is an option of `opskit plan`: it goes after the command"
+            " (opskit plan health --format md --limit vm:110)",
         ),
         (["--json", "inventory", "list"], "--json is an option of `opskit inventory list`"),
         (["-p", "a=b c", "show", "health"], "(opskit show health -p 'a=b c')"),

@@ -336,8 +336,8 @@ steps:
 
 def test_a_resume_puts_the_work_it_has_left_under_a_window_again(env: KumaEnv) -> None:
     # The failed run closed its window when it ended, so ai's work, done again by the resume,
-    # would run watched if the resume skipped ai's quiet step as done. docker has nothing
-    # left: its monitors stay out of the resume's window.
+    # would run unwatched by any window if the resume skipped ai's quiet step as done. docker
+    # has nothing left: its monitors stay out of the resume's window.
     env.project.runbook("patch", RESUMED)
     env.world.fail("ai/work", 1)
     failed = env.run("run", "patch", "--yes")

@@ -353,6 +353,26 @@ def test_retention_counts_only_opskits_own_snapshots_of_the_prefix():
     assert beyond(own, 1, "patch-3") == ["patch-1", "patch-2"]
 
 
+def test_retention_orders_snapshots_of_one_second_by_their_parent_chain():
+    # snaptime is in whole seconds: two runs a second apart or less tie, and their names (a
+    # run ID's random part) say nothing of their order; the chain does.
+    mark = f"{KEEP_MARK}keep-"
+    listed = [
+        {**_snap("keep-b", 7, mark), "parent": "keep-f"},  # taken from keep-f: the younger
+        {**_snap("keep-f", 7, mark), "parent": "hand"},
+        _snap("hand", 3, "by hand"),
+        {**_snap("keep-a", 9, mark), "parent": "keep-b"},
+        {"name": "current", "parent": "keep-a"},
+    ]
+    assert own_snapshots(listed, "keep-") == ["keep-f", "keep-b", "keep-a"]
+    assert beyond(own_snapshots(listed, "keep-"), 2) == ["keep-f"]
+    looped = [
+        {**_snap("keep-x", 1, mark), "parent": "keep-y"},
+        {**_snap("keep-y", 1, mark), "parent": "keep-x"},
+    ]  # a broken chain ends the count, never the run
+    assert sorted(own_snapshots(looped, "keep-")) == ["keep-x", "keep-y"]
+
+
 def test_snapshot_args_need_a_prefix_the_name_starts_with():
     args = SnapshotArgs(name="patch-1", prefix="patch-", keep=2, description="before")
     assert args.marked_description() == f"before\n{KEEP_MARK}patch-"

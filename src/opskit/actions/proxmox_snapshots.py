@@ -70,8 +70,23 @@ def own_snapshots(listed: list[dict[str, Any]], prefix: str) -> list[str]:
         if str(s.get("name", "")).startswith(prefix)
         and mark in str(s.get("description") or "").splitlines()
     ]
-    own.sort(key=lambda s: (int(s.get("snaptime") or 0), str(s["name"])))
+    depth = _depths(listed)
+    own.sort(key=lambda s: (int(s.get("snaptime") or 0), depth.get(str(s["name"]), 0), s["name"]))
     return [str(s["name"]) for s in own]
+
+
+def _depths(listed: list[dict[str, Any]]) -> dict[str, int]:
+    """Each snapshot's number of ancestors (Proxmox's `parent` chain): snaptime counts whole
+    seconds, so two taken in the same second are ordered by which was taken from the other."""
+    parent = {str(s.get("name")): s.get("parent") for s in listed}
+    depths: dict[str, int] = {}
+    for name in parent:
+        seen, at = set(), parent[name]
+        while isinstance(at, str) and at in parent and at not in seen:  # a loop: stop at it
+            seen.add(at)
+            at = parent[at]
+        depths[name] = len(seen)
+    return depths
 
 
 def beyond(own: list[str], keep: int, new: str | None = None) -> list[str]:

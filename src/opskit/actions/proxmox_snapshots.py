@@ -71,7 +71,9 @@ def own_snapshots(listed: list[dict[str, Any]], prefix: str) -> list[str]:
         and mark in str(s.get("description") or "").splitlines()
     ]
     depth = _depths(listed)
-    own.sort(key=lambda s: (int(s.get("snaptime") or 0), depth.get(str(s["name"]), 0), s["name"]))
+    own.sort(
+        key=lambda s: (int(s.get("snaptime") or 0), depth.get(str(s["name"]), 0), str(s["name"]))
+    )
     return [str(s["name"]) for s in own]
 
 

@@ -368,16 +368,11 @@ def _served_address(argv: list[str]) -> str | None:
         return None
     from .status import status
 
-    words = iter(enumerate(argv))
-    at = 0
-    for i, word in words:  # the command's words start after its name (as in _subcommand)
-        if word in ("--runbooks", "--inventory"):
-            next(words, None)
-        elif not word.startswith("-"):
-            at = i + 1
-            break
+    at = _subcommand_at(argv)
+    if at is None:
+        return None
     try:
-        ctx = status.make_context("status", argv[at:], resilient_parsing=True)
+        ctx = status.make_context("status", argv[at + 1 :], resilient_parsing=True)
     except click.ClickException:
         return None
     serve = ctx.params.get("serve")
@@ -386,12 +381,18 @@ def _served_address(argv: list[str]) -> str | None:
 
 def _subcommand(argv: list[str]) -> str | None:
     """The command's name: the first word that is neither an option nor an option's value."""
-    words = iter(argv)
-    for word in words:
+    at = _subcommand_at(argv)
+    return None if at is None else argv[at]
+
+
+def _subcommand_at(argv: list[str]) -> int | None:
+    """Where the command's name is in `argv` (see _subcommand)."""
+    words = iter(enumerate(argv))
+    for at, word in words:
         if word in ("--runbooks", "--inventory"):
             next(words, None)
         elif not word.startswith("-"):
-            return word
+            return at
     return None
 
 
